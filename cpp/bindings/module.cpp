@@ -1,0 +1,401 @@
+// Python bindings: the only file that sees pybind11.
+//
+// Every buffer argument is checked (exact float32 dtype, C-contiguous, writeable
+// where it is written, equal sizes, no two buffers sharing memory) and every
+// hyperparameter validated before any kernel runs, so a bad call raises and writes
+// nothing. Arrays are never converted or copied: a copy would lose the in-place update.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "adamcore/adamcore.h"
+
+namespace py = pybind11;
+using namespace pybind11::literals;
+
+namespace {
+
+// One argument's array, kept alive for the duration of the call.
+struct Buffer {
+  py::array array;
+  float* data = nullptr;
+  std::size_t size = 0;
+};
+
+std::string label(const char* name, std::ptrdiff_t index) {
+  if (index < 0) return name;
+  return std::string(name) + "[" + std::to_string(index) + "]";
+}
+
+Buffer take_buffer(py::handle obj, const std::string& name, bool written) {
+  if (!py::isinstance<py::array>(obj)) {
+    throw py::type_error(name + " must be a numpy.ndarray of float32, got " +
+                         std::string(py::str(py::type::of(obj).attr("__name__"))));
+  }
+  Buffer b;
+  b.array = py::reinterpret_borrow<py::array>(obj);
+  const py::dtype dt = b.array.dtype();
+  if (!dt.is(py::dtype::of<float>()) &&
+      !(dt.kind() == 'f' && dt.itemsize() == 4 && dt.byteorder() != '>')) {
+    throw py::type_error(name + " must have dtype float32, got " + std::string(py::str(dt)) +
+                         " (adamcore never converts: the update is in place)");
+  }
+  if (!(b.array.flags() & py::array::c_style)) {
+    throw py::value_error(name + " must be C-contiguous (got a strided or reversed view; "
+                                 "adamcore never copies: the update is in place)");
+  }
+  if (written && !b.array.writeable()) {
+    throw py::value_error(name + " is read-only; it must be writeable to be updated in place");
+  }
+  b.size = static_cast<std::size_t>(b.array.size());
+  b.data = static_cast<float*>(const_cast<void*>(b.array.data()));
+  return b;
+}
+
+struct Span {
+  const char* begin;
+  const char* end;
+  std::string name;
+};
+
+// Raises if any two non-empty buffers share a byte.
+void check_disjoint(std::vector<Span>& spans) {
+  std::sort(spans.begin(), spans.end(),
+            [](const Span& a, const Span& b) { return a.begin < b.begin; });
+  for (std::size_t i = 1; i < spans.size(); ++i) {
+    // Sorted by start: the widest earlier span decides; comparing neighbours suffices
+    // once we carry the one that reaches furthest.
+    if (spans[i].begin < spans[i - 1].end) {
+      const bool same = spans[i].begin == spans[i - 1].begin && spans[i].end == spans[i - 1].end;
+      throw py::value_error(spans[i - 1].name + " and " + spans[i].name +
+                            (same ? " are the same memory" : " overlap in memory") +
+                            "; every buffer must be distinct");
+    }
+    if (spans[i - 1].end > spans[i].end) std::swap(spans[i - 1], spans[i]);
+  }
+}
+
+void add_span(std::vector<Span>& spans, const Buffer& b, const std::string& name) {
+  if (b.size == 0) return;
+  const char* p = reinterpret_cast<const char*>(b.data);
+  spans.push_back({p, p + b.size * sizeof(float), name});
+}
+
+bool is_sequence_arg(py::handle obj) {
+  return py::isinstance<py::list>(obj) || py::isinstance<py::tuple>(obj);
+}
+
+// The buffers of one call: either one array per argument or equal-length sequences.
+class BufferSet {
+ public:
+  // names[i] is the argument name; written[i] whether the kernel writes it.
+  BufferSet(const std::vector<py::handle>& args, const std::vector<const char*>& names,
+            const std::vector<bool>& written) {
+    const bool multi = is_sequence_arg(args[0]);
+    std::size_t count = 1;
+    if (multi) count = py::len(args[0]);
+    for (std::size_t a = 0; a < args.size(); ++a) {
+      if (is_sequence_arg(args[a]) != multi) {
+        throw py::type_error(std::string(names[a]) + " must be " +
+                             (multi ? "a list of arrays like " : "an array like ") + names[0]);
+      }
+      if (multi && py::len(args[a]) != count) {
+        throw py::value_error(std::string(names[a]) + " has " +
+                              std::to_string(py::len(args[a])) + " arrays but " + names[0] +
+                              " has " + std::to_string(count));
+      }
+    }
+    columns_.resize(args.size());
+    std::vector<Span> spans;
+    spans.reserve(args.size() * count);
+    for (std::size_t a = 0; a < args.size(); ++a) {
+      columns_[a].reserve(count);
+      for (std::size_t t = 0; t < count; ++t) {
+        const std::string name =
+            label(names[a], multi ? static_cast<std::ptrdiff_t>(t) : -1);
+        py::handle obj = multi ? py::handle(args[a][py::int_(t)]) : args[a];
+        columns_[a].push_back(take_buffer(obj, name, written[a]));
+        const Buffer& b = columns_[a].back();
+        if (a > 0 && b.size != columns_[0][t].size) {
+          throw py::value_error(name + " has " + std::to_string(b.size) + " elements but " +
+                                label(names[0], multi ? static_cast<std::ptrdiff_t>(t) : -1) +
+                                " has " + std::to_string(columns_[0][t].size));
+        }
+        add_span(spans, b, name);
+      }
+    }
+    check_disjoint(spans);
+    count_ = count;
+  }
+  std::size_t count() const { return count_; }
+  float* data(std::size_t arg, std::size_t t) const { return columns_[arg][t].data; }
+  std::size_t size(std::size_t t) const { return columns_[0][t].size; }
+
+ private:
+  std::vector<std::vector<Buffer>> columns_;
+  std::size_t count_ = 0;
+};
+
+py::object finish(bool diagnostics, const adamcore::GammaStats& stats) {
+  if (!diagnostics) return py::none();
+  return py::cast(stats);
+}
+
+void check_hyper(const std::string& err) {
+  if (!err.empty()) throw py::value_error(err);
+}
+
+py::object adam_like(py::handle param, py::handle grad, py::handle exp_avg,
+                     py::handle exp_avg_sq, std::int64_t step, double lr, double beta1,
+                     double beta2, double eps, double weight_decay, bool amsgrad,
+                     py::handle max_exp_avg_sq, bool maximize, bool bias_correction,
+                     bool diagnostics, py::handle prev_lr, bool decoupled) {
+  adamcore::AdamHyper h;
+  h.lr = lr;
+  h.beta1 = beta1;
+  h.beta2 = beta2;
+  h.eps = eps;
+  h.weight_decay = weight_decay;
+  h.decoupled = decoupled;
+  h.amsgrad = amsgrad;
+  h.maximize = maximize;
+  h.bias_correction = bias_correction;
+  check_hyper(adamcore::check_adam_hyper(h, step));
+  double prev = -1.0;
+  if (!prev_lr.is_none()) {
+    prev = prev_lr.cast<double>();
+    if (!(prev >= 0) || !std::isfinite(prev)) {
+      throw py::value_error("prev_lr must be finite and >= 0, got " +
+                            std::string(py::str(prev_lr)));
+    }
+  }
+  if (amsgrad && max_exp_avg_sq.is_none()) {
+    throw py::value_error("max_exp_avg_sq is required when amsgrad=True");
+  }
+  if (!amsgrad && !max_exp_avg_sq.is_none()) {
+    throw py::value_error("max_exp_avg_sq was given but amsgrad=False; pass amsgrad=True "
+                          "to use it");
+  }
+  std::vector<py::handle> args = {param, grad, exp_avg, exp_avg_sq};
+  std::vector<const char*> names = {"param", "grad", "exp_avg", "exp_avg_sq"};
+  std::vector<bool> written = {true, false, true, true};
+  if (amsgrad) {
+    args.push_back(max_exp_avg_sq);
+    names.push_back("max_exp_avg_sq");
+    written.push_back(true);
+  }
+  const BufferSet set(args, names, written);
+  std::vector<adamcore::AdamBuffers> tensors(set.count());
+  for (std::size_t t = 0; t < set.count(); ++t) {
+    tensors[t].param = set.data(0, t);
+    tensors[t].grad = set.data(1, t);
+    tensors[t].exp_avg = set.data(2, t);
+    tensors[t].exp_avg_sq = set.data(3, t);
+    tensors[t].max_exp_avg_sq = amsgrad ? set.data(4, t) : nullptr;
+    tensors[t].size = set.size(t);
+  }
+  adamcore::GammaStats stats;
+  {
+    py::gil_scoped_release release;
+    adamcore::adam_step(tensors.data(), tensors.size(), step, h,
+                        diagnostics ? &stats : nullptr, prev);
+  }
+  return finish(diagnostics, stats);
+}
+
+py::object adagrad(py::handle param, py::handle grad, py::handle state_sum,
+                   std::int64_t step, double lr, double lr_decay, double weight_decay,
+                   double eps, bool maximize, bool diagnostics, py::handle prev_lr) {
+  adamcore::AdagradHyper h;
+  h.lr = lr;
+  h.lr_decay = lr_decay;
+  h.weight_decay = weight_decay;
+  h.eps = eps;
+  h.maximize = maximize;
+  check_hyper(adamcore::check_adagrad_hyper(h, step));
+  double prev = -1.0;
+  if (!prev_lr.is_none()) {
+    prev = prev_lr.cast<double>();
+    if (!(prev >= 0) || !std::isfinite(prev)) {
+      throw py::value_error("prev_lr must be finite and >= 0, got " +
+                            std::string(py::str(prev_lr)));
+    }
+  }
+  const BufferSet set({param, grad, state_sum}, {"param", "grad", "state_sum"},
+                      {true, false, true});
+  std::vector<adamcore::AdagradBuffers> tensors(set.count());
+  for (std::size_t t = 0; t < set.count(); ++t) {
+    tensors[t].param = set.data(0, t);
+    tensors[t].grad = set.data(1, t);
+    tensors[t].state_sum = set.data(2, t);
+    tensors[t].size = set.size(t);
+  }
+  adamcore::GammaStats stats;
+  {
+    py::gil_scoped_release release;
+    adamcore::adagrad_step(tensors.data(), tensors.size(), step, h,
+                           diagnostics ? &stats : nullptr, prev);
+  }
+  return finish(diagnostics, stats);
+}
+
+adamcore::Isa parse_isa(const std::string& name) {
+  adamcore::Isa isa;
+  if (!adamcore::isa_from_name(name, &isa)) {
+    throw py::value_error("unknown ISA '" + name + "'; valid choices: " +
+                          adamcore::isa_choices());
+  }
+  return isa;
+}
+
+std::vector<std::string> isa_list(bool supported_only) {
+  std::vector<std::string> out;
+  for (int i = 0; i < adamcore::kIsaCount; ++i) {
+    const auto isa = static_cast<adamcore::Isa>(i);
+    if (supported_only ? adamcore::isa_supported(isa) : adamcore::isa_compiled(isa)) {
+      out.emplace_back(adamcore::isa_name(isa));
+    }
+  }
+  return out;
+}
+
+std::string joined(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
+void set_isa_by_name(const std::string& name) {
+  const adamcore::Isa isa = parse_isa(name);
+  if (!adamcore::set_isa(isa)) {
+    throw py::value_error("ISA '" + name + "' is not " +
+                          (adamcore::isa_compiled(isa) ? "supported by this CPU"
+                                                       : "compiled into this build") +
+                          "; available here: " + joined(isa_list(true)));
+  }
+}
+
+// ADAMCORE_ISA overrides the choice at import; a bad value fails the import.
+void apply_isa_environment() {
+  const char* env = std::getenv("ADAMCORE_ISA");
+  if (env == nullptr || *env == '\0') return;
+  adamcore::Isa isa;
+  if (!adamcore::isa_from_name(env, &isa)) {
+    throw py::import_error(std::string("ADAMCORE_ISA='") + env +
+                           "' is not a valid ISA; valid choices: " + adamcore::isa_choices());
+  }
+  if (!adamcore::set_isa(isa)) {
+    throw py::import_error(std::string("ADAMCORE_ISA='") + env +
+                           "' is not available on this machine; available here: " +
+                           joined(isa_list(true)));
+  }
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "adamcore's native kernels (use the adamcore package, not this module)";
+  apply_isa_environment();
+
+  py::class_<adamcore::GammaStats>(m, "GammaStats", R"doc(
+Reddi et al.'s Γ for one step, reduced over every coordinate of the call.
+
+Γ_i = den_{t,i}/a_t − den_{t−1,i}/a_{t−1}: the change of coordinate i's inverse
+effective learning rate (den: the update's denominator, a: the step size).
+Γ_i < 0 means the effective learning rate a/den of coordinate i grew.
+)doc")
+      .def_readonly("defined", &adamcore::GammaStats::defined,
+                    "False at step 1, where there is no previous step to compare with.")
+      .def_readonly("count", &adamcore::GammaStats::count, "Coordinates examined.")
+      .def_readonly("negative", &adamcore::GammaStats::negative,
+                    "Coordinates with Γ_i < 0 (effective learning rate increased).")
+      .def_readonly("gamma_min", &adamcore::GammaStats::gamma_min,
+                    "Smallest Γ_i (NaN if not defined; NaN coordinates are skipped).")
+      .def_readonly("lr_min", &adamcore::GammaStats::lr_min,
+                    "Smallest effective learning rate a_t/den_{t,i}.")
+      .def_readonly("lr_max", &adamcore::GammaStats::lr_max,
+                    "Largest effective learning rate a_t/den_{t,i}.")
+      .def_property_readonly(
+          "fraction_negative",
+          [](const adamcore::GammaStats& s) {
+            return s.count ? static_cast<double>(s.negative) / static_cast<double>(s.count)
+                           : 0.0;
+          },
+          "negative / count.")
+      .def("as_dict",
+           [](const adamcore::GammaStats& s) {
+             return py::dict("defined"_a = s.defined, "count"_a = s.count,
+                             "negative"_a = s.negative, "gamma_min"_a = s.gamma_min,
+                             "lr_min"_a = s.lr_min, "lr_max"_a = s.lr_max);
+           })
+      .def("__repr__", [](const adamcore::GammaStats& s) {
+        return "GammaStats(defined=" + std::string(s.defined ? "True" : "False") +
+               ", count=" + std::to_string(s.count) + ", negative=" +
+               std::to_string(s.negative) + ", gamma_min=" +
+               std::string(py::str(py::float_(s.gamma_min))) + ", lr_min=" +
+               std::string(py::str(py::float_(s.lr_min))) + ", lr_max=" +
+               std::string(py::str(py::float_(s.lr_max))) + ")";
+      });
+
+  m.def(
+      "adam_step",
+      [](py::handle param, py::handle grad, py::handle exp_avg, py::handle exp_avg_sq,
+         std::int64_t step, double lr, double beta1, double beta2, double eps,
+         double weight_decay, bool amsgrad, py::handle max_exp_avg_sq, bool maximize,
+         bool bias_correction, bool diagnostics, py::handle prev_lr) {
+        return adam_like(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
+                         weight_decay, amsgrad, max_exp_avg_sq, maximize, bias_correction,
+                         diagnostics, prev_lr, false);
+      },
+      "param"_a, "grad"_a, "exp_avg"_a, "exp_avg_sq"_a, py::kw_only(), "step"_a,
+      "lr"_a = 1e-3, "beta1"_a = 0.9, "beta2"_a = 0.999, "eps"_a = 1e-8,
+      "weight_decay"_a = 0.0, "amsgrad"_a = false, "max_exp_avg_sq"_a = py::none(),
+      "maximize"_a = false, "bias_correction"_a = true, "diagnostics"_a = false,
+      "prev_lr"_a = py::none());
+  m.def(
+      "adamw_step",
+      [](py::handle param, py::handle grad, py::handle exp_avg, py::handle exp_avg_sq,
+         std::int64_t step, double lr, double beta1, double beta2, double eps,
+         double weight_decay, bool amsgrad, py::handle max_exp_avg_sq, bool maximize,
+         bool bias_correction, bool diagnostics, py::handle prev_lr) {
+        return adam_like(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
+                         weight_decay, amsgrad, max_exp_avg_sq, maximize, bias_correction,
+                         diagnostics, prev_lr, true);
+      },
+      "param"_a, "grad"_a, "exp_avg"_a, "exp_avg_sq"_a, py::kw_only(), "step"_a,
+      "lr"_a = 1e-3, "beta1"_a = 0.9, "beta2"_a = 0.999, "eps"_a = 1e-8,
+      "weight_decay"_a = 1e-2, "amsgrad"_a = false, "max_exp_avg_sq"_a = py::none(),
+      "maximize"_a = false, "bias_correction"_a = true, "diagnostics"_a = false,
+      "prev_lr"_a = py::none());
+  m.def("adagrad_step", &adagrad, "param"_a, "grad"_a, "state_sum"_a, py::kw_only(),
+        "step"_a, "lr"_a = 1e-2, "lr_decay"_a = 0.0, "weight_decay"_a = 0.0,
+        "eps"_a = 1e-10, "maximize"_a = false, "diagnostics"_a = false,
+        "prev_lr"_a = py::none());
+
+  m.def("get_isa", [] { return std::string(adamcore::isa_name(adamcore::active_isa())); });
+  m.def("set_isa", &set_isa_by_name, "name"_a);
+  m.def("available_isas", [] { return isa_list(true); });
+  m.def("compiled_isas", [] { return isa_list(false); });
+  m.def("best_isa", [] { return std::string(adamcore::isa_name(adamcore::best_isa())); });
+  m.def("get_num_threads", &adamcore::get_num_threads);
+  m.def(
+      "set_num_threads",
+      [](int n) {
+        if (n < 1) throw py::value_error("n must be >= 1, got " + std::to_string(n));
+        adamcore::set_num_threads(n);
+      },
+      "n"_a);
+  m.def("get_parallel_threshold", &adamcore::get_parallel_threshold);
+  m.def("set_parallel_threshold", &adamcore::set_parallel_threshold, "elements"_a);
+  m.def("built_with_openmp", &adamcore::built_with_openmp);
+#ifdef ADAMCORE_VERSION
+  m.attr("__version__") = ADAMCORE_VERSION;
+#endif
+}

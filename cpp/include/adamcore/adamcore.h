@@ -1,0 +1,114 @@
+// adamcore: exact CPU kernels for Adam, AdamW, AMSGrad and AdaGrad.
+//
+// Public C++ API. No intrinsics and no Python here: the kernel library built from
+// this header is tested on its own (natively, under qemu for aarch64, and under
+// sanitizers) and wrapped by the Python bindings.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace adamcore {
+
+// ---------------------------------------------------------------- ISA control
+enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2, neon = 3 };
+constexpr int kIsaCount = 4;
+
+const char* isa_name(Isa isa);
+// Parses "scalar", "avx2", "avx512" or "neon". Returns false for anything else.
+bool isa_from_name(const std::string& name, Isa* out);
+bool isa_compiled(Isa isa);   // a kernel for it is in this build
+bool isa_supported(Isa isa);  // compiled and this CPU + OS can run it
+Isa best_isa();               // the fastest supported one
+Isa active_isa();
+// Selects the kernels used from now on. Returns false (and changes nothing) if the
+// ISA is not supported here.
+bool set_isa(Isa isa);
+// "avx2, avx512, neon, scalar": every name set_isa understands, for error messages.
+std::string isa_choices();
+
+// ---------------------------------------------------------------- threads
+// Number of threads a large step may use (1 when built without OpenMP).
+int get_num_threads();
+void set_num_threads(int n);  // n >= 1
+// Steps touching fewer elements than this stay on the calling thread.
+std::size_t get_parallel_threshold();
+void set_parallel_threshold(std::size_t elements);
+bool built_with_openmp();
+
+// ---------------------------------------------------------------- hyperparameters
+struct AdamHyper {
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+  bool decoupled = false;        // AdamW: decay the parameter, not the gradient
+  bool amsgrad = false;          // keep a running max of exp_avg_sq
+  bool maximize = false;         // ascend instead of descend
+  bool bias_correction = true;   // false: step_size = lr and no sqrt(bc2) division
+};
+
+struct AdagradHyper {
+  double lr = 1e-2;
+  double lr_decay = 0.0;
+  double weight_decay = 0.0;
+  double eps = 1e-10;
+  bool maximize = false;
+};
+
+// Returns an empty string when the hyperparameters are valid, else a message that
+// starts with the offending argument's name.
+std::string check_adam_hyper(const AdamHyper& h, std::int64_t step);
+std::string check_adagrad_hyper(const AdagradHyper& h, std::int64_t step);
+
+// ---------------------------------------------------------------- buffers
+// One tensor's buffers, each `size` contiguous floats. max_exp_avg_sq is used only
+// (and then required) with amsgrad.
+struct AdamBuffers {
+  float* param = nullptr;
+  const float* grad = nullptr;
+  float* exp_avg = nullptr;
+  float* exp_avg_sq = nullptr;
+  float* max_exp_avg_sq = nullptr;
+  std::size_t size = 0;
+};
+
+struct AdagradBuffers {
+  float* param = nullptr;
+  const float* grad = nullptr;
+  float* state_sum = nullptr;
+  std::size_t size = 0;
+};
+
+// ---------------------------------------------------------------- diagnostics
+// Reddi et al.'s Γ, per coordinate i, in adamcore's arithmetic:
+//   Γ_i = den_{t,i} / a_t − den_{t−1,i} / a_{t−1}
+// where den is the canonical denominator and a the step size (Adam: lr/bc1, AdaGrad:
+// the decayed lr), i.e. the change of the inverse effective learning rate. Γ_i < 0
+// means coordinate i's effective learning rate a/den grew. Only counts, minima and
+// maxima are reduced, so every number is identical on every ISA and thread count.
+// NaN values are skipped.
+struct GammaStats {
+  bool defined = false;          // false at step 1: there is no previous step
+  std::int64_t count = 0;        // coordinates examined
+  std::int64_t negative = 0;     // coordinates with Γ_i < 0
+  float gamma_min = 0.0f;        // min Γ_i (+inf if none, NaN if !defined)
+  float lr_min = 0.0f;           // min effective learning rate a_t / den_{t,i}
+  float lr_max = 0.0f;           // max effective learning rate
+};
+
+// ---------------------------------------------------------------- steps
+// Updates `count` tensors in place; `step` is the step number after incrementing
+// (1 on the first step). Hyperparameters must pass check_*_hyper and buffers must
+// not overlap: the callers (bindings, tests) validate before calling.
+// With `diag` non-null the Γ statistics over all tensors are written there;
+// `prev_lr` is the learning rate of the previous step (negative: same as lr).
+void adam_step(const AdamBuffers* tensors, std::size_t count, std::int64_t step,
+               const AdamHyper& hyper, GammaStats* diag = nullptr, double prev_lr = -1.0);
+void adagrad_step(const AdagradBuffers* tensors, std::size_t count, std::int64_t step,
+                  const AdagradHyper& hyper, GammaStats* diag = nullptr,
+                  double prev_lr = -1.0);
+
+}  // namespace adamcore

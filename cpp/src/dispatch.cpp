@@ -1,0 +1,434 @@
+// Chooses the kernels, computes the per-step constants once in double, splits the
+// elements of one or many tensors across threads, and merges diagnostics.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#if defined(ADAMCORE_HAVE_OPENMP)
+#include <omp.h>
+#endif
+
+#include "adamcore/adamcore.h"
+#include "cpu_features.h"
+#include "kernel_api.h"
+
+namespace adamcore {
+
+// ---------------------------------------------------------------- ISA control
+namespace {
+
+constexpr Isa kAllIsas[kIsaCount] = {Isa::scalar, Isa::avx2, Isa::avx512, Isa::neon};
+
+// -1 until first use; then the active Isa's integer value.
+std::atomic<int> g_active_isa{-1};
+
+}  // namespace
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::scalar: return "scalar";
+    case Isa::avx2: return "avx2";
+    case Isa::avx512: return "avx512";
+    case Isa::neon: return "neon";
+  }
+  return "unknown";
+}
+
+bool isa_from_name(const std::string& name, Isa* out) {
+  for (Isa isa : kAllIsas) {
+    if (name == isa_name(isa)) {
+      *out = isa;
+      return true;
+    }
+  }
+  return false;
+}
+
+std::string isa_choices() { return "scalar, avx2, avx512, neon"; }
+
+bool isa_compiled(Isa isa) {
+  switch (isa) {
+    case Isa::scalar: return true;
+#if defined(ADAMCORE_HAVE_AVX2)
+    case Isa::avx2: return true;
+#endif
+#if defined(ADAMCORE_HAVE_AVX512)
+    case Isa::avx512: return true;
+#endif
+#if defined(ADAMCORE_HAVE_NEON)
+    case Isa::neon: return true;
+#endif
+    default: return false;
+  }
+}
+
+bool isa_supported(Isa isa) {
+  if (!isa_compiled(isa)) return false;
+  switch (isa) {
+    case Isa::scalar: return true;
+    case Isa::avx2: return detail::cpu_has_avx2_fma();
+    case Isa::avx512: return detail::cpu_has_avx512();
+    case Isa::neon: return detail::cpu_has_neon();
+  }
+  return false;
+}
+
+Isa best_isa() {
+  for (Isa isa : {Isa::avx512, Isa::avx2, Isa::neon}) {
+    if (isa_supported(isa)) return isa;
+  }
+  return Isa::scalar;
+}
+
+Isa active_isa() {
+  int current = g_active_isa.load(std::memory_order_relaxed);
+  if (current < 0) {
+    current = static_cast<int>(best_isa());
+    int expected = -1;
+    g_active_isa.compare_exchange_strong(expected, current);
+    current = g_active_isa.load(std::memory_order_relaxed);
+  }
+  return static_cast<Isa>(current);
+}
+
+bool set_isa(Isa isa) {
+  if (!isa_supported(isa)) return false;
+  g_active_isa.store(static_cast<int>(isa), std::memory_order_relaxed);
+  return true;
+}
+
+namespace {
+
+detail::AdamRangeFn adam_kernel_for(Isa isa, detail::WdMode wd, bool lerp_low, bool ams,
+                                    bool diag) {
+  switch (isa) {
+#if defined(ADAMCORE_HAVE_AVX2)
+    case Isa::avx2: return avx2::adam_kernel(wd, lerp_low, ams, diag);
+#endif
+#if defined(ADAMCORE_HAVE_AVX512)
+    case Isa::avx512: return avx512::adam_kernel(wd, lerp_low, ams, diag);
+#endif
+#if defined(ADAMCORE_HAVE_NEON)
+    case Isa::neon: return neon::adam_kernel(wd, lerp_low, ams, diag);
+#endif
+    default: return scalar::adam_kernel(wd, lerp_low, ams, diag);
+  }
+}
+
+detail::AdagradRangeFn adagrad_kernel_for(Isa isa, bool wd, bool diag) {
+  switch (isa) {
+#if defined(ADAMCORE_HAVE_AVX2)
+    case Isa::avx2: return avx2::adagrad_kernel(wd, diag);
+#endif
+#if defined(ADAMCORE_HAVE_AVX512)
+    case Isa::avx512: return avx512::adagrad_kernel(wd, diag);
+#endif
+#if defined(ADAMCORE_HAVE_NEON)
+    case Isa::neon: return neon::adagrad_kernel(wd, diag);
+#endif
+    default: return scalar::adagrad_kernel(wd, diag);
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- threads
+namespace {
+
+std::atomic<int> g_num_threads{0};  // 0 until first use
+std::atomic<std::size_t> g_parallel_threshold{std::size_t{1} << 15};
+
+int default_num_threads() {
+#if defined(ADAMCORE_HAVE_OPENMP)
+  if (const char* env = std::getenv("ADAMCORE_NUM_THREADS")) {
+    char* end = nullptr;
+    const long n = std::strtol(env, &end, 10);
+    if (end != env && *end == '\0' && n >= 1 && n <= 4096) return static_cast<int>(n);
+  }
+  return std::max(1, omp_get_max_threads());
+#else
+  return 1;
+#endif
+}
+
+}  // namespace
+
+bool built_with_openmp() {
+#if defined(ADAMCORE_HAVE_OPENMP)
+  return true;
+#else
+  return false;
+#endif
+}
+
+int get_num_threads() {
+  int n = g_num_threads.load(std::memory_order_relaxed);
+  if (n == 0) {
+    int expected = 0;
+    g_num_threads.compare_exchange_strong(expected, default_num_threads());
+    n = g_num_threads.load(std::memory_order_relaxed);
+  }
+  return n;
+}
+
+void set_num_threads(int n) {
+  if (!built_with_openmp()) n = 1;
+  g_num_threads.store(std::max(1, n), std::memory_order_relaxed);
+}
+
+std::size_t get_parallel_threshold() { return g_parallel_threshold.load(); }
+void set_parallel_threshold(std::size_t elements) { g_parallel_threshold.store(elements); }
+
+// ---------------------------------------------------------------- validation
+namespace {
+
+std::string bad(const char* name, double value, const char* rule) {
+  std::ostringstream out;
+  out.precision(17);
+  out << name << " must be " << rule << ", got " << value;
+  return out.str();
+}
+
+std::string check_common(double lr, double eps, double weight_decay, std::int64_t step) {
+  if (step < 1) {
+    return "step must be an integer >= 1 (the step number after incrementing), got " +
+           std::to_string(step);
+  }
+  if (!std::isfinite(lr) || lr < 0) return bad("lr", lr, "finite and >= 0");
+  if (!std::isfinite(eps) || eps < 0) return bad("eps", eps, "finite and >= 0");
+  if (!std::isfinite(weight_decay) || weight_decay < 0) {
+    return bad("weight_decay", weight_decay, "finite and >= 0");
+  }
+  return {};
+}
+
+}  // namespace
+
+std::string check_adam_hyper(const AdamHyper& h, std::int64_t step) {
+  std::string err = check_common(h.lr, h.eps, h.weight_decay, step);
+  if (!err.empty()) return err;
+  if (!std::isfinite(h.beta1) || h.beta1 < 0 || h.beta1 >= 1) {
+    return bad("beta1", h.beta1, "in [0, 1)");
+  }
+  if (!std::isfinite(h.beta2) || h.beta2 < 0 || h.beta2 >= 1) {
+    return bad("beta2", h.beta2, "in [0, 1)");
+  }
+  return {};
+}
+
+std::string check_adagrad_hyper(const AdagradHyper& h, std::int64_t step) {
+  std::string err = check_common(h.lr, h.eps, h.weight_decay, step);
+  if (!err.empty()) return err;
+  if (!std::isfinite(h.lr_decay) || h.lr_decay < 0) {
+    return bad("lr_decay", h.lr_decay, "finite and >= 0");
+  }
+  return {};
+}
+
+// ---------------------------------------------------------------- diagnostics
+namespace detail {
+
+void diag_init(DiagAccum* acc) {
+  acc->negative = 0;
+  acc->gamma_min = std::numeric_limits<float>::infinity();
+  acc->lr_min = std::numeric_limits<float>::infinity();
+  acc->lr_max = -std::numeric_limits<float>::infinity();
+}
+
+// Values are NaN-free and zeros are +0 (see DiagLanes), so these are order-independent.
+void diag_merge(DiagAccum* into, const DiagAccum& from) {
+  into->negative += from.negative;
+  if (from.gamma_min < into->gamma_min) into->gamma_min = from.gamma_min;
+  if (from.lr_min < into->lr_min) into->lr_min = from.lr_min;
+  if (from.lr_max > into->lr_max) into->lr_max = from.lr_max;
+}
+
+}  // namespace detail
+
+// ---------------------------------------------------------------- the parallel loop
+namespace {
+
+// Thread chunks start at multiples of this many elements inside a tensor: whole
+// cache lines per thread. (The bits do not depend on the split in any case: the tail
+// runs the same arithmetic as the vector body.)
+constexpr std::size_t kChunkAlign = 64;
+
+struct Cut {
+  std::size_t tensor;
+  std::size_t offset;
+};
+
+// Calls fn(tensor_index, begin, end, accum) over every element of every tensor,
+// split into equal, aligned shares of all elements when that pays off.
+template <class SizeOf, class Fn>
+void for_all_elements(std::size_t count, SizeOf size_of, detail::DiagAccum* diag, Fn fn) {
+  std::size_t total = 0;
+  for (std::size_t t = 0; t < count; ++t) total += size_of(t);
+  if (total == 0) return;
+
+  int threads = get_num_threads();
+  const std::size_t threshold = std::max<std::size_t>(get_parallel_threshold(), kChunkAlign);
+  if (total < threshold) threads = 1;
+  threads = static_cast<int>(std::min<std::size_t>(threads, (total + threshold - 1) / threshold));
+  threads = std::max(threads, 1);
+
+  if (threads == 1) {
+    for (std::size_t t = 0; t < count; ++t) fn(t, 0, size_of(t), diag);
+    return;
+  }
+
+  // Cut k (0..threads) = position k*total/threads, rounded down inside its tensor.
+  std::vector<Cut> cuts(static_cast<std::size_t>(threads) + 1);
+  {
+    std::size_t tensor = 0, before = 0;  // elements in tensors [0, tensor)
+    for (int k = 0; k <= threads; ++k) {
+      const std::size_t pos = static_cast<std::size_t>(
+          (static_cast<unsigned __int128>(total) * static_cast<unsigned>(k)) /
+          static_cast<unsigned>(threads));
+      while (tensor < count && before + size_of(tensor) <= pos && pos < total) {
+        before += size_of(tensor);
+        ++tensor;
+      }
+      if (pos >= total) {
+        cuts[k] = {count, 0};
+      } else {
+        cuts[k] = {tensor, (pos - before) / kChunkAlign * kChunkAlign};
+      }
+    }
+  }
+
+  std::vector<detail::DiagAccum> accums(static_cast<std::size_t>(threads));
+  for (auto& a : accums) detail::diag_init(&a);
+
+#if defined(ADAMCORE_HAVE_OPENMP)
+#pragma omp parallel num_threads(threads)
+  {
+    const int k = omp_get_thread_num();
+#else
+  for (int k = 0; k < threads; ++k) {
+#endif
+    const Cut from = cuts[k];
+    const Cut to = cuts[k + 1];
+    detail::DiagAccum* acc = diag ? &accums[k] : nullptr;
+    for (std::size_t t = from.tensor; t < count && t <= to.tensor; ++t) {
+      const std::size_t begin = t == from.tensor ? from.offset : 0;
+      const std::size_t end = t == to.tensor ? to.offset : size_of(t);
+      if (begin < end) fn(t, begin, end, acc);
+    }
+  }
+  if (diag) {
+    for (const auto& a : accums) detail::diag_merge(diag, a);
+  }
+}
+
+void write_stats(const detail::DiagAccum& acc, std::size_t total, bool defined,
+                 GammaStats* out) {
+  out->defined = defined;
+  out->count = static_cast<std::int64_t>(total);
+  out->negative = acc.negative;
+  out->gamma_min = defined ? acc.gamma_min : std::numeric_limits<float>::quiet_NaN();
+  out->lr_min = acc.lr_min;
+  out->lr_max = acc.lr_max;
+}
+
+// Adam's step size and sqrt of the second bias correction for step t (t >= 1).
+void adam_step_size(const AdamHyper& h, double lr, std::int64_t t, double* step_size,
+                    double* bc2_sqrt) {
+  if (!h.bias_correction) {
+    *step_size = lr;
+    *bc2_sqrt = 1.0;
+    return;
+  }
+  const double bc1 = 1.0 - std::pow(h.beta1, static_cast<double>(t));
+  const double bc2 = 1.0 - std::pow(h.beta2, static_cast<double>(t));
+  *step_size = lr / bc1;
+  *bc2_sqrt = std::sqrt(bc2);
+}
+
+}  // namespace
+
+void adam_step(const AdamBuffers* tensors, std::size_t count, std::int64_t step,
+               const AdamHyper& h, GammaStats* diag, double prev_lr) {
+  detail::AdamScalars k{};
+  double step_size = 0, bc2_sqrt = 0;
+  adam_step_size(h, h.lr, step, &step_size, &bc2_sqrt);
+  const float w = static_cast<float>(1.0 - h.beta1);
+  k.one_minus_beta1 = w;
+  k.one_minus_beta1_less1 = w - 1.0f;
+  k.beta2 = static_cast<float>(h.beta2);
+  k.one_minus_beta2 = static_cast<float>(1.0 - h.beta2);
+  k.bc2_sqrt = static_cast<float>(bc2_sqrt);
+  k.eps = static_cast<float>(h.eps);
+  k.neg_step_size = static_cast<float>(-step_size);
+  k.weight_decay = static_cast<float>(h.weight_decay);
+  k.decay_factor = static_cast<float>(1.0 - h.lr * h.weight_decay);
+  k.sign_flip = h.maximize ? 0x80000000u : 0u;
+  k.step_size = static_cast<float>(step_size);
+  k.gamma_defined = step > 1;
+  if (k.gamma_defined) {
+    double prev_step_size = 0, prev_bc2_sqrt = 0;
+    adam_step_size(h, prev_lr < 0 ? h.lr : prev_lr, step - 1, &prev_step_size, &prev_bc2_sqrt);
+    k.prev_step_size = static_cast<float>(prev_step_size);
+    k.prev_bc2_sqrt = static_cast<float>(prev_bc2_sqrt);
+  } else {
+    k.prev_step_size = 1.0f;
+    k.prev_bc2_sqrt = 1.0f;
+  }
+
+  detail::WdMode wd = detail::WdMode::none;
+  if (h.weight_decay != 0) wd = h.decoupled ? detail::WdMode::decoupled : detail::WdMode::l2;
+  // torch's lerp uses weight*(end-start)+start when |weight| < 0.5, else the other form.
+  const bool lerp_low = w < 0.5f;
+  const detail::AdamRangeFn kernel =
+      adam_kernel_for(active_isa(), wd, lerp_low, h.amsgrad, diag != nullptr);
+
+  detail::DiagAccum acc;
+  detail::diag_init(&acc);
+  std::size_t total = 0;
+  for (std::size_t t = 0; t < count; ++t) total += tensors[t].size;
+  for_all_elements(
+      count, [&](std::size_t t) { return tensors[t].size; }, diag ? &acc : nullptr,
+      [&](std::size_t t, std::size_t begin, std::size_t end, detail::DiagAccum* a) {
+        kernel(k, tensors[t], begin, end, a);
+      });
+  if (diag) write_stats(acc, total, k.gamma_defined, diag);
+}
+
+void adagrad_step(const AdagradBuffers* tensors, std::size_t count, std::int64_t step,
+                  const AdagradHyper& h, GammaStats* diag, double prev_lr) {
+  detail::AdagradScalars k{};
+  const double clr = h.lr / (1.0 + static_cast<double>(step - 1) * h.lr_decay);
+  k.neg_clr = static_cast<float>(-clr);
+  k.weight_decay = static_cast<float>(h.weight_decay);
+  k.eps = static_cast<float>(h.eps);
+  k.sign_flip = h.maximize ? 0x80000000u : 0u;
+  k.clr = static_cast<float>(clr);
+  k.gamma_defined = step > 1;
+  if (k.gamma_defined) {
+    const double lr0 = prev_lr < 0 ? h.lr : prev_lr;
+    k.prev_clr = static_cast<float>(lr0 / (1.0 + static_cast<double>(step - 2) * h.lr_decay));
+  } else {
+    k.prev_clr = 1.0f;
+  }
+  const detail::AdagradRangeFn kernel =
+      adagrad_kernel_for(active_isa(), h.weight_decay != 0, diag != nullptr);
+
+  detail::DiagAccum acc;
+  detail::diag_init(&acc);
+  std::size_t total = 0;
+  for (std::size_t t = 0; t < count; ++t) total += tensors[t].size;
+  for_all_elements(
+      count, [&](std::size_t t) { return tensors[t].size; }, diag ? &acc : nullptr,
+      [&](std::size_t t, std::size_t begin, std::size_t end, detail::DiagAccum* a) {
+        kernel(k, tensors[t], begin, end, a);
+      });
+  if (diag) write_stats(acc, total, k.gamma_defined, diag);
+}
+
+}  // namespace adamcore

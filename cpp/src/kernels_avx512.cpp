@@ -1,0 +1,11 @@
+// The optimizer kernels compiled for the avx512 instruction set (flags: CMakeLists.txt).
+// Everything here lives in namespace adamcore::avx512; the math is in kernels.inl.
+#define ADAMCORE_NS avx512
+#include "vec/vec_scalar.h"
+#include "vec/vec_avx512.h"
+
+namespace adamcore::avx512 {
+using Vec = VecAvx512;
+}
+
+#include "kernels.inl"

@@ -1,0 +1,85 @@
+"""adamcore: fast, exact CPU kernels for Adam, AdamW, AMSGrad and AdaGrad.
+
+The functional API updates contiguous float32 NumPy arrays in place::
+
+    adamcore.adam_step(param, grad, exp_avg, exp_avg_sq, step=1, lr=1e-3)
+
+Every ISA (scalar, AVX2, AVX-512, NEON) and every thread count gives the same bits,
+and those bits are torch's fused CPU kernel's (docs/numerics.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from . import _core
+from ._core import (
+    GammaStats,
+    adagrad_step,
+    adam_step,
+    adamw_step,
+    available_isas,
+    best_isa,
+    compiled_isas,
+    get_isa,
+    get_num_threads,
+    get_parallel_threshold,
+    set_isa,
+    set_num_threads,
+    set_parallel_threshold,
+)
+
+__version__: str = _core.__version__
+
+__all__ = [
+    "GammaStats",
+    "adagrad_step",
+    "adam_step",
+    "adamw_step",
+    "available_isas",
+    "best_isa",
+    "compiled_isas",
+    "get_isa",
+    "get_num_threads",
+    "get_parallel_threshold",
+    "runtime_info",
+    "set_isa",
+    "set_num_threads",
+    "set_parallel_threshold",
+    "use_isa",
+    "__version__",
+]
+
+
+@contextlib.contextmanager
+def use_isa(name: str) -> Iterator[str]:
+    """Run the enclosed steps with the kernels of ISA ``name``, then restore the previous one.
+
+    The ISA is process-wide: other threads stepping meanwhile use it too.
+    """
+    previous = get_isa()
+    set_isa(name)
+    try:
+        yield name
+    finally:
+        set_isa(previous)
+
+
+def runtime_info() -> dict:
+    """What was compiled, what this CPU supports, and what is in use.
+
+    Keys: ``isa`` (active), ``best`` (what dispatch picked), ``compiled``, ``supported``,
+    ``threads``, ``openmp``, ``parallel_threshold`` (elements below which a step stays
+    on the calling thread) and ``version``.
+    """
+    return {
+        "isa": get_isa(),
+        "best": best_isa(),
+        "compiled": compiled_isas(),
+        "supported": available_isas(),
+        "threads": get_num_threads(),
+        "openmp": _core.built_with_openmp(),
+        "parallel_threshold": get_parallel_threshold(),
+        "version": __version__,
+    }
