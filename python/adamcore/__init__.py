@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-from . import _core
+from . import _core, reference
 from ._core import (
     GammaStats,
     adagrad_step,
@@ -47,9 +47,30 @@ __all__ = [
     "set_isa",
     "set_num_threads",
     "set_parallel_threshold",
+    "reference",
     "use_isa",
     "__version__",
 ]
+
+# Names served by submodules that import more (or later) than the kernels need.
+_LAZY = {
+    "Adam": "adamcore.optim",
+    "AdamW": "adamcore.optim",
+    "AMSGrad": "adamcore.optim",
+    "Adagrad": "adamcore.optim",
+    "oracle": "adamcore.oracle",
+    "reddi": "adamcore.reddi",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'adamcore' has no attribute {name!r}")
+    import importlib
+
+    mod = importlib.import_module(module)
+    return mod if module.endswith("." + name) else getattr(mod, name)
 
 
 @contextlib.contextmanager

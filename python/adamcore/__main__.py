@@ -1,11 +1,20 @@
-"""Command line: ``python -m adamcore info``."""
+"""Command line: ``python -m adamcore COMMAND``.
+
+Each command lives in its own module, which defines ``add_parser(subparsers)``; the
+parser it adds sets ``func`` to a callable taking the parsed arguments and returning
+an exit code.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from typing import Sequence
+
+# (module, command) pairs; modules that are not present in this build are skipped.
+_COMMAND_MODULES = ("adamcore.bench", "adamcore.reddi", "adamcore.phase", "adamcore.golden")
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -24,11 +33,20 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m adamcore", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m adamcore",
+                                     description="adamcore: exact CPU optimizer kernels")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="print what was compiled, detected and is in use")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=_info)
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:
+                raise
+            continue
+        module.add_parser(sub)
     return parser
 
 
