@@ -22,9 +22,10 @@ using namespace pybind11::literals;
 
 namespace {
 
-// One argument's array, kept alive for the duration of the call.
+// One argument's array, kept alive for the duration of the call (the GIL is released
+// while the kernel runs, so the caller's list could drop its reference meanwhile).
 struct Buffer {
-  py::array array;
+  py::object array;
   float* data = nullptr;
   std::size_t size = 0;
 };
@@ -34,58 +35,92 @@ std::string label(const char* name, std::ptrdiff_t index) {
   return std::string(name) + "[" + std::to_string(index) + "]";
 }
 
-Buffer take_buffer(py::handle obj, const std::string& name, bool written) {
-  if (!py::isinstance<py::array>(obj)) {
-    throw py::type_error(name + " must be a numpy.ndarray of float32, got " +
+constexpr int kNpyFloat32 = 11;  // NPY_FLOAT
+
+// Checks one argument with NumPy's object layout directly (this runs once per array
+// per step, so it avoids building dtype objects). Names the argument on failure.
+Buffer take_buffer(py::handle obj, const char* name, std::ptrdiff_t index, bool written) {
+  auto& api = py::detail::npy_api::get();
+  if (!api.PyArray_Check_(obj.ptr())) {
+    throw py::type_error(label(name, index) + " must be a numpy.ndarray of float32, got " +
                          std::string(py::str(py::type::of(obj).attr("__name__"))));
   }
-  Buffer b;
-  b.array = py::reinterpret_borrow<py::array>(obj);
-  const py::dtype dt = b.array.dtype();
-  if (!dt.is(py::dtype::of<float>()) &&
-      !(dt.kind() == 'f' && dt.itemsize() == 4 && dt.byteorder() != '>')) {
-    throw py::type_error(name + " must have dtype float32, got " + std::string(py::str(dt)) +
+  const auto* arr = py::detail::array_proxy(obj.ptr());
+  const auto* descr = py::detail::array_descriptor_proxy(arr->descr);
+  if (descr->type_num != kNpyFloat32 || descr->byteorder == '>') {
+    throw py::type_error(label(name, index) + " must have dtype float32, got " +
+                         std::string(py::str(py::reinterpret_borrow<py::object>(arr->descr))) +
                          " (adamcore never converts: the update is in place)");
   }
-  if (!(b.array.flags() & py::array::c_style)) {
-    throw py::value_error(name + " must be C-contiguous (got a strided or reversed view; "
-                                 "adamcore never copies: the update is in place)");
+  if (!(arr->flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_)) {
+    throw py::value_error(label(name, index) +
+                          " must be C-contiguous (got a strided or reversed view; "
+                          "adamcore never copies: the update is in place)");
   }
-  if (written && !b.array.writeable()) {
-    throw py::value_error(name + " is read-only; it must be writeable to be updated in place");
+  if (written && !(arr->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_)) {
+    throw py::value_error(label(name, index) +
+                          " is read-only; it must be writeable to be updated in place");
   }
-  b.size = static_cast<std::size_t>(b.array.size());
-  b.data = static_cast<float*>(const_cast<void*>(b.array.data()));
+  Buffer b;
+  b.array = py::reinterpret_borrow<py::object>(obj);
+  std::size_t size = 1;
+  for (int d = 0; d < arr->nd; ++d) size *= static_cast<std::size_t>(arr->dimensions[d]);
+  b.size = size;
+  b.data = reinterpret_cast<float*>(arr->data);
   return b;
 }
 
 struct Span {
   const char* begin;
   const char* end;
-  std::string name;
+  const char* name;
+  std::ptrdiff_t index;
 };
 
-// Raises if any two non-empty buffers share a byte.
+// Sorts the spans by address and raises if any two non-empty buffers share a byte.
 void check_disjoint(std::vector<Span>& spans) {
   std::sort(spans.begin(), spans.end(),
-            [](const Span& a, const Span& b) { return a.begin < b.begin; });
+            [](const Span& x, const Span& y) { return x.begin < y.begin; });
+  std::size_t reach = 0;  // the span seen so far that ends furthest
   for (std::size_t i = 1; i < spans.size(); ++i) {
-    // Sorted by start: the widest earlier span decides; comparing neighbours suffices
-    // once we carry the one that reaches furthest.
-    if (spans[i].begin < spans[i - 1].end) {
-      const bool same = spans[i].begin == spans[i - 1].begin && spans[i].end == spans[i - 1].end;
-      throw py::value_error(spans[i - 1].name + " and " + spans[i].name +
+    if (spans[i].begin < spans[reach].end) {
+      const bool same = spans[i].begin == spans[reach].begin && spans[i].end == spans[reach].end;
+      throw py::value_error(label(spans[reach].name, spans[reach].index) + " and " +
+                            label(spans[i].name, spans[i].index) +
                             (same ? " are the same memory" : " overlap in memory") +
                             "; every buffer must be distinct");
     }
-    if (spans[i - 1].end > spans[i].end) std::swap(spans[i - 1], spans[i]);
+    if (spans[i].end > spans[reach].end) reach = i;
   }
 }
 
-void add_span(std::vector<Span>& spans, const Buffer& b, const std::string& name) {
+// With `spans` sorted and disjoint: raises if `b` shares a byte with any of them.
+void check_outside(const std::vector<Span>& spans, const Buffer& b, const char* name,
+                   std::ptrdiff_t index) {
+  if (b.size == 0 || spans.empty()) return;
+  const char* begin = reinterpret_cast<const char*>(b.data);
+  const char* end = begin + b.size * sizeof(float);
+  auto after = std::lower_bound(spans.begin(), spans.end(), end,
+                                [](const Span& s, const char* e) { return s.begin < e; });
+  if (after == spans.begin()) return;
+  const Span& before = *(after - 1);
+  if (before.end > begin) {
+    throw py::value_error(label(name, index) + " and " + label(before.name, before.index) +
+                          " overlap in memory; every buffer must be distinct");
+  }
+}
+
+void add_span(std::vector<Span>& spans, const Buffer& b, const char* name,
+              std::ptrdiff_t index) {
   if (b.size == 0) return;
   const char* p = reinterpret_cast<const char*>(b.data);
-  spans.push_back({p, p + b.size * sizeof(float), name});
+  spans.push_back({p, p + b.size * sizeof(float), name, index});
+}
+
+// Borrowed item t of a list or tuple (checked by is_sequence_arg).
+py::handle sequence_item(py::handle seq, std::size_t t) {
+  return PyList_Check(seq.ptr()) ? PyList_GET_ITEM(seq.ptr(), static_cast<Py_ssize_t>(t))
+                                 : PyTuple_GET_ITEM(seq.ptr(), static_cast<Py_ssize_t>(t));
 }
 
 bool is_sequence_arg(py::handle obj) {
@@ -118,30 +153,35 @@ class BufferSet {
     for (std::size_t a = 0; a < args.size(); ++a) {
       columns_[a].reserve(count);
       for (std::size_t t = 0; t < count; ++t) {
-        const std::string name =
-            label(names[a], multi ? static_cast<std::ptrdiff_t>(t) : -1);
-        py::handle obj = multi ? py::handle(args[a][py::int_(t)]) : args[a];
-        columns_[a].push_back(take_buffer(obj, name, written[a]));
+        const std::ptrdiff_t index = multi ? static_cast<std::ptrdiff_t>(t) : -1;
+        py::handle obj = multi ? sequence_item(args[a], t) : args[a];
+        columns_[a].push_back(take_buffer(obj, names[a], index, written[a]));
         const Buffer& b = columns_[a].back();
         if (a > 0 && b.size != columns_[0][t].size) {
-          throw py::value_error(name + " has " + std::to_string(b.size) + " elements but " +
-                                label(names[0], multi ? static_cast<std::ptrdiff_t>(t) : -1) +
-                                " has " + std::to_string(columns_[0][t].size));
+          throw py::value_error(label(names[a], index) + " has " + std::to_string(b.size) +
+                                " elements but " + label(names[0], index) + " has " +
+                                std::to_string(columns_[0][t].size));
         }
-        add_span(spans, b, name);
+        add_span(spans, b, names[a], index);
       }
     }
     check_disjoint(spans);
+    spans_ = std::move(spans);
     count_ = count;
   }
   std::size_t count() const { return count_; }
   float* data(std::size_t arg, std::size_t t) const { return columns_[arg][t].data; }
   std::size_t size(std::size_t t) const { return columns_[0][t].size; }
+  // Every non-empty buffer, sorted by address and disjoint.
+  const std::vector<Span>& spans() const { return spans_; }
 
  private:
   std::vector<std::vector<Buffer>> columns_;
+  std::vector<Span> spans_;
   std::size_t count_ = 0;
 };
+
+double parse_prev_lr(py::handle prev_lr);
 
 py::object finish(bool diagnostics, const adamcore::GammaStats& stats) {
   if (!diagnostics) return py::none();
@@ -168,14 +208,7 @@ py::object adam_like(py::handle param, py::handle grad, py::handle exp_avg,
   h.maximize = maximize;
   h.bias_correction = bias_correction;
   check_hyper(adamcore::check_adam_hyper(h, step));
-  double prev = -1.0;
-  if (!prev_lr.is_none()) {
-    prev = prev_lr.cast<double>();
-    if (!(prev >= 0) || !std::isfinite(prev)) {
-      throw py::value_error("prev_lr must be finite and >= 0, got " +
-                            std::string(py::str(prev_lr)));
-    }
-  }
+  const double prev = parse_prev_lr(prev_lr);
   if (amsgrad && max_exp_avg_sq.is_none()) {
     throw py::value_error("max_exp_avg_sq is required when amsgrad=True");
   }
@@ -220,14 +253,7 @@ py::object adagrad(py::handle param, py::handle grad, py::handle state_sum,
   h.eps = eps;
   h.maximize = maximize;
   check_hyper(adamcore::check_adagrad_hyper(h, step));
-  double prev = -1.0;
-  if (!prev_lr.is_none()) {
-    prev = prev_lr.cast<double>();
-    if (!(prev >= 0) || !std::isfinite(prev)) {
-      throw py::value_error("prev_lr must be finite and >= 0, got " +
-                            std::string(py::str(prev_lr)));
-    }
-  }
+  const double prev = parse_prev_lr(prev_lr);
   const BufferSet set({param, grad, state_sum}, {"param", "grad", "state_sum"},
                       {true, false, true});
   std::vector<adamcore::AdagradBuffers> tensors(set.count());
@@ -245,6 +271,165 @@ py::object adagrad(py::handle param, py::handle grad, py::handle state_sum,
   }
   return finish(diagnostics, stats);
 }
+
+double parse_prev_lr(py::handle prev_lr) {
+  if (prev_lr.is_none()) return -1.0;
+  const double prev = prev_lr.cast<double>();
+  if (!(prev >= 0) || !std::isfinite(prev)) {
+    throw py::value_error("prev_lr must be finite and >= 0, got " +
+                          std::string(py::str(prev_lr)));
+  }
+  return prev;
+}
+
+void require_list(py::handle obj, const char* name) {
+  if (!is_sequence_arg(obj)) {
+    throw py::type_error(std::string(name) + " must be a list or tuple of float32 arrays");
+  }
+}
+
+// Reads a step's grads: one float32 array per tensor, of the tensor's size, sharing
+// no memory with the held state. Returns the arrays to keep them alive.
+template <class Tensors>
+std::vector<py::object> take_grads(py::handle grads, const std::vector<Span>& held,
+                                   Tensors& tensors) {
+  require_list(grads, "grads");
+  const std::size_t count = tensors.size();
+  if (static_cast<std::size_t>(py::len(grads)) != count) {
+    throw py::value_error("grads has " + std::to_string(py::len(grads)) +
+                          " arrays but the group has " + std::to_string(count));
+  }
+  std::vector<py::object> keep(count);
+  for (std::size_t t = 0; t < count; ++t) {
+    const auto index = static_cast<std::ptrdiff_t>(t);
+    Buffer g = take_buffer(sequence_item(grads, t), "grads", index, false);
+    if (g.size != tensors[t].size) {
+      throw py::value_error(label("grads", index) + " has " + std::to_string(g.size) +
+                            " elements but " + label("params", index) + " has " +
+                            std::to_string(tensors[t].size));
+    }
+    check_outside(held, g, "grads", index);
+    tensors[t].grad = g.data;
+    keep[t] = std::move(g.array);
+  }
+  return keep;
+}
+
+// A parameter group's Adam state, validated once and held; a step checks only the grads.
+class AdamGroup {
+ public:
+  AdamGroup(py::handle params, py::handle exp_avgs, py::handle exp_avg_sqs,
+            py::handle max_exp_avg_sqs)
+      : amsgrad_(!max_exp_avg_sqs.is_none()),
+        set_(make_set(params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs)) {
+    tensors_.resize(set_.count());
+    for (std::size_t t = 0; t < set_.count(); ++t) {
+      tensors_[t].param = set_.data(0, t);
+      tensors_[t].exp_avg = set_.data(1, t);
+      tensors_[t].exp_avg_sq = set_.data(2, t);
+      tensors_[t].max_exp_avg_sq = amsgrad_ ? set_.data(3, t) : nullptr;
+      tensors_[t].size = set_.size(t);
+      numel_ += set_.size(t);
+    }
+  }
+
+  py::object step(py::handle grads, std::int64_t step, double lr, double beta1, double beta2,
+                  double eps, double weight_decay, bool decoupled, bool maximize,
+                  bool bias_correction, bool diagnostics, py::handle prev_lr) const {
+    adamcore::AdamHyper h;
+    h.lr = lr;
+    h.beta1 = beta1;
+    h.beta2 = beta2;
+    h.eps = eps;
+    h.weight_decay = weight_decay;
+    h.decoupled = decoupled;
+    h.amsgrad = amsgrad_;
+    h.maximize = maximize;
+    h.bias_correction = bias_correction;
+    check_hyper(adamcore::check_adam_hyper(h, step));
+    const double prev = parse_prev_lr(prev_lr);
+    std::vector<adamcore::AdamBuffers> tensors = tensors_;  // callers may step concurrently
+    const auto keep = take_grads(grads, set_.spans(), tensors);
+    adamcore::GammaStats stats;
+    {
+      py::gil_scoped_release release;
+      adamcore::adam_step(tensors.data(), tensors.size(), step, h,
+                          diagnostics ? &stats : nullptr, prev);
+    }
+    return finish(diagnostics, stats);
+  }
+
+  std::size_t count() const { return tensors_.size(); }
+  std::size_t numel() const { return numel_; }
+  bool amsgrad() const { return amsgrad_; }
+
+ private:
+  static BufferSet make_set(py::handle params, py::handle exp_avgs, py::handle exp_avg_sqs,
+                            py::handle max_exp_avg_sqs) {
+    require_list(params, "params");
+    std::vector<py::handle> args = {params, exp_avgs, exp_avg_sqs};
+    std::vector<const char*> names = {"params", "exp_avgs", "exp_avg_sqs"};
+    if (!max_exp_avg_sqs.is_none()) {
+      args.push_back(max_exp_avg_sqs);
+      names.push_back("max_exp_avg_sqs");
+    }
+    return BufferSet(args, names, std::vector<bool>(args.size(), true));
+  }
+
+  bool amsgrad_;
+  BufferSet set_;
+  std::vector<adamcore::AdamBuffers> tensors_;
+  std::size_t numel_ = 0;
+};
+
+// A parameter group's AdaGrad state, validated once and held.
+class AdagradGroup {
+ public:
+  AdagradGroup(py::handle params, py::handle state_sums) : set_(make_set(params, state_sums)) {
+    tensors_.resize(set_.count());
+    for (std::size_t t = 0; t < set_.count(); ++t) {
+      tensors_[t].param = set_.data(0, t);
+      tensors_[t].state_sum = set_.data(1, t);
+      tensors_[t].size = set_.size(t);
+      numel_ += set_.size(t);
+    }
+  }
+
+  py::object step(py::handle grads, std::int64_t step, double lr, double lr_decay,
+                  double weight_decay, double eps, bool maximize, bool diagnostics,
+                  py::handle prev_lr) const {
+    adamcore::AdagradHyper h;
+    h.lr = lr;
+    h.lr_decay = lr_decay;
+    h.weight_decay = weight_decay;
+    h.eps = eps;
+    h.maximize = maximize;
+    check_hyper(adamcore::check_adagrad_hyper(h, step));
+    const double prev = parse_prev_lr(prev_lr);
+    std::vector<adamcore::AdagradBuffers> tensors = tensors_;
+    const auto keep = take_grads(grads, set_.spans(), tensors);
+    adamcore::GammaStats stats;
+    {
+      py::gil_scoped_release release;
+      adamcore::adagrad_step(tensors.data(), tensors.size(), step, h,
+                             diagnostics ? &stats : nullptr, prev);
+    }
+    return finish(diagnostics, stats);
+  }
+
+  std::size_t count() const { return tensors_.size(); }
+  std::size_t numel() const { return numel_; }
+
+ private:
+  static BufferSet make_set(py::handle params, py::handle state_sums) {
+    require_list(params, "params");
+    return BufferSet({params, state_sums}, {"params", "state_sums"}, {true, true});
+  }
+
+  BufferSet set_;
+  std::vector<adamcore::AdagradBuffers> tensors_;
+  std::size_t numel_ = 0;
+};
 
 adamcore::Isa parse_isa(const std::string& name) {
   adamcore::Isa isa;
@@ -378,6 +563,36 @@ effective learning rate (den: the update's denominator, a: the step size).
         "step"_a, "lr"_a = 1e-2, "lr_decay"_a = 0.0, "weight_decay"_a = 0.0,
         "eps"_a = 1e-10, "maximize"_a = false, "diagnostics"_a = false,
         "prev_lr"_a = py::none());
+
+  py::class_<AdamGroup>(m, "AdamGroup", R"doc(
+A parameter group's Adam/AdamW/AMSGrad state, validated once and held.
+
+AdamGroup(params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None) takes equal-length lists
+of contiguous, writeable float32 arrays that share no memory (max_exp_avg_sqs given
+means amsgrad). step(grads, ...) checks only the grads, then updates every array in
+place with one native call. The group keeps references to the arrays it holds.
+)doc")
+      .def(py::init<py::handle, py::handle, py::handle, py::handle>(), "params"_a,
+           "exp_avgs"_a, "exp_avg_sqs"_a, "max_exp_avg_sqs"_a = py::none())
+      .def("step", &AdamGroup::step, "grads"_a, py::kw_only(), "step"_a, "lr"_a = 1e-3,
+           "beta1"_a = 0.9, "beta2"_a = 0.999, "eps"_a = 1e-8, "weight_decay"_a = 0.0,
+           "decoupled"_a = false, "maximize"_a = false, "bias_correction"_a = true,
+           "diagnostics"_a = false, "prev_lr"_a = py::none())
+      .def_property_readonly("count", &AdamGroup::count, "Number of tensors.")
+      .def_property_readonly("numel", &AdamGroup::numel, "Elements over all tensors.")
+      .def_property_readonly("amsgrad", &AdamGroup::amsgrad)
+      .def("__len__", &AdamGroup::count);
+
+  py::class_<AdagradGroup>(m, "AdagradGroup", R"doc(
+A parameter group's AdaGrad state (params and state_sums lists), validated once and held.
+)doc")
+      .def(py::init<py::handle, py::handle>(), "params"_a, "state_sums"_a)
+      .def("step", &AdagradGroup::step, "grads"_a, py::kw_only(), "step"_a, "lr"_a = 1e-2,
+           "lr_decay"_a = 0.0, "weight_decay"_a = 0.0, "eps"_a = 1e-10, "maximize"_a = false,
+           "diagnostics"_a = false, "prev_lr"_a = py::none())
+      .def_property_readonly("count", &AdagradGroup::count, "Number of tensors.")
+      .def_property_readonly("numel", &AdagradGroup::numel, "Elements over all tensors.")
+      .def("__len__", &AdagradGroup::count);
 
   m.def("get_isa", [] { return std::string(adamcore::isa_name(adamcore::active_isa())); });
   m.def("set_isa", &set_isa_by_name, "name"_a);

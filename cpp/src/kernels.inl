@@ -107,14 +107,22 @@ inline void adam_lanes(const AdamConsts<V>& c, std::uint32_t sign_flip, bool gam
 template <WdMode Wd, bool LerpLow, bool Amsgrad, bool Diag>
 void adam_range(const AdamScalars& k, const AdamBuffers& b, std::size_t begin,
                 std::size_t end, DiagAccum* acc) {
+  // Locals, so the compiler need not reload them after every store.
+  float* const param = b.param;
+  const float* const grad = b.grad;
+  float* const exp_avg = b.exp_avg;
+  float* const exp_avg_sq = b.exp_avg_sq;
+  float* const max_exp_avg_sq = b.max_exp_avg_sq;
+  const std::uint32_t sign_flip = k.sign_flip;
+  const bool gamma_defined = k.gamma_defined;
   std::size_t i = begin;
   {
     const AdamConsts<Vec> c(k);
     DiagLanes<Vec> diag;
     for (; i + Vec::kLanes <= end; i += Vec::kLanes) {
       adam_lanes<Vec, Wd, LerpLow, Amsgrad, Diag>(
-          c, k.sign_flip, k.gamma_defined, b.param + i, b.grad + i, b.exp_avg + i,
-          b.exp_avg_sq + i, Amsgrad ? b.max_exp_avg_sq + i : nullptr, diag);
+          c, sign_flip, gamma_defined, param + i, grad + i, exp_avg + i, exp_avg_sq + i,
+          Amsgrad ? max_exp_avg_sq + i : nullptr, diag);
     }
     if constexpr (Diag) diag.merge_into(acc);
   }
@@ -123,8 +131,8 @@ void adam_range(const AdamScalars& k, const AdamBuffers& b, std::size_t begin,
     DiagLanes<VecScalar> diag;
     for (; i < end; ++i) {
       adam_lanes<VecScalar, Wd, LerpLow, Amsgrad, Diag>(
-          c, k.sign_flip, k.gamma_defined, b.param + i, b.grad + i, b.exp_avg + i,
-          b.exp_avg_sq + i, Amsgrad ? b.max_exp_avg_sq + i : nullptr, diag);
+          c, sign_flip, gamma_defined, param + i, grad + i, exp_avg + i, exp_avg_sq + i,
+          Amsgrad ? max_exp_avg_sq + i : nullptr, diag);
     }
     if constexpr (Diag) diag.merge_into(acc);
   }
@@ -160,13 +168,18 @@ inline void adagrad_lanes(const AdagradConsts<V>& c, std::uint32_t sign_flip,
 template <bool WeightDecay, bool Diag>
 void adagrad_range(const AdagradScalars& k, const AdagradBuffers& b, std::size_t begin,
                    std::size_t end, DiagAccum* acc) {
+  float* const param = b.param;
+  const float* const grad = b.grad;
+  float* const state_sum = b.state_sum;
+  const std::uint32_t sign_flip = k.sign_flip;
+  const bool gamma_defined = k.gamma_defined;
   std::size_t i = begin;
   {
     const AdagradConsts<Vec> c(k);
     DiagLanes<Vec> diag;
     for (; i + Vec::kLanes <= end; i += Vec::kLanes) {
-      adagrad_lanes<Vec, WeightDecay, Diag>(c, k.sign_flip, k.gamma_defined, b.param + i,
-                                            b.grad + i, b.state_sum + i, diag);
+      adagrad_lanes<Vec, WeightDecay, Diag>(c, sign_flip, gamma_defined, param + i, grad + i,
+                                            state_sum + i, diag);
     }
     if constexpr (Diag) diag.merge_into(acc);
   }
@@ -174,9 +187,8 @@ void adagrad_range(const AdagradScalars& k, const AdagradBuffers& b, std::size_t
     const AdagradConsts<VecScalar> c(k);
     DiagLanes<VecScalar> diag;
     for (; i < end; ++i) {
-      adagrad_lanes<VecScalar, WeightDecay, Diag>(c, k.sign_flip, k.gamma_defined,
-                                                  b.param + i, b.grad + i, b.state_sum + i,
-                                                  diag);
+      adagrad_lanes<VecScalar, WeightDecay, Diag>(c, sign_flip, gamma_defined, param + i,
+                                                  grad + i, state_sum + i, diag);
     }
     if constexpr (Diag) diag.merge_into(acc);
   }
