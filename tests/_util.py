@@ -1,0 +1,49 @@
+"""Helpers shared by the tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def f32(x) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distance in units in the last place between float32 arrays (NaN vs NaN = 0)."""
+    ia = a.astype(np.float32).view(np.int32).astype(np.int64)
+    ib = b.astype(np.float32).view(np.int32).astype(np.int64)
+    # Map the sign-magnitude encoding onto a monotonic integer line.
+    ia = np.where(ia < 0, -(ia & 0x7FFFFFFF), ia)
+    ib = np.where(ib < 0, -(ib & 0x7FFFFFFF), ib)
+    d = np.abs(ia - ib)
+    both_nan = np.isnan(a) & np.isnan(b)
+    one_nan = np.isnan(a) ^ np.isnan(b)
+    d = np.where(both_nan, 0, d)
+    return np.where(one_nan, np.iinfo(np.int64).max, d)
+
+
+def assert_same_bits(got: np.ndarray, want: np.ndarray, what: str = "") -> None:
+    """Bitwise equality; NaN matches NaN (payload bits are not part of the contract)."""
+    assert got.shape == want.shape, what
+    nan_g, nan_w = np.isnan(got), np.isnan(want)
+    assert np.array_equal(nan_g, nan_w), f"{what}: NaN positions differ"
+    diff = np.flatnonzero((got.view(np.uint32) != want.view(np.uint32)) & ~nan_g)
+    if diff.size:
+        i = diff[0]
+        raise AssertionError(
+            f"{what}: {diff.size} of {got.size} elements differ; first at {i}: "
+            f"{got.flat[i]!r} (0x{got.view(np.uint32).flat[i]:08x}) vs "
+            f"{want.flat[i]!r} (0x{want.view(np.uint32).flat[i]:08x})")
+
+
+def snapshot(*arrays: np.ndarray) -> list[bytes]:
+    return [np.asarray(a).tobytes() for a in arrays]
+
+
+def adam_state(rng: np.random.Generator, n: int, amsgrad: bool = False):
+    p = f32(rng.standard_normal(n))
+    m = f32(rng.standard_normal(n) * 0.01)
+    v = f32(rng.standard_normal(n) ** 2 * 1e-4)
+    vmax = v.copy() if amsgrad else None
+    return p, m, v, vmax
