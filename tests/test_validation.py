@@ -239,3 +239,39 @@ def test_group_checks_grads_each_step():
         adamcore._core.AdamGroup(params, ms, [ms[0], vs[1]])
     group.step(grads, step=1)
     assert snapshot(*params) != before[:2]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"step": 1.5}, "step must be an integer"),
+    ({"step": True}, "step must be an integer"),
+    ({"step": 1, "lr": "0.1"}, "lr must be a real number"),
+    ({"step": 1, "maximize": "yes"}, "maximize must be a bool"),
+    ({"step": 1, "betas": (0.9, 0.99)}, "unexpected keyword argument 'betas'"),
+    ({}, "missing required argument 'step'"),
+])
+def test_argument_errors_name_the_argument(kwargs, match):
+    arrays = _buffers()
+    before = snapshot(*arrays.values())
+    with pytest.raises(TypeError, match=match):
+        adamcore.adam_step(arrays["param"], arrays["grad"], arrays["exp_avg"],
+                           arrays["exp_avg_sq"], **kwargs)
+    with pytest.raises(TypeError, match="positional"):
+        adamcore.adam_step(arrays["param"], arrays["grad"], arrays["exp_avg"],
+                           arrays["exp_avg_sq"], 1)
+    with pytest.raises(TypeError, match="multiple values for argument 'grad'"):
+        adamcore.adam_step(arrays["param"], arrays["grad"], arrays["exp_avg"],
+                           arrays["exp_avg_sq"], grad=arrays["grad"], step=1)
+    assert snapshot(*arrays.values()) == before
+
+
+def test_numpy_scalars_are_accepted_as_hyperparameters():
+    arrays = _buffers(amsgrad=True)
+    want = {k: a.copy() for k, a in arrays.items()}
+    adamcore.adam_step(want["param"], want["grad"], want["exp_avg"], want["exp_avg_sq"],
+                       step=3, lr=0.01, beta1=0.8, amsgrad=True,
+                       max_exp_avg_sq=want["max_exp_avg_sq"])
+    adamcore.adam_step(arrays["param"], arrays["grad"], arrays["exp_avg"], arrays["exp_avg_sq"],
+                       step=np.int64(3), lr=np.float64(0.01), beta1=np.float64(0.8),
+                       amsgrad=np.bool_(True), max_exp_avg_sq=arrays["max_exp_avg_sq"])
+    for key in arrays:
+        assert arrays[key].tobytes() == want[key].tobytes(), key

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "adamcore/adamcore.h"
+#include "fast_call.h"
 
 namespace py = pybind11;
 using namespace pybind11::literals;
@@ -192,22 +193,25 @@ void check_hyper(const std::string& err) {
   if (!err.empty()) throw py::value_error(err);
 }
 
+// Runs a step function over checked buffers with the GIL released.
+template <class Buffers, class Hyper>
+py::object run_step(void (*step_fn)(const Buffers*, std::size_t, std::int64_t, const Hyper&,
+                                    adamcore::GammaStats*, double),
+                    const std::vector<Buffers>& tensors, std::int64_t step, const Hyper& h,
+                    bool diagnostics, double prev_lr) {
+  adamcore::GammaStats stats;
+  {
+    py::gil_scoped_release release;
+    step_fn(tensors.data(), tensors.size(), step, h, diagnostics ? &stats : nullptr, prev_lr);
+  }
+  return finish(diagnostics, stats);
+}
+
 py::object adam_like(py::handle param, py::handle grad, py::handle exp_avg,
-                     py::handle exp_avg_sq, std::int64_t step, double lr, double beta1,
-                     double beta2, double eps, double weight_decay, bool amsgrad,
-                     py::handle max_exp_avg_sq, bool maximize, bool bias_correction,
-                     bool diagnostics, py::handle prev_lr, bool decoupled) {
-  adamcore::AdamHyper h;
-  h.lr = lr;
-  h.beta1 = beta1;
-  h.beta2 = beta2;
-  h.eps = eps;
-  h.weight_decay = weight_decay;
-  h.decoupled = decoupled;
-  h.amsgrad = amsgrad;
-  h.maximize = maximize;
-  h.bias_correction = bias_correction;
+                     py::handle exp_avg_sq, py::handle max_exp_avg_sq, std::int64_t step,
+                     const adamcore::AdamHyper& h, bool diagnostics, py::handle prev_lr) {
   check_hyper(adamcore::check_adam_hyper(h, step));
+  const bool amsgrad = h.amsgrad;
   const double prev = parse_prev_lr(prev_lr);
   if (amsgrad && max_exp_avg_sq.is_none()) {
     throw py::value_error("max_exp_avg_sq is required when amsgrad=True");
@@ -234,24 +238,12 @@ py::object adam_like(py::handle param, py::handle grad, py::handle exp_avg,
     tensors[t].max_exp_avg_sq = amsgrad ? set.data(4, t) : nullptr;
     tensors[t].size = set.size(t);
   }
-  adamcore::GammaStats stats;
-  {
-    py::gil_scoped_release release;
-    adamcore::adam_step(tensors.data(), tensors.size(), step, h,
-                        diagnostics ? &stats : nullptr, prev);
-  }
-  return finish(diagnostics, stats);
+  return run_step(&adamcore::adam_step, tensors, step, h, diagnostics, prev);
 }
 
 py::object adagrad(py::handle param, py::handle grad, py::handle state_sum,
-                   std::int64_t step, double lr, double lr_decay, double weight_decay,
-                   double eps, bool maximize, bool diagnostics, py::handle prev_lr) {
-  adamcore::AdagradHyper h;
-  h.lr = lr;
-  h.lr_decay = lr_decay;
-  h.weight_decay = weight_decay;
-  h.eps = eps;
-  h.maximize = maximize;
+                   std::int64_t step, const adamcore::AdagradHyper& h, bool diagnostics,
+                   py::handle prev_lr) {
   check_hyper(adamcore::check_adagrad_hyper(h, step));
   const double prev = parse_prev_lr(prev_lr);
   const BufferSet set({param, grad, state_sum}, {"param", "grad", "state_sum"},
@@ -263,13 +255,7 @@ py::object adagrad(py::handle param, py::handle grad, py::handle state_sum,
     tensors[t].state_sum = set.data(2, t);
     tensors[t].size = set.size(t);
   }
-  adamcore::GammaStats stats;
-  {
-    py::gil_scoped_release release;
-    adamcore::adagrad_step(tensors.data(), tensors.size(), step, h,
-                           diagnostics ? &stats : nullptr, prev);
-  }
-  return finish(diagnostics, stats);
+  return run_step(&adamcore::adagrad_step, tensors, step, h, diagnostics, prev);
 }
 
 double parse_prev_lr(py::handle prev_lr) {
@@ -333,30 +319,15 @@ class AdamGroup {
     }
   }
 
-  py::object step(py::handle grads, std::int64_t step, double lr, double beta1, double beta2,
-                  double eps, double weight_decay, bool decoupled, bool maximize,
-                  bool bias_correction, bool diagnostics, py::handle prev_lr) const {
-    adamcore::AdamHyper h;
-    h.lr = lr;
-    h.beta1 = beta1;
-    h.beta2 = beta2;
-    h.eps = eps;
-    h.weight_decay = weight_decay;
-    h.decoupled = decoupled;
+  // h.amsgrad is ignored: the group's buffers decide it.
+  py::object step(py::handle grads, std::int64_t step, adamcore::AdamHyper h, bool diagnostics,
+                  py::handle prev_lr) const {
     h.amsgrad = amsgrad_;
-    h.maximize = maximize;
-    h.bias_correction = bias_correction;
     check_hyper(adamcore::check_adam_hyper(h, step));
     const double prev = parse_prev_lr(prev_lr);
     std::vector<adamcore::AdamBuffers> tensors = tensors_;  // callers may step concurrently
     const auto keep = take_grads(grads, set_.spans(), tensors);
-    adamcore::GammaStats stats;
-    {
-      py::gil_scoped_release release;
-      adamcore::adam_step(tensors.data(), tensors.size(), step, h,
-                          diagnostics ? &stats : nullptr, prev);
-    }
-    return finish(diagnostics, stats);
+    return run_step(&adamcore::adam_step, tensors, step, h, diagnostics, prev);
   }
 
   std::size_t count() const { return tensors_.size(); }
@@ -395,26 +366,13 @@ class AdagradGroup {
     }
   }
 
-  py::object step(py::handle grads, std::int64_t step, double lr, double lr_decay,
-                  double weight_decay, double eps, bool maximize, bool diagnostics,
-                  py::handle prev_lr) const {
-    adamcore::AdagradHyper h;
-    h.lr = lr;
-    h.lr_decay = lr_decay;
-    h.weight_decay = weight_decay;
-    h.eps = eps;
-    h.maximize = maximize;
+  py::object step(py::handle grads, std::int64_t step, const adamcore::AdagradHyper& h,
+                  bool diagnostics, py::handle prev_lr) const {
     check_hyper(adamcore::check_adagrad_hyper(h, step));
     const double prev = parse_prev_lr(prev_lr);
     std::vector<adamcore::AdagradBuffers> tensors = tensors_;
     const auto keep = take_grads(grads, set_.spans(), tensors);
-    adamcore::GammaStats stats;
-    {
-      py::gil_scoped_release release;
-      adamcore::adagrad_step(tensors.data(), tensors.size(), step, h,
-                             diagnostics ? &stats : nullptr, prev);
-    }
-    return finish(diagnostics, stats);
+    return run_step(&adamcore::adagrad_step, tensors, step, h, diagnostics, prev);
   }
 
   std::size_t count() const { return tensors_.size(); }
@@ -483,6 +441,169 @@ void apply_isa_environment() {
   }
 }
 
+// ---------------------------------------------------------------- fast entry points
+using adamcore_py::as_bool;
+using adamcore_py::as_double;
+using adamcore_py::as_handle;
+using adamcore_py::as_step;
+using adamcore_py::guarded;
+using adamcore_py::Signature;
+
+PyObject* adam_family_fast(PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames,
+                           bool decoupled) {
+  return guarded([&]() -> py::object {
+    static const Signature sig(
+        decoupled ? "adamw_step" : "adam_step",
+        {"param", "grad", "exp_avg", "exp_avg_sq", "step", "lr", "beta1", "beta2", "eps",
+         "weight_decay", "amsgrad", "max_exp_avg_sq", "maximize", "bias_correction",
+         "diagnostics", "prev_lr"},
+        4, 4, {"step"});
+    thread_local std::vector<PyObject*> a;
+    sig.parse(args, nargs, kwnames, a);
+    const adamcore::AdamHyper h{as_double(a[5], "lr", 1e-3),
+                                as_double(a[6], "beta1", 0.9),
+                                as_double(a[7], "beta2", 0.999),
+                                as_double(a[8], "eps", 1e-8),
+                                as_double(a[9], "weight_decay", decoupled ? 1e-2 : 0.0),
+                                decoupled,
+                                as_bool(a[10], "amsgrad", false),
+                                as_bool(a[12], "maximize", false),
+                                as_bool(a[13], "bias_correction", true)};
+    return adam_like(a[0], a[1], a[2], a[3], as_handle(a[11]), as_step(a[4]), h,
+                     as_bool(a[14], "diagnostics", false), as_handle(a[15]));
+  });
+}
+
+PyObject* adam_step_fast(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject* kw) {
+  return adam_family_fast(args, nargs, kw, false);
+}
+
+PyObject* adamw_step_fast(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject* kw) {
+  return adam_family_fast(args, nargs, kw, true);
+}
+
+PyObject* adagrad_step_fast(PyObject*, PyObject* const* args, Py_ssize_t nargs,
+                            PyObject* kwnames) {
+  return guarded([&]() -> py::object {
+    static const Signature sig("adagrad_step",
+                               {"param", "grad", "state_sum", "step", "lr", "lr_decay",
+                                "weight_decay", "eps", "maximize", "diagnostics", "prev_lr"},
+                               3, 3, {"step"});
+    thread_local std::vector<PyObject*> a;
+    sig.parse(args, nargs, kwnames, a);
+    const adamcore::AdagradHyper h{as_double(a[4], "lr", 1e-2),
+                                   as_double(a[5], "lr_decay", 0.0),
+                                   as_double(a[6], "weight_decay", 0.0),
+                                   as_double(a[7], "eps", 1e-10),
+                                   as_bool(a[8], "maximize", false)};
+    return adagrad(a[0], a[1], a[2], as_step(a[3]), h, as_bool(a[9], "diagnostics", false),
+                   as_handle(a[10]));
+  });
+}
+
+PyObject* adam_group_step_fast(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
+                               PyObject* kwnames) {
+  return guarded([&]() -> py::object {
+    static const Signature sig("AdamGroup.step",
+                               {"grads", "step", "lr", "beta1", "beta2", "eps", "weight_decay",
+                                "decoupled", "maximize", "bias_correction", "diagnostics",
+                                "prev_lr"},
+                               1, 1, {"step"});
+    thread_local std::vector<PyObject*> a;
+    sig.parse(args, nargs, kwnames, a);
+    const AdamGroup& group = py::handle(self).cast<const AdamGroup&>();
+    const adamcore::AdamHyper h{as_double(a[2], "lr", 1e-3),
+                                as_double(a[3], "beta1", 0.9),
+                                as_double(a[4], "beta2", 0.999),
+                                as_double(a[5], "eps", 1e-8),
+                                as_double(a[6], "weight_decay", 0.0),
+                                as_bool(a[7], "decoupled", false),
+                                group.amsgrad(),
+                                as_bool(a[8], "maximize", false),
+                                as_bool(a[9], "bias_correction", true)};
+    return group.step(a[0], as_step(a[1]), h, as_bool(a[10], "diagnostics", false),
+                      as_handle(a[11]));
+  });
+}
+
+PyObject* adagrad_group_step_fast(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
+                                  PyObject* kwnames) {
+  return guarded([&]() -> py::object {
+    static const Signature sig("AdagradGroup.step",
+                               {"grads", "step", "lr", "lr_decay", "weight_decay", "eps",
+                                "maximize", "diagnostics", "prev_lr"},
+                               1, 1, {"step"});
+    thread_local std::vector<PyObject*> a;
+    sig.parse(args, nargs, kwnames, a);
+    const AdagradGroup& group = py::handle(self).cast<const AdagradGroup&>();
+    const adamcore::AdagradHyper h{as_double(a[2], "lr", 1e-2),
+                                   as_double(a[3], "lr_decay", 0.0),
+                                   as_double(a[4], "weight_decay", 0.0),
+                                   as_double(a[5], "eps", 1e-10),
+                                   as_bool(a[6], "maximize", false)};
+    return group.step(a[0], as_step(a[1]), h, as_bool(a[7], "diagnostics", false),
+                      as_handle(a[8]));
+  });
+}
+
+constexpr const char* kAdamDoc =
+    "adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0.999, "
+    "eps=1e-8, weight_decay=0.0, amsgrad=False, max_exp_avg_sq=None, maximize=False, "
+    "bias_correction=True, diagnostics=False, prev_lr=None)\n--\n\n"
+    "One Adam step (L2 weight decay added to the gradient), in place.\n\n"
+    "Buffers are C-contiguous, writeable float32 arrays of one size that share no memory\n"
+    "(grad may be read-only), or equal-length lists of them for a whole parameter group.\n"
+    "step is the step number after incrementing (1 first). amsgrad=True needs\n"
+    "max_exp_avg_sq. bias_correction=False: step size lr, no sqrt(bc2) division.\n"
+    "Returns None, or a GammaStats with diagnostics=True (prev_lr: the previous step's lr,\n"
+    "default lr). Bit-identical to torch.optim.Adam(fused=True); see docs/numerics.md.";
+constexpr const char* kAdamWDoc =
+    "adamw_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0.999, "
+    "eps=1e-8, weight_decay=1e-2, amsgrad=False, max_exp_avg_sq=None, maximize=False, "
+    "bias_correction=True, diagnostics=False, prev_lr=None)\n--\n\n"
+    "One AdamW step (decoupled weight decay: param *= 1 - lr*weight_decay first), in place.\n"
+    "Arguments as adam_step. Bit-identical to torch.optim.AdamW(fused=True).";
+constexpr const char* kAdagradDoc =
+    "adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0, "
+    "eps=1e-10, maximize=False, diagnostics=False, prev_lr=None)\n--\n\n"
+    "One AdaGrad step, in place; the learning rate is lr / (1 + (step-1)*lr_decay).\n"
+    "state_sum starts at torch's initial_accumulator_value (fill it yourself).\n"
+    "Bit-identical to torch.optim.Adagrad(fused=True).";
+
+PyMethodDef kStepFunctions[] = {
+    {"adam_step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(adam_step_fast)),
+     METH_FASTCALL | METH_KEYWORDS, kAdamDoc},
+    {"adamw_step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(adamw_step_fast)),
+     METH_FASTCALL | METH_KEYWORDS, kAdamWDoc},
+    {"adagrad_step",
+     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(adagrad_step_fast)),
+     METH_FASTCALL | METH_KEYWORDS, kAdagradDoc},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyMethodDef kAdamGroupStep = {
+    "step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(adam_group_step_fast)),
+    METH_FASTCALL | METH_KEYWORDS,
+    "step(grads, *, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, "
+    "decoupled=False, maximize=False, bias_correction=True, diagnostics=False, prev_lr=None)"
+    "\n--\n\nOne step of every tensor in the group; only the grads are checked."};
+
+PyMethodDef kAdagradGroupStep = {
+    "step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(adagrad_group_step_fast)),
+    METH_FASTCALL | METH_KEYWORDS,
+    "step(grads, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10, "
+    "maximize=False, diagnostics=False, prev_lr=None)\n--\n\n"
+    "One step of every tensor in the group; only the grads are checked."};
+
+// Installs a METH_FASTCALL method on a pybind11 class.
+void add_fast_method(py::handle cls, PyMethodDef* def) {
+  PyObject* descr = PyDescr_NewMethod(reinterpret_cast<PyTypeObject*>(cls.ptr()), def);
+  if (descr == nullptr || PyObject_SetAttrString(cls.ptr(), def->ml_name, descr) != 0) {
+    Py_XDECREF(descr);
+    throw py::error_already_set();
+  }
+  Py_DECREF(descr);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -529,42 +650,9 @@ effective learning rate (den: the update's denominator, a: the step size).
                std::string(py::str(py::float_(s.lr_max))) + ")";
       });
 
-  m.def(
-      "adam_step",
-      [](py::handle param, py::handle grad, py::handle exp_avg, py::handle exp_avg_sq,
-         std::int64_t step, double lr, double beta1, double beta2, double eps,
-         double weight_decay, bool amsgrad, py::handle max_exp_avg_sq, bool maximize,
-         bool bias_correction, bool diagnostics, py::handle prev_lr) {
-        return adam_like(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
-                         weight_decay, amsgrad, max_exp_avg_sq, maximize, bias_correction,
-                         diagnostics, prev_lr, false);
-      },
-      "param"_a, "grad"_a, "exp_avg"_a, "exp_avg_sq"_a, py::kw_only(), "step"_a,
-      "lr"_a = 1e-3, "beta1"_a = 0.9, "beta2"_a = 0.999, "eps"_a = 1e-8,
-      "weight_decay"_a = 0.0, "amsgrad"_a = false, "max_exp_avg_sq"_a = py::none(),
-      "maximize"_a = false, "bias_correction"_a = true, "diagnostics"_a = false,
-      "prev_lr"_a = py::none());
-  m.def(
-      "adamw_step",
-      [](py::handle param, py::handle grad, py::handle exp_avg, py::handle exp_avg_sq,
-         std::int64_t step, double lr, double beta1, double beta2, double eps,
-         double weight_decay, bool amsgrad, py::handle max_exp_avg_sq, bool maximize,
-         bool bias_correction, bool diagnostics, py::handle prev_lr) {
-        return adam_like(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
-                         weight_decay, amsgrad, max_exp_avg_sq, maximize, bias_correction,
-                         diagnostics, prev_lr, true);
-      },
-      "param"_a, "grad"_a, "exp_avg"_a, "exp_avg_sq"_a, py::kw_only(), "step"_a,
-      "lr"_a = 1e-3, "beta1"_a = 0.9, "beta2"_a = 0.999, "eps"_a = 1e-8,
-      "weight_decay"_a = 1e-2, "amsgrad"_a = false, "max_exp_avg_sq"_a = py::none(),
-      "maximize"_a = false, "bias_correction"_a = true, "diagnostics"_a = false,
-      "prev_lr"_a = py::none());
-  m.def("adagrad_step", &adagrad, "param"_a, "grad"_a, "state_sum"_a, py::kw_only(),
-        "step"_a, "lr"_a = 1e-2, "lr_decay"_a = 0.0, "weight_decay"_a = 0.0,
-        "eps"_a = 1e-10, "maximize"_a = false, "diagnostics"_a = false,
-        "prev_lr"_a = py::none());
+  if (PyModule_AddFunctions(m.ptr(), kStepFunctions) != 0) throw py::error_already_set();
 
-  py::class_<AdamGroup>(m, "AdamGroup", R"doc(
+  auto adam_group = py::class_<AdamGroup>(m, "AdamGroup", R"doc(
 A parameter group's Adam/AdamW/AMSGrad state, validated once and held.
 
 AdamGroup(params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None) takes equal-length lists
@@ -574,25 +662,22 @@ place with one native call. The group keeps references to the arrays it holds.
 )doc")
       .def(py::init<py::handle, py::handle, py::handle, py::handle>(), "params"_a,
            "exp_avgs"_a, "exp_avg_sqs"_a, "max_exp_avg_sqs"_a = py::none())
-      .def("step", &AdamGroup::step, "grads"_a, py::kw_only(), "step"_a, "lr"_a = 1e-3,
-           "beta1"_a = 0.9, "beta2"_a = 0.999, "eps"_a = 1e-8, "weight_decay"_a = 0.0,
-           "decoupled"_a = false, "maximize"_a = false, "bias_correction"_a = true,
-           "diagnostics"_a = false, "prev_lr"_a = py::none())
       .def_property_readonly("count", &AdamGroup::count, "Number of tensors.")
       .def_property_readonly("numel", &AdamGroup::numel, "Elements over all tensors.")
       .def_property_readonly("amsgrad", &AdamGroup::amsgrad)
       .def("__len__", &AdamGroup::count);
 
-  py::class_<AdagradGroup>(m, "AdagradGroup", R"doc(
+  add_fast_method(adam_group, &kAdamGroupStep);
+
+  auto adagrad_group = py::class_<AdagradGroup>(m, "AdagradGroup", R"doc(
 A parameter group's AdaGrad state (params and state_sums lists), validated once and held.
 )doc")
       .def(py::init<py::handle, py::handle>(), "params"_a, "state_sums"_a)
-      .def("step", &AdagradGroup::step, "grads"_a, py::kw_only(), "step"_a, "lr"_a = 1e-2,
-           "lr_decay"_a = 0.0, "weight_decay"_a = 0.0, "eps"_a = 1e-10, "maximize"_a = false,
-           "diagnostics"_a = false, "prev_lr"_a = py::none())
       .def_property_readonly("count", &AdagradGroup::count, "Number of tensors.")
       .def_property_readonly("numel", &AdagradGroup::numel, "Elements over all tensors.")
       .def("__len__", &AdagradGroup::count);
+
+  add_fast_method(adagrad_group, &kAdagradGroupStep);
 
   m.def("get_isa", [] { return std::string(adamcore::isa_name(adamcore::active_isa())); });
   m.def("set_isa", &set_isa_by_name, "name"_a);

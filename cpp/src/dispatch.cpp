@@ -337,6 +337,22 @@ void write_stats(const detail::DiagAccum& acc, std::size_t total, bool defined,
   out->lr_max = acc.lr_max;
 }
 
+// Runs `kernel` over every element of every tensor; fills `diag` if asked.
+template <class Kernel, class Scalars, class Buffers>
+void run_kernel(Kernel kernel, const Scalars& k, const Buffers* tensors, std::size_t count,
+                GammaStats* diag) {
+  detail::DiagAccum acc;
+  detail::diag_init(&acc);
+  std::size_t total = 0;
+  for (std::size_t t = 0; t < count; ++t) total += tensors[t].size;
+  for_all_elements(
+      count, [&](std::size_t t) { return tensors[t].size; }, diag ? &acc : nullptr,
+      [&](std::size_t t, std::size_t begin, std::size_t end, detail::DiagAccum* a) {
+        kernel(k, tensors[t], begin, end, a);
+      });
+  if (diag) write_stats(acc, total, k.gamma_defined, diag);
+}
+
 // Adam's step size and sqrt of the second bias correction for step t (t >= 1).
 void adam_step_size(const AdamHyper& h, double lr, std::int64_t t, double* step_size,
                     double* bc2_sqrt) {
@@ -388,16 +404,7 @@ void adam_step(const AdamBuffers* tensors, std::size_t count, std::int64_t step,
   const detail::AdamRangeFn kernel =
       adam_kernel_for(active_isa(), wd, lerp_low, h.amsgrad, diag != nullptr);
 
-  detail::DiagAccum acc;
-  detail::diag_init(&acc);
-  std::size_t total = 0;
-  for (std::size_t t = 0; t < count; ++t) total += tensors[t].size;
-  for_all_elements(
-      count, [&](std::size_t t) { return tensors[t].size; }, diag ? &acc : nullptr,
-      [&](std::size_t t, std::size_t begin, std::size_t end, detail::DiagAccum* a) {
-        kernel(k, tensors[t], begin, end, a);
-      });
-  if (diag) write_stats(acc, total, k.gamma_defined, diag);
+  run_kernel(kernel, k, tensors, count, diag);
 }
 
 void adagrad_step(const AdagradBuffers* tensors, std::size_t count, std::int64_t step,
@@ -419,16 +426,7 @@ void adagrad_step(const AdagradBuffers* tensors, std::size_t count, std::int64_t
   const detail::AdagradRangeFn kernel =
       adagrad_kernel_for(active_isa(), h.weight_decay != 0, diag != nullptr);
 
-  detail::DiagAccum acc;
-  detail::diag_init(&acc);
-  std::size_t total = 0;
-  for (std::size_t t = 0; t < count; ++t) total += tensors[t].size;
-  for_all_elements(
-      count, [&](std::size_t t) { return tensors[t].size; }, diag ? &acc : nullptr,
-      [&](std::size_t t, std::size_t begin, std::size_t end, detail::DiagAccum* a) {
-        kernel(k, tensors[t], begin, end, a);
-      });
-  if (diag) write_stats(acc, total, k.gamma_defined, diag);
+  run_kernel(kernel, k, tensors, count, diag);
 }
 
 }  // namespace adamcore

@@ -1,0 +1,153 @@
+// Vectorcall entry points with a small keyword parser.
+//
+// pybind11 matches keyword arguments by building a Python string for every declared
+// parameter name on every call; with a dozen hyperparameters that costs about a
+// microsecond, more than a 4K-element step itself. The step functions are therefore
+// registered as METH_FASTCALL | METH_KEYWORDS functions whose parser compares the
+// interned keyword names by pointer (falling back to string comparison).
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <cmath>
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+namespace adamcore_py {
+
+namespace py = pybind11;
+
+class Signature {
+ public:
+  // `names`: every parameter; the first `positional` may also be passed by position,
+  // the first `required` must be given (e.g. buffers), plus any listed in `required_kw`.
+  Signature(const char* function, std::initializer_list<const char*> names, int positional,
+            int required, std::initializer_list<const char*> required_kw = {})
+      : function_(function), names_(names), positional_(positional), required_(required) {
+    for (const char* n : names_) interned_.push_back(PyUnicode_InternFromString(n));
+    for (const char* n : required_kw) required_kw_.push_back(index_of(n));
+  }
+
+  std::size_t size() const { return names_.size(); }
+  const char* name(std::size_t i) const { return names_[i]; }
+
+  // Fills out[i] with a borrowed reference or nullptr when absent.
+  void parse(PyObject* const* args, Py_ssize_t nargsf, PyObject* kwnames,
+             std::vector<PyObject*>& out) const {
+    const Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    out.assign(names_.size(), nullptr);
+    if (nargs > positional_) {
+      throw py::type_error(std::string(function_) + "() takes at most " +
+                           std::to_string(positional_) + " positional arguments (" +
+                           std::to_string(nargs) + " given); the rest are keyword-only");
+    }
+    for (Py_ssize_t i = 0; i < nargs; ++i) out[static_cast<std::size_t>(i)] = args[i];
+    const Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t k = 0; k < nkw; ++k) {
+      PyObject* key = PyTuple_GET_ITEM(kwnames, k);
+      const std::size_t i = find(key);
+      if (i == names_.size()) {
+        throw py::type_error(std::string(function_) + "() got an unexpected keyword argument '" +
+                             py::str(key).cast<std::string>() + "'");
+      }
+      if (out[i] != nullptr) {
+        throw py::type_error(std::string(function_) + "() got multiple values for argument '" +
+                             names_[i] + "'");
+      }
+      out[i] = args[nargs + k];
+    }
+    for (int i = 0; i < required_; ++i) {
+      if (out[static_cast<std::size_t>(i)] == nullptr) missing(static_cast<std::size_t>(i));
+    }
+    for (std::size_t i : required_kw_) {
+      if (out[i] == nullptr) missing(i);
+    }
+  }
+
+  std::size_t index_of(const char* n) const {
+    for (std::size_t i = 0; i < names_.size(); ++i) {
+      if (std::string(names_[i]) == n) return i;
+    }
+    throw std::logic_error(std::string("no parameter ") + n);
+  }
+
+ private:
+  std::size_t find(PyObject* key) const {
+    for (std::size_t i = 0; i < interned_.size(); ++i) {
+      if (interned_[i] == key) return i;
+    }
+    for (std::size_t i = 0; i < interned_.size(); ++i) {
+      if (PyUnicode_Compare(interned_[i], key) == 0) return i;
+    }
+    return names_.size();
+  }
+  [[noreturn]] void missing(std::size_t i) const {
+    throw py::type_error(std::string(function_) + "() missing required argument '" +
+                         names_[i] + "'");
+  }
+
+  const char* function_;
+  std::vector<const char*> names_;
+  std::vector<PyObject*> interned_;  // immortal for the life of the module
+  std::vector<std::size_t> required_kw_;
+  int positional_;
+  int required_;
+};
+
+inline double as_double(PyObject* o, const char* name, double fallback) {
+  if (o == nullptr) return fallback;
+  if (PyFloat_CheckExact(o)) return PyFloat_AS_DOUBLE(o);
+  if (PyBool_Check(o) || !(PyFloat_Check(o) || PyLong_Check(o) || PyNumber_Check(o))) {
+    throw py::type_error(std::string(name) + " must be a real number, got " +
+                         Py_TYPE(o)->tp_name);
+  }
+  const double v = PyFloat_AsDouble(o);
+  if (v == -1.0 && PyErr_Occurred()) throw py::error_already_set();
+  return v;
+}
+
+inline bool as_bool(PyObject* o, const char* name, bool fallback) {
+  if (o == nullptr) return fallback;
+  if (o == Py_True) return true;
+  if (o == Py_False) return false;
+  const std::string type = Py_TYPE(o)->tp_name;
+  if (!PyLong_Check(o) && type != "numpy.bool" && type != "numpy.bool_") {
+    throw py::type_error(std::string(name) + " must be a bool, got " + type);
+  }
+  const int v = PyObject_IsTrue(o);
+  if (v < 0) throw py::error_already_set();
+  return v == 1;
+}
+
+inline std::int64_t as_step(PyObject* o) {
+  if (PyBool_Check(o) || PyFloat_Check(o) || !PyIndex_Check(o)) {
+    throw py::type_error(std::string("step must be an integer, got ") + Py_TYPE(o)->tp_name);
+  }
+  const long long v = PyLong_AsLongLong(o);
+  if (v == -1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    throw py::value_error("step is out of range");
+  }
+  return static_cast<std::int64_t>(v);
+}
+
+// None (or absent) -> fallback.
+inline py::handle as_handle(PyObject* o) { return o ? py::handle(o) : py::handle(Py_None); }
+
+// Runs `body`, turning C++ exceptions into Python ones, as pybind11's dispatcher does.
+template <class Body>
+PyObject* guarded(Body&& body) {
+  try {
+    return body().release().ptr();
+  } catch (py::error_already_set& e) {
+    e.restore();
+    return nullptr;
+  } catch (...) {
+    py::detail::try_translate_exceptions();
+    return nullptr;
+  }
+}
+
+}  // namespace adamcore_py
