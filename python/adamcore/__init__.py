@@ -15,6 +15,8 @@ from typing import Iterator
 
 from . import _core, reference
 from ._core import (
+    AdagradGroup,
+    AdamGroup,
     GammaStats,
     adagrad_step,
     adam_step,
@@ -33,6 +35,8 @@ from ._core import (
 __version__: str = _core.__version__
 
 __all__ = [
+    "AdagradGroup",
+    "AdamGroup",
     "GammaStats",
     "adagrad_step",
     "adam_step",
