@@ -620,6 +620,9 @@ effective learning rate (den: the update's denominator, a: the step size).
       .def_readonly("defined", &adamcore::GammaStats::defined,
                     "False at step 1, where there is no previous step to compare with.")
       .def_readonly("count", &adamcore::GammaStats::count, "Coordinates examined.")
+      .def_readonly("undefined", &adamcore::GammaStats::undefined,
+                    "Coordinates whose Γ_i is NaN (a NaN or Inf reached their state); they "
+                    "are left out of negative and gamma_min.")
       .def_readonly("negative", &adamcore::GammaStats::negative,
                     "Coordinates with Γ_i < 0 (effective learning rate increased).")
       .def_readonly("gamma_min", &adamcore::GammaStats::gamma_min,
@@ -638,13 +641,15 @@ effective learning rate (den: the update's denominator, a: the step size).
       .def("as_dict",
            [](const adamcore::GammaStats& s) {
              return py::dict("defined"_a = s.defined, "count"_a = s.count,
-                             "negative"_a = s.negative, "gamma_min"_a = s.gamma_min,
+                             "negative"_a = s.negative, "undefined"_a = s.undefined,
+                             "gamma_min"_a = s.gamma_min,
                              "lr_min"_a = s.lr_min, "lr_max"_a = s.lr_max);
            })
       .def("__repr__", [](const adamcore::GammaStats& s) {
         return "GammaStats(defined=" + std::string(s.defined ? "True" : "False") +
                ", count=" + std::to_string(s.count) + ", negative=" +
-               std::to_string(s.negative) + ", gamma_min=" +
+               std::to_string(s.negative) + ", undefined=" + std::to_string(s.undefined) +
+               ", gamma_min=" +
                std::string(py::str(py::float_(s.gamma_min))) + ", lr_min=" +
                std::string(py::str(py::float_(s.lr_min))) + ", lr_max=" +
                std::string(py::str(py::float_(s.lr_max))) + ")";

@@ -236,6 +236,7 @@ namespace detail {
 
 void diag_init(DiagAccum* acc) {
   acc->negative = 0;
+  acc->undefined = 0;
   acc->gamma_min = std::numeric_limits<float>::infinity();
   acc->lr_min = std::numeric_limits<float>::infinity();
   acc->lr_max = -std::numeric_limits<float>::infinity();
@@ -244,6 +245,7 @@ void diag_init(DiagAccum* acc) {
 // Values are NaN-free and zeros are +0 (see DiagLanes), so these are order-independent.
 void diag_merge(DiagAccum* into, const DiagAccum& from) {
   into->negative += from.negative;
+  into->undefined += from.undefined;
   if (from.gamma_min < into->gamma_min) into->gamma_min = from.gamma_min;
   if (from.lr_min < into->lr_min) into->lr_min = from.lr_min;
   if (from.lr_max > into->lr_max) into->lr_max = from.lr_max;
@@ -332,6 +334,7 @@ void write_stats(const detail::DiagAccum& acc, std::size_t total, bool defined,
   out->defined = defined;
   out->count = static_cast<std::int64_t>(total);
   out->negative = acc.negative;
+  out->undefined = acc.undefined;
   out->gamma_min = defined ? acc.gamma_min : std::numeric_limits<float>::quiet_NaN();
   out->lr_min = acc.lr_min;
   out->lr_max = acc.lr_max;

@@ -45,6 +45,7 @@ struct AdagradScalars {
 // Per-thread Γ accumulator. Every reduction is order-independent.
 struct DiagAccum {
   std::int64_t negative = 0;
+  std::int64_t undefined = 0;
   float gamma_min;
   float lr_min;
   float lr_max;

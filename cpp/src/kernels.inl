@@ -26,6 +26,7 @@ using detail::WdMode;
 template <class V>
 struct DiagLanes {
   std::int64_t negative = 0;
+  std::int64_t undefined = 0;
   V gamma_min = V::set1(__builtin_inff());
   V lr_min = V::set1(__builtin_inff());
   V lr_max = V::set1(-__builtin_inff());
@@ -37,6 +38,7 @@ struct DiagLanes {
       // + 0 turns -0 into +0 so the minimum cannot depend on the order of ties.
       const V gamma = ::adamcore::ADAMCORE_NS::add(sub(inv_new, inv_old), V::set1(0.0f));
       negative += count_negative(gamma);
+      undefined += count_nan(gamma);
       gamma_min = keep_min(gamma_min, gamma);
     }
     const V lr0 = ::adamcore::ADAMCORE_NS::add(lr, V::set1(0.0f));
@@ -46,6 +48,7 @@ struct DiagLanes {
   void merge_into(DiagAccum* acc) const {
     DiagAccum mine;
     mine.negative = negative;
+    mine.undefined = undefined;
     mine.gamma_min = reduce_min(gamma_min);
     mine.lr_min = reduce_min(lr_min);
     mine.lr_max = reduce_max(lr_max);

@@ -111,6 +111,7 @@ AdamState run_adam(const AdamState& start, const std::vector<std::vector<float>>
 
 bool same_stats(const adamcore::GammaStats& a, const adamcore::GammaStats& b) {
   return a.defined == b.defined && a.count == b.count && a.negative == b.negative &&
+         a.undefined == b.undefined &&
          same(a.gamma_min, b.gamma_min) && same(a.lr_min, b.lr_min) && same(a.lr_max, b.lr_max);
 }
 

@@ -64,6 +64,8 @@ _LAZY = {
     "Adagrad": "adamcore.optim",
     "oracle": "adamcore.oracle",
     "reddi": "adamcore.reddi",
+    "phase": "adamcore.phase",
+    "golden": "adamcore.golden",
 }
 
 

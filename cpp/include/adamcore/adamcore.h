@@ -94,6 +94,7 @@ struct GammaStats {
   bool defined = false;          // false at step 1: there is no previous step
   std::int64_t count = 0;        // coordinates examined
   std::int64_t negative = 0;     // coordinates with Γ_i < 0
+  std::int64_t undefined = 0;    // coordinates whose Γ_i is NaN (NaN/Inf in the state)
   float gamma_min = 0.0f;        // min Γ_i (+inf if none, NaN if !defined)
   float lr_min = 0.0f;           // min effective learning rate a_t / den_{t,i}
   float lr_max = 0.0f;           // max effective learning rate

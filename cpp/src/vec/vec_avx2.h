@@ -40,6 +40,10 @@ inline std::uint32_t count_negative(VecAvx2 a) {
   const int bits = _mm256_movemask_ps(_mm256_cmp_ps(a.r, _mm256_setzero_ps(), _CMP_LT_OQ));
   return static_cast<std::uint32_t>(__builtin_popcount(static_cast<unsigned>(bits)));
 }
+inline std::uint32_t count_nan(VecAvx2 a) {
+  const int bits = _mm256_movemask_ps(_mm256_cmp_ps(a.r, a.r, _CMP_UNORD_Q));
+  return static_cast<std::uint32_t>(__builtin_popcount(static_cast<unsigned>(bits)));
+}
 inline float reduce_min(VecAvx2 a) {
   alignas(32) float lanes[8];
   _mm256_store_ps(lanes, a.r);

@@ -44,6 +44,10 @@ inline std::uint32_t count_negative(VecAvx512 a) {
   const __mmask16 m = _mm512_cmp_ps_mask(a.r, _mm512_setzero_ps(), _CMP_LT_OQ);
   return static_cast<std::uint32_t>(__builtin_popcount(static_cast<unsigned>(m)));
 }
+inline std::uint32_t count_nan(VecAvx512 a) {
+  const __mmask16 m = _mm512_cmp_ps_mask(a.r, a.r, _CMP_UNORD_Q);
+  return static_cast<std::uint32_t>(__builtin_popcount(static_cast<unsigned>(m)));
+}
 inline float reduce_min(VecAvx512 a) {
   alignas(64) float lanes[16];
   _mm512_store_ps(lanes, a.r);

@@ -38,6 +38,10 @@ inline std::uint32_t count_negative(VecNeon a) {
   const uint32x4_t ones = vshrq_n_u32(vcltq_f32(a.r, vdupq_n_f32(0.0f)), 31);
   return vaddvq_u32(ones);
 }
+inline std::uint32_t count_nan(VecNeon a) {
+  const uint32_t ordered = vaddvq_u32(vshrq_n_u32(vceqq_f32(a.r, a.r), 31));
+  return 4u - ordered;
+}
 inline float reduce_min(VecNeon a) {
   float lanes[4];
   vst1q_f32(lanes, a.r);

@@ -50,6 +50,7 @@ inline VecScalar maximum(VecScalar a, VecScalar b) {
 inline VecScalar keep_min(VecScalar acc, VecScalar x) { return {x.x < acc.x ? x.x : acc.x}; }
 inline VecScalar keep_max(VecScalar acc, VecScalar x) { return {x.x > acc.x ? x.x : acc.x}; }
 inline std::uint32_t count_negative(VecScalar a) { return a.x < 0.0f ? 1u : 0u; }
+inline std::uint32_t count_nan(VecScalar a) { return a.x != a.x ? 1u : 0u; }
 inline float reduce_min(VecScalar a) { return a.x; }
 inline float reduce_max(VecScalar a) { return a.x; }
 
