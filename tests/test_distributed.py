@@ -64,6 +64,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 
     import adamcore.torch as act
 
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     report = {}
     for name, bucket_view in CONFIGS.items():
@@ -101,16 +102,25 @@ def _free_port() -> int:
 
 def _single_process():
     """The same training in one process with adamcore.torch.AdamW over all parameters."""
+    import torch
+
     import adamcore.torch as act
 
-    model = _model()
-    optimizer = act.AdamW(model.parameters(), **HYPER)
-    for x, y in _batches():
-        g0 = _half_gradients(model, x, y, 0)
-        g1 = _half_gradients(model, x, y, 1)
-        for p, a, b in zip(model.parameters(), g0, g1):
-            p.grad = (a + b).div_(2)  # what all_reduce(SUM) then div_(2) computes on both ranks
-        optimizer.step()
+    # The workers run torch on one thread; so does this run, so that the forward and
+    # backward passes (whose reductions depend on the thread count) match.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = _model()
+        optimizer = act.AdamW(model.parameters(), **HYPER)
+        for x, y in _batches():
+            g0 = _half_gradients(model, x, y, 0)
+            g1 = _half_gradients(model, x, y, 1)
+            for p, a, b in zip(model.parameters(), g0, g1):
+                p.grad = (a + b).div_(2)  # what all_reduce(SUM) then div_(2) gives both ranks
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
     return model, optimizer
 
 
@@ -120,7 +130,7 @@ def test_zero_redundancy_matches_single_process(tmp_path):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     port = _free_port()
-    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo")
     outs = [tmp_path / f"rank{r}.json" for r in range(2)]
     procs = [subprocess.Popen([sys.executable, __file__, str(r), str(port), str(outs[r])], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

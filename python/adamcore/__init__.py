@@ -11,7 +11,7 @@ and those bits are torch's fused CPU kernel's (docs/numerics.md).
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from . import _core, reference
 from ._core import (
@@ -31,6 +31,9 @@ from ._core import (
     set_num_threads,
     set_parallel_threshold,
 )
+
+if TYPE_CHECKING:  # served lazily at run time (see _LAZY)
+    from .optim import AMSGrad, Adagrad, Adam, AdamW
 
 __version__: str = _core.__version__
 
