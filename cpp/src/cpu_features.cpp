@@ -55,9 +55,21 @@ bool cpu_has_avx512() {
   return cpu_has_avx2_fma() && os_zmm && b.avx512f && b.avx512vl && b.avx512bw && b.avx512dq;
 }
 
+bool cpu_prefers_avx2_over_avx512() {
+  unsigned eax, ebx, ecx, edx;
+  if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return false;
+  const bool amd = ebx == 0x68747541u && edx == 0x69746e65u && ecx == 0x444d4163u;  // AuthenticAMD
+  if (!amd || !__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return false;
+  unsigned family = (eax >> 8) & 0xF;
+  if (family == 0xF) family += (eax >> 20) & 0xFF;
+  return family == 0x19;
+}
+
 bool cpu_has_neon() { return false; }
 
 #else
+
+bool cpu_prefers_avx2_over_avx512() { return false; }
 
 bool cpu_has_avx2_fma() { return false; }
 bool cpu_has_avx512() { return false; }

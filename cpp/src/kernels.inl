@@ -107,9 +107,29 @@ inline void adam_lanes(const AdamConsts<V>& c, std::uint32_t sign_flip, bool gam
   }
 }
 
-template <WdMode Wd, bool LerpLow, bool Amsgrad, bool Diag>
-void adam_range(const AdamScalars& k, const AdamBuffers& b, std::size_t begin,
-                std::size_t end, DiagAccum* acc) {
+// The vector body starts where `param` is aligned to a whole vector, so its stores
+// (and, when the buffers share an alignment, every load) never straddle cache lines;
+// the head before it and the tail after it run the same template at one lane.
+struct Split {
+  std::size_t body_begin, body_end;
+};
+inline Split split_for_alignment(const float* param, std::size_t begin, std::size_t end) {
+  constexpr std::size_t kBytes = Vec::kLanes * sizeof(float);
+  const auto address = reinterpret_cast<std::uintptr_t>(param + begin);
+  std::size_t head = 0;
+  if (Vec::kLanes > 1 && address % sizeof(float) == 0 && address % kBytes != 0) {
+    head = (kBytes - address % kBytes) / sizeof(float);
+  }
+  const std::size_t body_begin = begin + (head < end - begin ? head : end - begin);
+  const std::size_t body_end = body_begin + (end - body_begin) / Vec::kLanes * Vec::kLanes;
+  return {body_begin, body_end};
+}
+
+// Elements [from, to) of one tensor at V's width (to - from is a multiple of it).
+template <class V, WdMode Wd, bool LerpLow, bool Amsgrad, bool Diag>
+void adam_elements(const AdamScalars& k, const AdamBuffers& b, std::size_t from, std::size_t to,
+                   DiagAccum* acc) {
+  if (from == to) return;
   // Locals, so the compiler need not reload them after every store.
   float* const param = b.param;
   const float* const grad = b.grad;
@@ -118,27 +138,23 @@ void adam_range(const AdamScalars& k, const AdamBuffers& b, std::size_t begin,
   float* const max_exp_avg_sq = b.max_exp_avg_sq;
   const std::uint32_t sign_flip = k.sign_flip;
   const bool gamma_defined = k.gamma_defined;
-  std::size_t i = begin;
-  {
-    const AdamConsts<Vec> c(k);
-    DiagLanes<Vec> diag;
-    for (; i + Vec::kLanes <= end; i += Vec::kLanes) {
-      adam_lanes<Vec, Wd, LerpLow, Amsgrad, Diag>(
-          c, sign_flip, gamma_defined, param + i, grad + i, exp_avg + i, exp_avg_sq + i,
-          Amsgrad ? max_exp_avg_sq + i : nullptr, diag);
-    }
-    if constexpr (Diag) diag.merge_into(acc);
+  const AdamConsts<V> c(k);
+  DiagLanes<V> diag;
+  for (std::size_t i = from; i < to; i += V::kLanes) {
+    adam_lanes<V, Wd, LerpLow, Amsgrad, Diag>(
+        c, sign_flip, gamma_defined, param + i, grad + i, exp_avg + i, exp_avg_sq + i,
+        Amsgrad ? max_exp_avg_sq + i : nullptr, diag);
   }
-  if constexpr (Vec::kLanes > 1) {
-    const AdamConsts<VecScalar> c(k);
-    DiagLanes<VecScalar> diag;
-    for (; i < end; ++i) {
-      adam_lanes<VecScalar, Wd, LerpLow, Amsgrad, Diag>(
-          c, sign_flip, gamma_defined, param + i, grad + i, exp_avg + i, exp_avg_sq + i,
-          Amsgrad ? max_exp_avg_sq + i : nullptr, diag);
-    }
-    if constexpr (Diag) diag.merge_into(acc);
-  }
+  if constexpr (Diag) diag.merge_into(acc);
+}
+
+template <WdMode Wd, bool LerpLow, bool Amsgrad, bool Diag>
+void adam_range(const AdamScalars& k, const AdamBuffers& b, std::size_t begin,
+                std::size_t end, DiagAccum* acc) {
+  const Split s = split_for_alignment(b.param, begin, end);
+  adam_elements<VecScalar, Wd, LerpLow, Amsgrad, Diag>(k, b, begin, s.body_begin, acc);
+  adam_elements<Vec, Wd, LerpLow, Amsgrad, Diag>(k, b, s.body_begin, s.body_end, acc);
+  adam_elements<VecScalar, Wd, LerpLow, Amsgrad, Diag>(k, b, s.body_end, end, acc);
 }
 
 template <class V>
@@ -168,33 +184,31 @@ inline void adagrad_lanes(const AdagradConsts<V>& c, std::uint32_t sign_flip,
   }
 }
 
-template <bool WeightDecay, bool Diag>
-void adagrad_range(const AdagradScalars& k, const AdagradBuffers& b, std::size_t begin,
-                   std::size_t end, DiagAccum* acc) {
+template <class V, bool WeightDecay, bool Diag>
+void adagrad_elements(const AdagradScalars& k, const AdagradBuffers& b, std::size_t from,
+                      std::size_t to, DiagAccum* acc) {
+  if (from == to) return;
   float* const param = b.param;
   const float* const grad = b.grad;
   float* const state_sum = b.state_sum;
   const std::uint32_t sign_flip = k.sign_flip;
   const bool gamma_defined = k.gamma_defined;
-  std::size_t i = begin;
-  {
-    const AdagradConsts<Vec> c(k);
-    DiagLanes<Vec> diag;
-    for (; i + Vec::kLanes <= end; i += Vec::kLanes) {
-      adagrad_lanes<Vec, WeightDecay, Diag>(c, sign_flip, gamma_defined, param + i, grad + i,
-                                            state_sum + i, diag);
-    }
-    if constexpr (Diag) diag.merge_into(acc);
+  const AdagradConsts<V> c(k);
+  DiagLanes<V> diag;
+  for (std::size_t i = from; i < to; i += V::kLanes) {
+    adagrad_lanes<V, WeightDecay, Diag>(c, sign_flip, gamma_defined, param + i, grad + i,
+                                        state_sum + i, diag);
   }
-  if constexpr (Vec::kLanes > 1) {
-    const AdagradConsts<VecScalar> c(k);
-    DiagLanes<VecScalar> diag;
-    for (; i < end; ++i) {
-      adagrad_lanes<VecScalar, WeightDecay, Diag>(c, sign_flip, gamma_defined, param + i,
-                                                  grad + i, state_sum + i, diag);
-    }
-    if constexpr (Diag) diag.merge_into(acc);
-  }
+  if constexpr (Diag) diag.merge_into(acc);
+}
+
+template <bool WeightDecay, bool Diag>
+void adagrad_range(const AdagradScalars& k, const AdagradBuffers& b, std::size_t begin,
+                   std::size_t end, DiagAccum* acc) {
+  const Split s = split_for_alignment(b.param, begin, end);
+  adagrad_elements<VecScalar, WeightDecay, Diag>(k, b, begin, s.body_begin, acc);
+  adagrad_elements<Vec, WeightDecay, Diag>(k, b, s.body_begin, s.body_end, acc);
+  adagrad_elements<VecScalar, WeightDecay, Diag>(k, b, s.body_end, end, acc);
 }
 
 // Every combination of options, indexed ((wd * 2 + lerp_low) * 2 + amsgrad) * 2 + diag.
