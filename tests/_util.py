@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+import adamcore
+
 
 def f32(x) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
@@ -47,3 +49,14 @@ def adam_state(rng: np.random.Generator, n: int, amsgrad: bool = False):
     v = f32(rng.standard_normal(n) ** 2 * 1e-4)
     vmax = v.copy() if amsgrad else None
     return p, m, v, vmax
+
+
+def assert_every_isa_matches_scalar(run, what: str = "") -> None:
+    """run() -> arrays; every available ISA must give the scalar ISA's bits."""
+    with adamcore.use_isa("scalar"):
+        want = run()
+    for name in adamcore.available_isas():
+        with adamcore.use_isa(name):
+            got = run()
+        for a, b in zip(got, want):
+            assert_same_bits(a, b, f"{what} {name}".strip())

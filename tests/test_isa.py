@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import adamcore
-from _util import assert_same_bits, f32
+from _util import assert_every_isa_matches_scalar, assert_same_bits, f32
 
 SIZES = [0, 1, 7, 15, 16, 17, 63, 64, 65, 1000, 65537]
 OFFSETS = [0, 1, 3, 5]  # in elements: views that start off any vector alignment
@@ -123,13 +123,7 @@ def test_adagrad_every_isa_same_bits(n):
             g = f32(rng.standard_normal(n))
             adamcore.adagrad_step(p, g, s, step=step, lr=0.05, lr_decay=0.1, weight_decay=0.01)
         return p, s
-    with adamcore.use_isa("scalar"):
-        want = run()
-    for name in adamcore.available_isas():
-        with adamcore.use_isa(name):
-            got = run()
-        assert_same_bits(got[0], want[0], f"{name} adagrad param n={n}")
-        assert_same_bits(got[1], want[1], f"{name} adagrad state_sum n={n}")
+    assert_every_isa_matches_scalar(run, f"adagrad n={n}")
 
 
 def test_multidimensional_arrays_are_updated_whole(isa):

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import adamcore
-from _util import assert_same_bits, f32
+from _util import assert_every_isa_matches_scalar, f32
 
 hyper = st.fixed_dictionaries({
     "lr": st.floats(0, 1, allow_subnormal=False),
@@ -41,13 +41,8 @@ def _run(n, offset, seed, opts, decoupled, steps):
 @given(n=st.integers(0, 300), offset=st.integers(0, 17), seed=st.integers(0, 2**32 - 1),
        opts=hyper, decoupled=st.booleans(), steps=st.integers(1, 4))
 def test_adam_family_same_bits_on_every_isa(n, offset, seed, opts, decoupled, steps):
-    with adamcore.use_isa("scalar"):
-        want = _run(n, offset, seed, opts, decoupled, steps)
-    for name in adamcore.available_isas():
-        with adamcore.use_isa(name):
-            got = _run(n, offset, seed, opts, decoupled, steps)
-        for a, b in zip(got, want):
-            assert_same_bits(a, b, name)
+    assert_every_isa_matches_scalar(lambda: _run(n, offset, seed, opts, decoupled, steps),
+                                    "adam family")
 
 
 @settings(max_examples=40, deadline=None)
@@ -66,10 +61,4 @@ def test_adagrad_same_bits_on_every_isa(n, offset, seed, lr, lr_decay, weight_de
                                   lr_decay=lr_decay, weight_decay=weight_decay, eps=eps,
                                   maximize=maximize)
         return p, s
-    with adamcore.use_isa("scalar"):
-        want = run()
-    for name in adamcore.available_isas():
-        with adamcore.use_isa(name):
-            got = run()
-        for a, b in zip(got, want):
-            assert_same_bits(a, b, name)
+    assert_every_isa_matches_scalar(run, "adagrad")

@@ -38,6 +38,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 import adamcore
+from adamcore._cli import positive_int
 
 OPTIMIZERS = ("adam", "adamw", "amsgrad", "adagrad")
 
@@ -973,13 +974,6 @@ def measure_thread_crossover(sizes: Sequence[int], repeats: int, batch_seconds: 
 
 
 # ---------------------------------------------------------------- command line
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
-
-
 def _size(text: str) -> int:
     """'4096', '4K', '16M' or '2^20'."""
     t = text.strip().upper()
@@ -1011,7 +1005,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="single-tensor sizes (e.g. 4K 64K 1M 16M)")
     parser.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, metavar="OPT",
                         help=f"optimizers to run, from {', '.join(OPTIMIZERS)}")
-    parser.add_argument("--threads", type=_positive_int, nargs="+", metavar="T",
+    parser.add_argument("--threads", type=positive_int, nargs="+", metavar="T",
                         help="thread counts (default: 1 2)")
     parser.add_argument("--cases", nargs="+", choices=CASE_KINDS, metavar="CASE",
                         help=f"case kinds to run, from {', '.join(CASE_KINDS)} (default: all)")
@@ -1022,7 +1016,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="run adamcore once per listed ISA, interleaved with the rest "
                              "(the first is the reference for speed-ups); default: the "
                              "active ISA only")
-    parser.add_argument("--repeats", type=_positive_int,
+    parser.add_argument("--repeats", type=positive_int,
                         help="timed rounds per case (default: 5 quick, 11 full)")
     parser.add_argument("--batch-ms", type=float,
                         help="target duration of one timed batch in ms (default: 1 quick, 10)")

@@ -37,6 +37,7 @@ from typing import Callable, Dict, List, Sequence
 import numpy as np
 
 import adamcore
+from adamcore._cli import positive_int
 
 __all__ = [
     "ALGORITHMS",
@@ -363,24 +364,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "reddi", help="run Reddi et al.'s counterexample with Adam and AMSGrad",
         description="Adam drifts to the worst point +1 while AMSGrad reaches the optimum -1.")
     parser.add_argument("--problem", choices=("all",) + PROBLEMS, default="all")
-    parser.add_argument("--steps", type=_positive_int, default=200_000)
+    parser.add_argument("--steps", type=positive_int, default=200_000)
     parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                         help="the paper schedule's step size alpha/sqrt(t)")
     parser.add_argument("--lr", type=float, default=DEFAULT_LR,
                         help="the default schedule's constant learning rate")
     parser.add_argument("--x1", type=float, default=DEFAULT_X1, help="starting point in [-1, 1]")
     parser.add_argument("--c", type=float, default=DEFAULT_C, help="Theorem 1's C (> 2)")
-    parser.add_argument("--seeds", type=_positive_int, default=8,
+    parser.add_argument("--seeds", type=positive_int, default=8,
                         help="independent copies of the stochastic problem")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot-dir", default=None, help="write reddi_<problem>.png here")
     parser.add_argument("--json", action="store_true", help="print the summaries as JSON")
     parser.set_defaults(func=_command)
     return parser
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
