@@ -12,6 +12,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "adamcore/adamcore.h"
@@ -352,6 +353,41 @@ void test_threads_do_not_change_bits() {
   adamcore::set_num_threads(saved_threads);
 }
 
+// Several callers stepping different buffers at once share the thread pool (one of
+// them gets it, the others run on their own threads) and get the serial bits.
+void test_concurrent_callers() {
+  const std::size_t saved_threshold = adamcore::get_parallel_threshold();
+  const int saved_threads = adamcore::get_num_threads();
+  adamcore::set_parallel_threshold(64);
+  adamcore::set_num_threads(3);
+  adamcore::AdamHyper h;
+  h.weight_decay = 0.01;
+  const std::size_t n = 5000;
+  const int callers = 4;
+  auto run = [&](int seed, AdamState* out) {
+    std::mt19937 rng(static_cast<unsigned>(seed));
+    AdamState s = make_state(rng, n);
+    for (std::int64_t t = 1; t <= 30; ++t) {
+      const auto g = make_values(rng, n, false, 1.0f);
+      adamcore::AdamBuffers b{s.p.data(), g.data(), s.m.data(), s.v.data(), nullptr, n};
+      adamcore::adam_step(&b, 1, t, h);
+    }
+    *out = s;
+  };
+  std::vector<AdamState> serial(callers), concurrent(callers);
+  for (int c = 0; c < callers; ++c) run(c, &serial[c]);
+  std::vector<std::thread> threads;
+  for (int c = 0; c < callers; ++c) threads.emplace_back(run, c, &concurrent[c]);
+  for (auto& t : threads) t.join();
+  for (int c = 0; c < callers; ++c) {
+    check(first_mismatch(concurrent[c].p, serial[c].p) < 0 &&
+              first_mismatch(concurrent[c].v, serial[c].v) < 0,
+          "concurrent caller " + std::to_string(c) + " matches serial");
+  }
+  adamcore::set_parallel_threshold(saved_threshold);
+  adamcore::set_num_threads(saved_threads);
+}
+
 void test_isa_control() {
   adamcore::Isa isa;
   check(adamcore::isa_from_name("avx2", &isa) && isa == adamcore::Isa::avx2, "parse avx2");
@@ -377,6 +413,7 @@ int main() {
   test_adam_isas_match_scalar();
   test_adagrad_isas_match_scalar();
   test_threads_do_not_change_bits();
+  test_concurrent_callers();
   std::printf("%d checks, %d failed\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;
 }
