@@ -242,6 +242,7 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("adamcore_best_isa", adamcore::isa_name(adamcore::best_isa()));
   benchmark::AddCustomContext("adamcore_parallel_threshold",
                               std::to_string(adamcore::get_parallel_threshold()));
+  benchmark::AddCustomContext("adamcore_openmp", adamcore::built_with_openmp() ? "yes" : "no");
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

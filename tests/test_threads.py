@@ -41,7 +41,7 @@ def test_thread_count_does_not_change_bits(isa, threads, many_threads_small_thre
         adamcore.adamw_step(want[0], grads, want[1], want[2], step=step, amsgrad=True,
                             max_exp_avg_sq=want[3])
     adamcore.set_num_threads(threads)
-    assert adamcore.get_num_threads() == threads
+    assert adamcore.get_num_threads() == (threads if adamcore._core.built_with_openmp() else 1)
     got = _group(1, SIZES)
     group = adamcore._core.AdamGroup(got[0], got[1], got[2], got[3])
     for step, grads in enumerate(got[4], 1):

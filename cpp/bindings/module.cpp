@@ -699,6 +699,7 @@ A parameter group's AdaGrad state (params and state_sums lists), validated once 
       "n"_a);
   m.def("get_parallel_threshold", &adamcore::get_parallel_threshold);
   m.def("set_parallel_threshold", &adamcore::set_parallel_threshold, "elements"_a);
+  m.def("built_with_openmp", &adamcore::built_with_openmp);
 #ifdef ADAMCORE_VERSION
   m.attr("__version__") = ADAMCORE_VERSION;
 #endif

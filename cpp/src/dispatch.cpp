@@ -10,12 +10,13 @@
 #include <string>
 #include <vector>
 
-#include <sched.h>
+#if defined(ADAMCORE_HAVE_OPENMP)
+#include <omp.h>
+#endif
 
 #include "adamcore/adamcore.h"
 #include "cpu_features.h"
 #include "kernel_api.h"
-#include "thread_pool.h"
 
 namespace adamcore {
 
@@ -148,26 +149,28 @@ std::atomic<int> g_num_threads{0};  // 0 until first use
 // 64K, measured with a free second core; BENCHMARKS.md).
 std::atomic<std::size_t> g_parallel_threshold{std::size_t{1} << 14};
 
-// A positive integer from the environment, or 0.
-int env_threads(const char* name) {
-  const char* env = std::getenv(name);
-  if (env == nullptr) return 0;
-  char* end = nullptr;
-  const long n = std::strtol(env, &end, 10);
-  return (end != env && *end == '\0' && n >= 1 && n <= 4096) ? static_cast<int>(n) : 0;
-}
-
-// ADAMCORE_NUM_THREADS, else OMP_NUM_THREADS (what users set to tame numeric
-// libraries), else the CPUs this process may run on.
 int default_num_threads() {
-  if (const int n = env_threads("ADAMCORE_NUM_THREADS")) return n;
-  if (const int n = env_threads("OMP_NUM_THREADS")) return n;
-  cpu_set_t cpus;
-  if (sched_getaffinity(0, sizeof cpus, &cpus) == 0) return std::max(1, CPU_COUNT(&cpus));
+#if defined(ADAMCORE_HAVE_OPENMP)
+  if (const char* env = std::getenv("ADAMCORE_NUM_THREADS")) {
+    char* end = nullptr;
+    const long n = std::strtol(env, &end, 10);
+    if (end != env && *end == '\0' && n >= 1 && n <= 4096) return static_cast<int>(n);
+  }
+  return std::max(1, omp_get_max_threads());  // honours OMP_NUM_THREADS
+#else
   return 1;
+#endif
 }
 
 }  // namespace
+
+bool built_with_openmp() {
+#if defined(ADAMCORE_HAVE_OPENMP)
+  return true;
+#else
+  return false;
+#endif
+}
 
 int get_num_threads() {
   int n = g_num_threads.load(std::memory_order_relaxed);
@@ -180,6 +183,7 @@ int get_num_threads() {
 }
 
 void set_num_threads(int n) {
+  if (!built_with_openmp()) n = 1;
   g_num_threads.store(std::max(1, n), std::memory_order_relaxed);
 }
 
@@ -286,19 +290,14 @@ void for_all_elements(std::size_t count, SizeOf size_of, detail::DiagAccum* diag
     return;
   }
 
-  // More parts than threads, so a thread that starts late (or is preempted) leaves
-  // its share to the others; each part is still a few thousand elements.
-  const std::size_t part_floor = std::max<std::size_t>(threshold / 4, kChunkAlign);
-  const std::size_t parts = std::min<std::size_t>(static_cast<std::size_t>(threads) * 4,
-                                                  std::max<std::size_t>(total / part_floor, 1));
-
-  // Cut k (0..parts) = position k*total/parts, rounded down inside its tensor.
-  std::vector<Cut> cuts(parts + 1);
+  // Cut k (0..threads) = position k*total/threads, rounded down inside its tensor.
+  std::vector<Cut> cuts(static_cast<std::size_t>(threads) + 1);
   {
     std::size_t tensor = 0, before = 0;  // elements in tensors [0, tensor)
-    for (std::size_t k = 0; k <= parts; ++k) {
+    for (int k = 0; k <= threads; ++k) {
       const std::size_t pos = static_cast<std::size_t>(
-          (static_cast<unsigned __int128>(total) * k) / parts);
+          (static_cast<unsigned __int128>(total) * static_cast<unsigned>(k)) /
+          static_cast<unsigned>(threads));
       while (tensor < count && before + size_of(tensor) <= pos && pos < total) {
         before += size_of(tensor);
         ++tensor;
@@ -311,29 +310,25 @@ void for_all_elements(std::size_t count, SizeOf size_of, detail::DiagAccum* diag
     }
   }
 
-  std::vector<detail::DiagAccum> accums(parts);
+  std::vector<detail::DiagAccum> accums(static_cast<std::size_t>(threads));
   for (auto& a : accums) detail::diag_init(&a);
 
-  struct Job {
-    const std::vector<Cut>* cuts;
-    std::vector<detail::DiagAccum>* accums;
-    std::size_t count;
-    const SizeOf* size_of;
-    const Fn* fn;
-    bool diag;
-  } job{&cuts, &accums, count, &size_of, &fn, diag != nullptr};
-
-  detail::parallel_for(parts, threads, [](void* context, std::size_t k) {
-    const Job& j = *static_cast<const Job*>(context);
-    const Cut from = (*j.cuts)[k];
-    const Cut to = (*j.cuts)[k + 1];
-    detail::DiagAccum* acc = j.diag ? &(*j.accums)[k] : nullptr;
-    for (std::size_t t = from.tensor; t < j.count && t <= to.tensor; ++t) {
+#if defined(ADAMCORE_HAVE_OPENMP)
+#pragma omp parallel num_threads(threads)
+  {
+    const int k = omp_get_thread_num();
+#else
+  for (int k = 0; k < threads; ++k) {
+#endif
+    const Cut from = cuts[k];
+    const Cut to = cuts[k + 1];
+    detail::DiagAccum* acc = diag ? &accums[k] : nullptr;
+    for (std::size_t t = from.tensor; t < count && t <= to.tensor; ++t) {
       const std::size_t begin = t == from.tensor ? from.offset : 0;
-      const std::size_t end = t == to.tensor ? to.offset : (*j.size_of)(t);
-      if (begin < end) (*j.fn)(t, begin, end, acc);
+      const std::size_t end = t == to.tensor ? to.offset : size_of(t);
+      if (begin < end) fn(t, begin, end, acc);
     }
-  }, &job);
+  }
   if (diag) {
     for (const auto& a : accums) detail::diag_merge(diag, a);
   }

@@ -100,7 +100,7 @@ def runtime_info() -> dict:
     """What was compiled, what this CPU supports, and what is in use.
 
     Keys: ``isa`` (active), ``best`` (what dispatch picked), ``compiled``, ``supported``,
-    ``threads``, ``parallel_threshold`` (elements below which a step stays
+    ``threads``, ``openmp``, ``parallel_threshold`` (elements below which a step stays
     on the calling thread) and ``version``.
     """
     return {
@@ -109,6 +109,7 @@ def runtime_info() -> dict:
         "compiled": compiled_isas(),
         "supported": available_isas(),
         "threads": get_num_threads(),
+        "openmp": _core.built_with_openmp(),
         "parallel_threshold": get_parallel_threshold(),
         "version": __version__,
     }

@@ -578,7 +578,7 @@ def _add_in_place(xy: tuple[np.ndarray, np.ndarray]) -> None:
 # ---------------------------------------------------------------- threads
 def _openmp_runtimes() -> list[ctypes.CDLL]:
     """Every OpenMP runtime loaded in this process (torch bundles its own libgomp;
-    DeepSpeed's op loads the system one)."""
+    DeepSpeed's op and adamcore load the system one)."""
     libs = []
     try:
         with open("/proc/self/maps") as maps:

@@ -29,13 +29,13 @@ bool set_isa(Isa isa);
 std::string isa_choices();
 
 // ---------------------------------------------------------------- threads
-// Number of threads a large step may use: the calling thread plus pool workers.
-// Default: ADAMCORE_NUM_THREADS, else OMP_NUM_THREADS, else the CPUs this process may use.
+// Number of threads a large step may use (1 when built without OpenMP).
 int get_num_threads();
 void set_num_threads(int n);  // n >= 1
 // Steps touching fewer elements than this stay on the calling thread.
 std::size_t get_parallel_threshold();
 void set_parallel_threshold(std::size_t elements);
+bool built_with_openmp();
 
 // ---------------------------------------------------------------- hyperparameters
 struct AdamHyper {
