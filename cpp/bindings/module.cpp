@@ -184,6 +184,48 @@ class BufferSet {
 
 double parse_prev_lr(py::handle prev_lr);
 
+// The buffers of a call with one array per argument, checked without heap
+// allocation (the common single-tensor call is a few microseconds in all).
+class SingleSet {
+ public:
+  static constexpr std::size_t kMax = 5;
+  SingleSet(const py::handle* args, const char* const* names, const bool* written,
+            std::size_t n) {
+    for (std::size_t a = 0; a < n; ++a) {
+      if (a > 0 && is_sequence_arg(args[a])) {
+        throw py::type_error(std::string(names[a]) + " must be an array like " + names[0]);
+      }
+      buffers_[a] = take_buffer(args[a], names[a], -1, written[a]);
+      if (a > 0 && buffers_[a].size != buffers_[0].size) {
+        throw py::value_error(std::string(names[a]) + " has " +
+                              std::to_string(buffers_[a].size) + " elements but " + names[0] +
+                              " has " + std::to_string(buffers_[0].size));
+      }
+    }
+    for (std::size_t a = 0; a < n; ++a) {
+      for (std::size_t b = a + 1; b < n; ++b) check_pair(a, b, names);
+    }
+  }
+  float* data(std::size_t a) const { return buffers_[a].data; }
+  std::size_t size() const { return buffers_[0].size; }
+
+ private:
+  void check_pair(std::size_t a, std::size_t b, const char* const* names) const {
+    const Buffer& x = buffers_[a];
+    const Buffer& y = buffers_[b];
+    if (x.size == 0 || y.size == 0) return;
+    const float* x_end = x.data + x.size;
+    const float* y_end = y.data + y.size;
+    if (x.data < y_end && y.data < x_end) {
+      const bool same = x.data == y.data && x.size == y.size;
+      throw py::value_error(std::string(names[a]) + " and " + names[b] +
+                            (same ? " are the same memory" : " overlap in memory") +
+                            "; every buffer must be distinct");
+    }
+  }
+  Buffer buffers_[kMax];
+};
+
 py::object finish(bool diagnostics, const adamcore::GammaStats& stats) {
   if (!diagnostics) return py::none();
   return py::cast(stats);
@@ -197,12 +239,12 @@ void check_hyper(const std::string& err) {
 template <class Buffers, class Hyper>
 py::object run_step(void (*step_fn)(const Buffers*, std::size_t, std::int64_t, const Hyper&,
                                     adamcore::GammaStats*, double),
-                    const std::vector<Buffers>& tensors, std::int64_t step, const Hyper& h,
-                    bool diagnostics, double prev_lr) {
+                    const Buffers* tensors, std::size_t count, std::int64_t step,
+                    const Hyper& h, bool diagnostics, double prev_lr) {
   adamcore::GammaStats stats;
   {
     py::gil_scoped_release release;
-    step_fn(tensors.data(), tensors.size(), step, h, diagnostics ? &stats : nullptr, prev_lr);
+    step_fn(tensors, count, step, h, diagnostics ? &stats : nullptr, prev_lr);
   }
   return finish(diagnostics, stats);
 }
@@ -219,6 +261,16 @@ py::object adam_like(py::handle param, py::handle grad, py::handle exp_avg,
   if (!amsgrad && !max_exp_avg_sq.is_none()) {
     throw py::value_error("max_exp_avg_sq was given but amsgrad=False; pass amsgrad=True "
                           "to use it");
+  }
+  if (!is_sequence_arg(param)) {
+    const py::handle args[] = {param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq};
+    static constexpr const char* kNames[] = {"param", "grad", "exp_avg", "exp_avg_sq",
+                                             "max_exp_avg_sq"};
+    static constexpr bool kWritten[] = {true, false, true, true, true};
+    const SingleSet set(args, kNames, kWritten, amsgrad ? 5 : 4);
+    const adamcore::AdamBuffers tensor{set.data(0), set.data(1), set.data(2), set.data(3),
+                                       amsgrad ? set.data(4) : nullptr, set.size()};
+    return run_step(&adamcore::adam_step, &tensor, 1, step, h, diagnostics, prev);
   }
   std::vector<py::handle> args = {param, grad, exp_avg, exp_avg_sq};
   std::vector<const char*> names = {"param", "grad", "exp_avg", "exp_avg_sq"};
@@ -238,7 +290,8 @@ py::object adam_like(py::handle param, py::handle grad, py::handle exp_avg,
     tensors[t].max_exp_avg_sq = amsgrad ? set.data(4, t) : nullptr;
     tensors[t].size = set.size(t);
   }
-  return run_step(&adamcore::adam_step, tensors, step, h, diagnostics, prev);
+  return run_step(&adamcore::adam_step, tensors.data(), tensors.size(), step, h, diagnostics,
+                  prev);
 }
 
 py::object adagrad(py::handle param, py::handle grad, py::handle state_sum,
@@ -246,6 +299,15 @@ py::object adagrad(py::handle param, py::handle grad, py::handle state_sum,
                    py::handle prev_lr) {
   check_hyper(adamcore::check_adagrad_hyper(h, step));
   const double prev = parse_prev_lr(prev_lr);
+  if (!is_sequence_arg(param)) {
+    const py::handle args[] = {param, grad, state_sum};
+    static constexpr const char* kNames[] = {"param", "grad", "state_sum"};
+    static constexpr bool kWritten[] = {true, false, true};
+    const SingleSet single(args, kNames, kWritten, 3);
+    const adamcore::AdagradBuffers tensor{single.data(0), single.data(1), single.data(2),
+                                          single.size()};
+    return run_step(&adamcore::adagrad_step, &tensor, 1, step, h, diagnostics, prev);
+  }
   const BufferSet set({param, grad, state_sum}, {"param", "grad", "state_sum"},
                       {true, false, true});
   std::vector<adamcore::AdagradBuffers> tensors(set.count());
@@ -255,7 +317,8 @@ py::object adagrad(py::handle param, py::handle grad, py::handle state_sum,
     tensors[t].state_sum = set.data(2, t);
     tensors[t].size = set.size(t);
   }
-  return run_step(&adamcore::adagrad_step, tensors, step, h, diagnostics, prev);
+  return run_step(&adamcore::adagrad_step, tensors.data(), tensors.size(), step, h,
+                  diagnostics, prev);
 }
 
 double parse_prev_lr(py::handle prev_lr) {
@@ -327,7 +390,8 @@ class AdamGroup {
     const double prev = parse_prev_lr(prev_lr);
     std::vector<adamcore::AdamBuffers> tensors = tensors_;  // callers may step concurrently
     const auto keep = take_grads(grads, set_.spans(), tensors);
-    return run_step(&adamcore::adam_step, tensors, step, h, diagnostics, prev);
+    return run_step(&adamcore::adam_step, tensors.data(), tensors.size(), step, h, diagnostics,
+                  prev);
   }
 
   std::size_t count() const { return tensors_.size(); }
@@ -372,7 +436,8 @@ class AdagradGroup {
     const double prev = parse_prev_lr(prev_lr);
     std::vector<adamcore::AdagradBuffers> tensors = tensors_;
     const auto keep = take_grads(grads, set_.spans(), tensors);
-    return run_step(&adamcore::adagrad_step, tensors, step, h, diagnostics, prev);
+    return run_step(&adamcore::adagrad_step, tensors.data(), tensors.size(), step, h,
+                  diagnostics, prev);
   }
 
   std::size_t count() const { return tensors_.size(); }
