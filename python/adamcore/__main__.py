@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Sequence
 
-# (module, command) pairs; modules that are not present in this build are skipped.
+# Modules that each add one subcommand; any not present in this build is skipped.
 _COMMAND_MODULES = ("adamcore.bench", "adamcore.reddi", "adamcore.phase", "adamcore.golden")
 
 
