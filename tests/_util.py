@@ -11,20 +11,6 @@ def f32(x) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Distance in units in the last place between float32 arrays (NaN vs NaN = 0)."""
-    ia = a.astype(np.float32).view(np.int32).astype(np.int64)
-    ib = b.astype(np.float32).view(np.int32).astype(np.int64)
-    # Map the sign-magnitude encoding onto a monotonic integer line.
-    ia = np.where(ia < 0, -(ia & 0x7FFFFFFF), ia)
-    ib = np.where(ib < 0, -(ib & 0x7FFFFFFF), ib)
-    d = np.abs(ia - ib)
-    both_nan = np.isnan(a) & np.isnan(b)
-    one_nan = np.isnan(a) ^ np.isnan(b)
-    d = np.where(both_nan, 0, d)
-    return np.where(one_nan, np.iinfo(np.int64).max, d)
-
-
 def assert_same_bits(got: np.ndarray, want: np.ndarray, what: str = "") -> None:
     """Bitwise equality; NaN matches NaN (payload bits are not part of the contract)."""
     assert got.shape == want.shape, what

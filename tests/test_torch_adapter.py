@@ -17,7 +17,8 @@ import sys
 import numpy as np
 import pytest
 
-from _util import assert_same_bits, ulp_distance
+from _util import assert_same_bits
+from adamcore.oracle import ulp_distance
 
 torch = pytest.importorskip("torch")
 import adamcore.torch as act  # noqa: E402  (after the skip: this module needs torch)

@@ -78,12 +78,11 @@ struct Span {
   std::ptrdiff_t index;
 };
 
-// Sorts the spans by address and raises if any two non-empty buffers share a byte.
-void check_disjoint(std::vector<Span>& spans) {
-  std::sort(spans.begin(), spans.end(),
-            [](const Span& x, const Span& y) { return x.begin < y.begin; });
+// Sorts spans[0, n) by address and raises if any two buffers share a byte.
+void check_disjoint(Span* spans, std::size_t n) {
+  std::sort(spans, spans + n, [](const Span& x, const Span& y) { return x.begin < y.begin; });
   std::size_t reach = 0;  // the span seen so far that ends furthest
-  for (std::size_t i = 1; i < spans.size(); ++i) {
+  for (std::size_t i = 1; i < n; ++i) {
     if (spans[i].begin < spans[reach].end) {
       const bool same = spans[i].begin == spans[reach].begin && spans[i].end == spans[reach].end;
       throw py::value_error(label(spans[reach].name, spans[reach].index) + " and " +
@@ -111,11 +110,22 @@ void check_outside(const std::vector<Span>& spans, const Buffer& b, const char* 
   }
 }
 
-void add_span(std::vector<Span>& spans, const Buffer& b, const char* name,
-              std::ptrdiff_t index) {
-  if (b.size == 0) return;
+// Appends b's bytes at `out` unless it is empty; returns the new end.
+Span* add_span(Span* out, const Buffer& b, const char* name, std::ptrdiff_t index) {
+  if (b.size == 0) return out;
   const char* p = reinterpret_cast<const char*>(b.data);
-  spans.push_back({p, p + b.size * sizeof(float), name, index});
+  *out = {p, p + b.size * sizeof(float), name, index};
+  return out + 1;
+}
+
+// Raises unless an argument has as many elements as the call's first one.
+void check_size(std::size_t size, const char* name, std::size_t first_size,
+                const char* first_name, std::ptrdiff_t index) {
+  if (size != first_size) {
+    throw py::value_error(label(name, index) + " has " + std::to_string(size) +
+                          " elements but " + label(first_name, index) + " has " +
+                          std::to_string(first_size));
+  }
 }
 
 // Borrowed item t of a list or tuple (checked by is_sequence_arg).
@@ -128,46 +138,40 @@ bool is_sequence_arg(py::handle obj) {
   return py::isinstance<py::list>(obj) || py::isinstance<py::tuple>(obj);
 }
 
-// The buffers of one call: either one array per argument or equal-length sequences.
+// The buffers of a call over a parameter group: equal-length lists (or tuples) of
+// arrays, one list per argument; args[0] must already be one.
 class BufferSet {
  public:
   // names[i] is the argument name; written[i] whether the kernel writes it.
   BufferSet(const std::vector<py::handle>& args, const std::vector<const char*>& names,
             const std::vector<bool>& written) {
-    const bool multi = is_sequence_arg(args[0]);
-    std::size_t count = 1;
-    if (multi) count = py::len(args[0]);
+    const std::size_t count = py::len(args[0]);
     for (std::size_t a = 0; a < args.size(); ++a) {
-      if (is_sequence_arg(args[a]) != multi) {
-        throw py::type_error(std::string(names[a]) + " must be " +
-                             (multi ? "a list of arrays like " : "an array like ") + names[0]);
+      if (!is_sequence_arg(args[a])) {
+        throw py::type_error(std::string(names[a]) + " must be a list of arrays like " +
+                             names[0]);
       }
-      if (multi && py::len(args[a]) != count) {
+      if (py::len(args[a]) != count) {
         throw py::value_error(std::string(names[a]) + " has " +
                               std::to_string(py::len(args[a])) + " arrays but " + names[0] +
                               " has " + std::to_string(count));
       }
     }
     columns_.resize(args.size());
-    std::vector<Span> spans;
-    spans.reserve(args.size() * count);
+    spans_.resize(args.size() * count);
+    Span* spans_end = spans_.data();
     for (std::size_t a = 0; a < args.size(); ++a) {
       columns_[a].reserve(count);
       for (std::size_t t = 0; t < count; ++t) {
-        const std::ptrdiff_t index = multi ? static_cast<std::ptrdiff_t>(t) : -1;
-        py::handle obj = multi ? sequence_item(args[a], t) : args[a];
-        columns_[a].push_back(take_buffer(obj, names[a], index, written[a]));
+        const auto index = static_cast<std::ptrdiff_t>(t);
+        columns_[a].push_back(take_buffer(sequence_item(args[a], t), names[a], index, written[a]));
         const Buffer& b = columns_[a].back();
-        if (a > 0 && b.size != columns_[0][t].size) {
-          throw py::value_error(label(names[a], index) + " has " + std::to_string(b.size) +
-                                " elements but " + label(names[0], index) + " has " +
-                                std::to_string(columns_[0][t].size));
-        }
-        add_span(spans, b, names[a], index);
+        if (a > 0) check_size(b.size, names[a], columns_[0][t].size, names[0], index);
+        spans_end = add_span(spans_end, b, names[a], index);
       }
     }
-    check_disjoint(spans);
-    spans_ = std::move(spans);
+    spans_.resize(static_cast<std::size_t>(spans_end - spans_.data()));
+    check_disjoint(spans_.data(), spans_.size());
     count_ = count;
   }
   std::size_t count() const { return count_; }
@@ -191,38 +195,22 @@ class SingleSet {
   static constexpr std::size_t kMax = 5;
   SingleSet(const py::handle* args, const char* const* names, const bool* written,
             std::size_t n) {
+    Span spans[kMax];
+    Span* spans_end = spans;
     for (std::size_t a = 0; a < n; ++a) {
       if (a > 0 && is_sequence_arg(args[a])) {
         throw py::type_error(std::string(names[a]) + " must be an array like " + names[0]);
       }
       buffers_[a] = take_buffer(args[a], names[a], -1, written[a]);
-      if (a > 0 && buffers_[a].size != buffers_[0].size) {
-        throw py::value_error(std::string(names[a]) + " has " +
-                              std::to_string(buffers_[a].size) + " elements but " + names[0] +
-                              " has " + std::to_string(buffers_[0].size));
-      }
+      if (a > 0) check_size(buffers_[a].size, names[a], buffers_[0].size, names[0], -1);
+      spans_end = add_span(spans_end, buffers_[a], names[a], -1);
     }
-    for (std::size_t a = 0; a < n; ++a) {
-      for (std::size_t b = a + 1; b < n; ++b) check_pair(a, b, names);
-    }
+    check_disjoint(spans, static_cast<std::size_t>(spans_end - spans));
   }
   float* data(std::size_t a) const { return buffers_[a].data; }
   std::size_t size() const { return buffers_[0].size; }
 
  private:
-  void check_pair(std::size_t a, std::size_t b, const char* const* names) const {
-    const Buffer& x = buffers_[a];
-    const Buffer& y = buffers_[b];
-    if (x.size == 0 || y.size == 0) return;
-    const float* x_end = x.data + x.size;
-    const float* y_end = y.data + y.size;
-    if (x.data < y_end && y.data < x_end) {
-      const bool same = x.data == y.data && x.size == y.size;
-      throw py::value_error(std::string(names[a]) + " and " + names[b] +
-                            (same ? " are the same memory" : " overlap in memory") +
-                            "; every buffer must be distinct");
-    }
-  }
   Buffer buffers_[kMax];
 };
 
@@ -352,11 +340,7 @@ std::vector<py::object> take_grads(py::handle grads, const std::vector<Span>& he
   for (std::size_t t = 0; t < count; ++t) {
     const auto index = static_cast<std::ptrdiff_t>(t);
     Buffer g = take_buffer(sequence_item(grads, t), "grads", index, false);
-    if (g.size != tensors[t].size) {
-      throw py::value_error(label("grads", index) + " has " + std::to_string(g.size) +
-                            " elements but " + label("params", index) + " has " +
-                            std::to_string(tensors[t].size));
-    }
+    check_size(g.size, "grads", tensors[t].size, "params", index);
     check_outside(held, g, "grads", index);
     tensors[t].grad = g.data;
     keep[t] = std::move(g.array);

@@ -271,19 +271,18 @@ struct Cut {
   std::size_t offset;
 };
 
-// Calls fn(tensor_index, begin, end, accum) over every element of every tensor,
-// split into equal, aligned shares of all elements when that pays off.
-template <class SizeOf, class Fn>
-void for_all_elements(std::size_t count, SizeOf size_of, detail::DiagAccum* diag, Fn fn) {
-  std::size_t total = 0;
-  for (std::size_t t = 0; t < count; ++t) total += size_of(t);
+// Calls fn(tensor_index, begin, end, accum) over every element of `total` in all
+// tensors, split into equal, aligned shares of them when that pays off.
+template <class Buffers, class Fn>
+void for_all_elements(const Buffers* tensors, std::size_t count, std::size_t total,
+                      detail::DiagAccum* diag, Fn fn) {
   if (total == 0) return;
+  const auto size_of = [tensors](std::size_t t) { return tensors[t].size; };
 
   int threads = get_num_threads();
   const std::size_t threshold = std::max<std::size_t>(get_parallel_threshold(), kChunkAlign);
   if (total < threshold) threads = 1;
   threads = static_cast<int>(std::min<std::size_t>(threads, (total + threshold - 1) / threshold));
-  threads = std::max(threads, 1);
 
   if (threads == 1) {
     for (std::size_t t = 0; t < count; ++t) fn(t, 0, size_of(t), diag);
@@ -353,11 +352,10 @@ void run_kernel(Kernel kernel, const Scalars& k, const Buffers* tensors, std::si
   detail::diag_init(&acc);
   std::size_t total = 0;
   for (std::size_t t = 0; t < count; ++t) total += tensors[t].size;
-  for_all_elements(
-      count, [&](std::size_t t) { return tensors[t].size; }, diag ? &acc : nullptr,
-      [&](std::size_t t, std::size_t begin, std::size_t end, detail::DiagAccum* a) {
-        kernel(k, tensors[t], begin, end, a);
-      });
+  for_all_elements(tensors, count, total, diag ? &acc : nullptr,
+                   [&](std::size_t t, std::size_t begin, std::size_t end, detail::DiagAccum* a) {
+                     kernel(k, tensors[t], begin, end, a);
+                   });
   if (diag) write_stats(acc, total, k.gamma_defined, diag);
 }
 
