@@ -206,3 +206,260 @@ def test_unknown_implementation_is_named():
         bench.make_runner("jax", "adam", buffers)
     with pytest.raises(ValueError, match="optimizer"):
         bench.make_runner("adamcore", "sgd", buffers)
+
+
+# ---------------------------------------------------------------- contended and train-loop
+from adamcore import _contention  # noqa: E402
+
+
+def _stats_ordered(stats: dict) -> None:
+    assert stats["count"] >= 1
+    for key in ("median_seconds", "p90_seconds", "p99_seconds", "max_seconds", "mean_seconds"):
+        assert math.isfinite(stats[key]) and stats[key] > 0, key
+    assert (stats["median_seconds"] <= stats["p90_seconds"] <= stats["p99_seconds"]
+            <= stats["max_seconds"])
+
+
+def _assert_gone(pids) -> None:
+    """Each PID has exited and been reaped (or, if re-parented to an init that has not
+    reaped it yet, is a zombie): nothing of ours is still running."""
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            continue
+        assert state in ("Z", "X"), f"spinner {pid} still running (state {state})"
+    assert _contention.live_spinner_children() == []
+
+
+def test_latency_stats_and_step_counts():
+    stats = bench.latency_stats([3e-6, 1e-6, 2e-6, 100e-6] + [2e-6] * 96)
+    assert stats["count"] == 100
+    assert stats["median_seconds"] == 2e-6
+    assert stats["max_seconds"] == 100e-6
+    _stats_ordered(stats)
+    with pytest.raises(ValueError):
+        bench.latency_stats([])
+    assert bench.contended_steps(1 << 16, 1000) == 1000
+    assert bench.contended_steps(1 << 12, 1000) == 1000
+    assert bench.contended_steps(1 << 20, 1000) == 200
+    assert bench.contended_steps(1 << 20, 3) == 3
+
+
+def test_cpu_identity_is_recorded():
+    ident = bench.cpu_identity()
+    assert ident["cpu"]
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return
+    if "cpu family" in text:
+        assert isinstance(ident["cpu_family"], int) and isinstance(ident["cpu_model"], int)
+
+
+def test_spinners_run_and_stop():
+    with _contention.Spinners(2) as spin:
+        assert len(spin.alive()) == 2
+        assert sorted(_contention.live_spinner_children()) == sorted(spin.pids)
+    assert spin.alive() == []
+    _assert_gone(spin.pids)
+    report = spin.report()
+    assert report["count"] == 2 and report["pids"] == spin.pids
+    spin.stop()  # idempotent
+
+
+def test_spinners_stop_when_the_block_raises():
+    spin = _contention.Spinners(1)
+    with pytest.raises(RuntimeError, match="boom"):
+        with spin:
+            raise RuntimeError("boom")
+    _assert_gone(spin.pids)
+
+
+_ORPHAN_PARENT = """
+import os, sys
+from adamcore._contention import Spinners
+spin = Spinners(1, pdeathsig={pdeathsig}).start(settle_seconds=0)
+print(spin.pids[0], flush=True)
+{exit}
+"""
+
+
+@pytest.mark.parametrize("pdeathsig, exit", [
+    (True, "os._exit(0)"),             # killed parent: the kernel's parent-death signal
+    (False, "os._exit(0)"),            # no such signal: the child's getppid() poll
+    (False, "sys.exit(0)"),            # normal exit without stop(): atexit
+])
+def test_spinners_never_outlive_their_parent(pdeathsig, exit):
+    import subprocess
+    import sys
+    import time
+
+    out = subprocess.run([sys.executable, "-c",
+                          _ORPHAN_PARENT.format(pdeathsig=pdeathsig, exit=exit)],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    pid = int(out.split()[0])
+    deadline = time.monotonic() + 10  # a liveness bound, not a timing claim
+    while time.monotonic() < deadline:
+        try:
+            _assert_gone([pid])
+            return
+        except AssertionError:
+            time.sleep(0.05)
+    _assert_gone([pid])
+
+
+def test_contended_case_structure(tmp_path, capsys):
+    data = run_bench(tmp_path, "--cases", "contended", "--contended-sizes", "4K", "64K",
+                     "--steps", "6", "--peers", "numpy", "--spinners", "2")
+    out = capsys.readouterr().out
+    assert "Contended case" in out and "Ratios to the 1-thread median" in out
+    assert data["machine"]["cpu"] and "cpu_family" in data["machine"]
+    assert data["results"] == []  # no ordinary case was asked for
+    c = data["contended"]
+    assert c["implementations"] == ["adamcore"]  # torch-fused only when it is a peer
+    assert c["threads"] == [1, 2]
+    assert [i["condition"] for i in c["conditions"]] == ["idle", "contended"]
+    assert "spinners" not in c["conditions"][0]
+    spin = c["conditions"][1]["spinners"]
+    assert spin["count"] == 2 and len(spin["pids"]) == 2
+    _assert_gone(spin["pids"])  # the spinners were stopped and reaped
+    keys = {(r["condition"], r["elements"], r["implementation"], r["threads"])
+            for r in c["rows"]}
+    assert keys == {(cond, n, "adamcore", t) for cond in ("idle", "contended")
+                    for n in (4096, 65536) for t in (1, 2)}
+    for r in c["rows"]:
+        _stats_ordered(r)
+        assert r["count"] == len(r["samples_seconds"]) == r["steps_wanted"] == 6
+        assert r["median_seconds"] == pytest.approx(float(np.median(r["samples_seconds"])))
+        assert r["max_seconds"] == max(r["samples_seconds"])
+    by_key = {(r["condition"], r["elements"], r["threads"]): r for r in c["rows"]}
+    assert len(c["ratios"]) == 4
+    for q in c["ratios"]:
+        one = by_key[(q["condition"], q["elements"], 1)]
+        two = by_key[(q["condition"], q["elements"], 2)]
+        assert q["threads"] == 2
+        assert q["median_over_one_thread_median"] == pytest.approx(
+            two["median_seconds"] / one["median_seconds"])
+        assert q["p99_over_one_thread_median"] == pytest.approx(
+            two["p99_seconds"] / one["median_seconds"])
+        judged = q["condition"] == "contended"
+        for key, limit in (("median_target_met", 1.5), ("p99_target_met", 3.0)):
+            if judged:
+                ratio = q["median_over_one_thread_median" if key.startswith("median")
+                          else "p99_over_one_thread_median"]
+                assert q[key] is (ratio <= limit)
+            else:
+                assert q[key] is None
+    verdicts = [line for line in out.splitlines() if line.startswith("contended")
+                and ("median met" in line or "median MISSED" in line)]
+    assert len(verdicts) == 2  # adamcore, 2 threads, at 4K and 64K
+
+
+def test_contended_case_runs_torch_fused_beside(tmp_path):
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    data = run_bench(tmp_path, "--cases", "contended", "--contended-sizes", "4K",
+                     "--steps", "4", "--peers", "torch-fused", "--spinners", "1")
+    c = data["contended"]
+    assert c["implementations"] == ["adamcore", "torch-fused"]
+    names = {(r["implementation"], r["threads"]) for r in c["rows"]}
+    assert names == {("adamcore", 1), ("adamcore", 2), ("torch-fused", 1), ("torch-fused", 2)}
+    for r in c["rows"]:
+        _stats_ordered(r)
+    fused = [q for q in c["ratios"] if q["implementation"] == "torch-fused"]
+    assert fused and all(q["median_target_met"] is None for q in fused)
+    assert torch.get_num_threads() == threads  # restored
+    _assert_gone(c["conditions"][1]["spinners"]["pids"])
+
+
+def test_contended_rejects_unknown_implementation():
+    with pytest.raises(ValueError, match="implementations"):
+        bench.measure_contended([64], implementations=["numpy"], steps_at_64k=1)
+    with pytest.raises(ValueError, match="conditions"):
+        bench.measure_contended([64], steps_at_64k=1, conditions=["busy"],
+                                implementations=["adamcore"])
+
+
+def test_train_loop_structure():
+    torch = pytest.importorskip("torch")
+    threads = adamcore.get_num_threads(), torch.get_num_threads()
+    r = bench.measure_train_loop(iterations=4, batch=4, dims=(8, 16, 8), spinners=1, warmup=1)
+    assert (adamcore.get_num_threads(), torch.get_num_threads()) == threads  # restored
+    assert r["torch_threads"] == threads[1]
+    assert r["parameters"] == 8 * 16 + 16 + 2 * 16 + 16 * 8 + 8
+    assert [i["condition"] for i in r["conditions"]] == ["idle", "contended"]
+    _assert_gone(r["conditions"][1]["spinners"]["pids"])
+    variants = [(row["condition"], row["implementation"], row["adamcore_threads"])
+                for row in r["rows"]]
+    assert variants == [(cond, name, t) for cond in ("idle", "contended")
+                        for name, t in (("adamcore", 1), ("adamcore", 2), ("torch-fused", None))]
+    for row in r["rows"]:
+        for part in ("step", "iteration", "forward_backward"):
+            _stats_ordered(row[part])
+            assert row[part]["count"] == 4
+        assert all(s <= w for s, w in zip(row["step_samples_seconds"],
+                                          row["iteration_samples_seconds"]))
+        if row["implementation"] == "torch-fused":
+            assert row["step_median_over_torch_fused"] == 1.0
+    assert r["params_changed"]
+    # Every variant took the same steps on the same data: adamcore.torch matches torch
+    # fused (bit for bit on these sizes; allow a rounding or two per step).
+    assert max(r["param_max_abs_diff_vs_torch_fused"].values()) < 1e-5
+
+
+def test_train_loop_cli(tmp_path, capsys):
+    pytest.importorskip("torch")
+    data = run_bench(tmp_path, "--cases", "train-loop", "--iterations", "2",
+                     "--train-dims", "8", "4", "--train-batch", "2", "--spinners", "1")
+    out = capsys.readouterr().out
+    assert "Training loop" in out and "torch threads" in out
+    t = data["train_loop"]
+    assert t["iterations"] == 2 and t["batch"] == 2
+    assert {row["api"] for row in t["rows"]} == {"adamcore.torch.AdamW",
+                                                "torch.optim.AdamW(fused=True)"}
+    assert _contention.live_spinner_children() == []
+
+
+def test_train_loop_is_skipped_without_torch(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "torch_available", lambda: False)
+    data = run_bench(tmp_path, "--cases", "train-loop", "--peers", "numpy")
+    assert data["train_loop"] == {"skipped": "torch is not installed"}
+    assert "train-loop: skipped (torch is not installed)" in capsys.readouterr().out
+
+
+def _threads_ab():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "threads_ab.py"
+    spec = importlib.util.spec_from_file_location("threads_ab", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_threads_ab_script_runs_and_compares(tmp_path, capsys):
+    ab = _threads_ab()
+    with_torch = bench.torch_available()
+    out_json = tmp_path / "a.json"
+    assert ab.main(["--label", "A", "--json", str(out_json), "--sizes", "4096", "--steps", "4",
+                    "--iterations", "2", "--dims", "8", "4", "--batch", "2",
+                    "--spinners", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "| condition | size | implementation | threads | median |" in out
+    assert "2t median ÷ 1t median" in out
+    assert ("Training loop (" in out) == with_torch
+    data = json.loads(out_json.read_text())
+    assert data["label"] == "A" and data["build"]["extension_sha256_16"]
+    assert data["machine"]["cpu"]
+    for r in data["contended"]["rows"]:
+        _stats_ordered(r)
+    assert _contention.live_spinner_children() == []
+    b = dict(data, label="B")
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    assert ab.main(["--compare", str(out_json), str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| A median | B median | B ÷ A |" in out and "1.00×" in out

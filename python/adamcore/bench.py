@@ -14,6 +14,20 @@ Before timing, every implementation takes one step from identical state and its
 parameters are compared with adamcore's (maximum difference in float32 ulps): a peer
 that computes something else, or nothing, shows up in the JSON and as a warning
 under the table (and the exit code is 1).
+
+Two cases measure threads under load (issue 8) and run by default:
+
+- ``contended``: Adam single steps at 64K and 1M (``--contended-sizes``) for adamcore
+  and torch fused with 1 and 2 threads, each step timed alone (``--steps`` at 64K,
+  1/5 as many at 1M), variants taking turns in rounds, first on the machine as it is
+  ("idle"), then beside busy processes the harness starts and always stops
+  (``--spinners``, one per usable CPU by default; see ``adamcore._contention``).
+  Median, p90, p99 and max per variant, and the targets' ratios: 2-thread median and
+  p99 over the 1-thread median of the same condition and size (<= 1.5x and <= 3x).
+- ``train-loop`` (needs torch): an MLP of ~1.1M parameters, forward + backward + AdamW
+  step, ``adamcore.torch.AdamW`` on 1 and 2 adamcore threads against
+  ``torch.optim.AdamW(fused=True)``, idle and contended; the step alone and the whole
+  iteration.
 """
 
 from __future__ import annotations
@@ -23,6 +37,7 @@ import contextlib
 import ctypes
 import dataclasses
 import functools
+import gc
 import io
 import json
 import math
@@ -70,6 +85,9 @@ STREAM = "stream"  # the bandwidth probe's row name
 QUICK_SIZES = (1 << 12, 1 << 16, 1 << 20, 1 << 24)
 FULL_SIZES = tuple(1 << k for k in range(12, 27, 2))  # 4K ... 64M
 CASE_KINDS = ("sizes", "gpt2", "small-tensors", "medium-tensors", "subnormal")
+# Cases with their own measurement (single steps under load; a torch training loop).
+SPECIAL_KINDS = ("contended", "train-loop")
+ALL_KINDS = CASE_KINDS + SPECIAL_KINDS
 
 
 # ---------------------------------------------------------------- cases
@@ -577,20 +595,25 @@ def _add_in_place(xy: tuple[np.ndarray, np.ndarray]) -> None:
 
 
 # ---------------------------------------------------------------- threads
-def _openmp_runtimes() -> list[ctypes.CDLL]:
-    """Every OpenMP runtime loaded in this process (torch bundles its own libgomp;
-    DeepSpeed's op and adamcore load the system one)."""
-    libs = []
+def openmp_runtime_paths() -> list[str]:
+    """Paths of the OpenMP runtimes loaded in this process (torch bundles its own
+    libgomp; DeepSpeed's op and adamcore load the system one): one path means one
+    shared thread pool."""
     try:
         with open("/proc/self/maps") as maps:
             paths = {line.split()[-1] for line in maps if ".so" in line}
     except OSError:
-        return libs
-    for path in sorted(paths):
-        base = os.path.basename(path)
-        if base.startswith(("libgomp", "libiomp", "libomp")):
-            with contextlib.suppress(OSError):
-                libs.append(ctypes.CDLL(path))
+        return []
+    return sorted(p for p in paths
+                  if os.path.basename(p).startswith(("libgomp", "libiomp", "libomp")))
+
+
+def _openmp_runtimes() -> list[ctypes.CDLL]:
+    """Every OpenMP runtime loaded in this process, opened with ctypes."""
+    libs = []
+    for path in openmp_runtime_paths():
+        with contextlib.suppress(OSError):
+            libs.append(ctypes.CDLL(path))
     return libs
 
 
@@ -908,15 +931,29 @@ def plot(rows: list[dict], path: Path) -> bool:
     return True
 
 
-def machine_info() -> dict:
-    model = platform.processor()
+def cpu_identity() -> dict:
+    """The first CPU's "model name", family, model and stepping from /proc/cpuinfo
+    (family 25 model 1 is AMD Zen 3 "Milan", model 17 Zen 4 "Genoa"); the platform's
+    processor string elsewhere."""
+    found = {"model name": platform.processor() or platform.machine()}
+    wanted = {"model name": str, "cpu family": int, "model": int, "stepping": int}
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    info = {"cpu": model, "logical_cpus": os.cpu_count(), "platform": platform.platform(),
+                if not line.strip():
+                    break  # the first processor's block only
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in wanted:
+                    with contextlib.suppress(ValueError):
+                        found[key] = wanted[key](value.strip())
+    return {"cpu": found["model name"], "cpu_family": found.get("cpu family"),
+            "cpu_model": found.get("model"), "cpu_stepping": found.get("stepping")}
+
+
+def machine_info() -> dict:
+    info = {**cpu_identity(), "logical_cpus": os.cpu_count(), "usable_cpus": machine_cpus(),
+            "platform": platform.platform(),
             "python": platform.python_version(), "numpy": np.__version__,
             "adamcore": adamcore.runtime_info(),
             # Other processes on the machine distort timings, threaded ones most.
@@ -966,6 +1003,549 @@ def measure_thread_crossover(sizes: Sequence[int], repeats: int, batch_seconds: 
     return rows
 
 
+# ---------------------------------------------------------------- contended case
+# Issue 8: a step beside busy processes. Each variant (implementation, thread count)
+# takes many single steps, each timed on its own; the variants take turns in rounds.
+CONDITIONS = ("idle", "contended")
+CONTENDED_SIZES = (1 << 16, 1 << 20)
+CONTENDED_IMPLEMENTATIONS = ("adamcore", "torch-fused")
+# Targets for adamcore's 2-thread step, as ratios to the 1-thread median of the same
+# condition and size in the same run (issue 8).
+CONTENDED_TARGETS = {"median": 1.5, "p99": 3.0}
+
+
+def latency_stats(samples: Sequence[float]) -> dict:
+    """Count, median, p90, p99, max and mean of per-step times in seconds (percentiles
+    interpolated linearly between order statistics)."""
+    if not len(samples):
+        raise ValueError("latency_stats: no samples")
+    a = np.asarray(samples, dtype=np.float64)
+    p50, p90, p99 = (float(x) for x in np.percentile(a, [50, 90, 99]))
+    return {"count": int(a.size), "median_seconds": p50, "p90_seconds": p90,
+            "p99_seconds": p99, "max_seconds": float(a.max()), "mean_seconds": float(a.mean())}
+
+
+def contended_steps(elements: int, steps_at_64k: int) -> int:
+    """Single steps per variant: ``steps_at_64k`` up to 64K elements, fewer above
+    (1000 -> 200 at 1M: about the same wall time per size on one free core)."""
+    if elements <= 1 << 16:
+        return steps_at_64k
+    return max(min(10, steps_at_64k), round(steps_at_64k * ((1 << 16) / elements) ** 0.58))
+
+
+def _visit_length(total: int, most: int) -> int:
+    """Steps a variant takes per visit: at least 20 rounds when there are enough steps."""
+    return max(1, min(most, total // 20))
+
+
+def _torch_module():
+    """torch if this process has already imported it (then its thread count is set with
+    adamcore's), else None. Never imports it."""
+    return sys.modules.get("torch")
+
+
+def _use_threads(threads: int) -> None:
+    """adamcore's and (if loaded) torch's intra-op thread count."""
+    adamcore.set_num_threads(threads)
+    torch = _torch_module()
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+def _single_step(runner: Runner) -> Callable[[], object]:
+    """A callable that takes exactly one step of ``runner`` with nothing else in it (the
+    ISA is selected here, once, not inside the timed call)."""
+    if isinstance(runner, AdamcoreRunner):
+        adamcore.set_isa(runner.isa)
+        call = runner._call
+
+        def step() -> object:
+            runner._step += 1
+            return call(step=runner._step)
+
+        return step
+    if isinstance(runner, (TorchRunner, DeepSpeedRunner)):
+        return runner.opt.step
+    return functools.partial(runner.run, 1)
+
+
+@dataclasses.dataclass
+class _StepVariant:
+    implementation: str
+    threads: int
+    api: str
+    step: Callable[[], object]
+
+
+def _time_single_steps(variants: Sequence[_StepVariant], steps: int, budget_seconds: float,
+                       on_round: Callable[[], None]) -> tuple[list[list[float]], int]:
+    """Every variant takes ``steps`` single steps, each timed alone, in rounds: each
+    round visits the variants in rotated order, and each visit sets the variant's
+    threads, takes one untimed step (the first after a switch), then its timed steps.
+    No round starts after ``budget_seconds``; every variant gets the same count."""
+    block = _visit_length(steps, 20)
+    rounds = -(-steps // block)
+    for v in variants:  # warm-up: caches, page faults, thread pools
+        _use_threads(v.threads)
+        for _ in range(3):
+            v.step()
+    samples: list[list[float]] = [[] for _ in variants]
+    clock = time.perf_counter
+    began = clock()
+    done = 0
+    for r in range(rounds):
+        if r and clock() - began > budget_seconds:
+            for _ in range(rounds - r):
+                on_round()
+            break
+        k = min(block, steps - r * block)
+        for i in (list(range(len(variants)))[r % len(variants):]
+                  + list(range(len(variants)))[:r % len(variants)]):
+            v, out = variants[i], samples[i]
+            _use_threads(v.threads)
+            step = v.step
+            step()
+            for _ in range(k):
+                start = clock()
+                step()
+                out.append(clock() - start)
+        done += 1
+        on_round()
+    return samples, done
+
+
+def contended_rounds(sizes: Sequence[int], steps_at_64k: int,
+                     conditions: Sequence[str] = CONDITIONS) -> int:
+    """Rounds the contended case will run (for a progress bar)."""
+    per = [-(-contended_steps(n, steps_at_64k) // _visit_length(
+        contended_steps(n, steps_at_64k), 20)) for n in sizes]
+    return sum(per) * len(conditions)
+
+
+def threading_snapshot() -> dict | None:
+    """The extension's threading counters, if this build exposes any
+    (``threading_status()``, e.g. stalls or steps run alone); None otherwise."""
+    fn = (getattr(adamcore._core, "threading_status", None)
+          or getattr(adamcore, "threading_status", None))
+    if fn is None:
+        return None
+    try:
+        value = fn()
+    except Exception as err:  # a build in progress: record, do not fail the run
+        return {"error": repr(err)}
+    if not isinstance(value, dict):
+        value = {k: getattr(value, k) for k in dir(value)
+                 if not k.startswith("_") and not callable(getattr(value, k))} or {
+                     "repr": repr(value)}
+    return {str(k): (v if isinstance(v, (bool, int, float, str, type(None))) else repr(v))
+            for k, v in value.items()}
+
+
+def _spinners_for(condition: str, spinners: int | None):
+    from ._contention import Spinners
+
+    return Spinners(spinners) if condition == "contended" else None
+
+
+def measure_contended(sizes: Sequence[int] = CONTENDED_SIZES,
+                      threads: Sequence[int] = (1, 2),
+                      implementations: Sequence[str] = CONTENDED_IMPLEMENTATIONS,
+                      steps_at_64k: int = 1000, conditions: Sequence[str] = CONDITIONS,
+                      spinners: int | None = None, budget_seconds: float = math.inf,
+                      on_round: Callable[[], None] = lambda: None) -> dict:
+    """Adam's step at each size, one step at a time, for every (implementation, thread
+    count), on a free machine ("idle") and beside ``spinners`` busy processes
+    ("contended"; default one per usable CPU) that this function starts and always
+    stops. Returns rows of latency statistics, the 2-thread/1-thread ratios with the
+    issue's targets, and what the spinners got."""
+    threads = sorted(set(threads) | {1})
+    unknown = [i for i in implementations if i not in CONTENDED_IMPLEMENTATIONS]
+    if unknown:
+        raise ValueError(f"contended case: implementations must be among "
+                         f"{CONTENDED_IMPLEMENTATIONS}, got {unknown}")
+    bad = [c for c in conditions if c not in CONDITIONS]
+    if bad:
+        raise ValueError(f"conditions must be among {CONDITIONS}, got {bad}")
+    variants: dict[int, list[_StepVariant]] = {}
+    for n in sizes:
+        initial = make_initial_state(Case(f"N={format_count(n)}", "sizes", [int(n)]), "adam")
+        variants[n] = []
+        for name in implementations:
+            for t in threads:
+                runner = make_runner(name, "adam", initial.fresh_buffers("adam"))
+                variants[n].append(_StepVariant(name, t, runner.api, _single_step(runner)))
+    torch = _torch_module()
+    saved = (adamcore.get_num_threads(), adamcore.get_isa(),
+             torch.get_num_threads() if torch is not None else None)
+    gc_was_enabled = gc.isenabled()
+    rows: list[dict] = []
+    condition_info: list[dict] = []
+    try:
+        for condition in conditions:
+            info: dict = {"condition": condition, "load_average_before": os.getloadavg()[0],
+                          "threading_status_before": threading_snapshot()}
+            spin = _spinners_for(condition, spinners)
+            try:
+                if spin is not None:
+                    spin.start()
+                for n in sizes:
+                    gc.collect()
+                    gc.disable()
+                    wanted = contended_steps(n, steps_at_64k)
+                    samples, done = _time_single_steps(variants[n], wanted, budget_seconds,
+                                                       on_round)
+                    if gc_was_enabled:
+                        gc.enable()
+                    for v, s in zip(variants[n], samples):
+                        rows.append({"condition": condition, "elements": int(n),
+                                     "implementation": v.implementation, "threads": v.threads,
+                                     "api": v.api, "steps_wanted": wanted, "rounds": done,
+                                     **latency_stats(s), "samples_seconds": s})
+            finally:
+                if spin is not None:
+                    spin.stop()
+                    info["spinners"] = spin.report()
+            info["load_average_after"] = os.getloadavg()[0]
+            info["threading_status_after"] = threading_snapshot()
+            condition_info.append(info)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+        adamcore.set_num_threads(saved[0])
+        adamcore.set_isa(saved[1])
+        if torch is not None:
+            torch.set_num_threads(saved[2])
+    return {"optimizer": "adam", "hyperparameters": HYPER["adam"], "sizes": list(sizes),
+            "threads": threads, "implementations": list(implementations),
+            "steps_at_64k": steps_at_64k,
+            "method": "single steps, each timed alone with perf_counter; variants take turns "
+                      "in rounds (rotated order); each visit sets the variant's threads "
+                      "(adamcore's and torch's), takes one untimed step, then its timed "
+                      "steps; Python's garbage collector off while timing",
+            "parallel_threshold": adamcore.get_parallel_threshold(),
+            "openmp_runtimes": openmp_runtime_paths(),
+            "conditions": condition_info, "rows": rows, "ratios": contended_ratios(rows),
+            "targets": {"two_thread_median_over_one_thread_median_at_most":
+                        CONTENDED_TARGETS["median"],
+                        "two_thread_p99_over_one_thread_median_at_most":
+                        CONTENDED_TARGETS["p99"],
+                        "applies_to": "adamcore, contended, 2 threads, every size"}}
+
+
+def contended_ratios(rows: Sequence[dict]) -> list[dict]:
+    """For each (condition, size, implementation) and thread count t > 1: the t-thread
+    median and p99 over the 1-thread median of the same condition and size. Targets are
+    judged for adamcore's 2-thread step in the contended condition (None elsewhere)."""
+    by_key = {(r["condition"], r["elements"], r["implementation"], r["threads"]): r
+              for r in rows}
+    out = []
+    for (condition, n, name, t), r in by_key.items():
+        one = by_key.get((condition, n, name, 1))
+        if t == 1 or one is None:
+            continue
+        median_ratio = r["median_seconds"] / one["median_seconds"]
+        p99_ratio = r["p99_seconds"] / one["median_seconds"]
+        judged = name == "adamcore" and condition == "contended" and t == 2
+        out.append({"condition": condition, "elements": n, "implementation": name,
+                    "threads": t, "median_over_one_thread_median": median_ratio,
+                    "p99_over_one_thread_median": p99_ratio,
+                    "median_target_met": (median_ratio <= CONTENDED_TARGETS["median"]
+                                          if judged else None),
+                    "p99_target_met": (p99_ratio <= CONTENDED_TARGETS["p99"]
+                                       if judged else None)})
+    return out
+
+
+def _us(seconds: float) -> str:
+    return f"{seconds * 1e6:,.1f}" if seconds < 0.1 else f"{seconds * 1e6:,.0f}"
+
+
+def format_contended(result: dict) -> str:
+    lines = [f"Contended case: {result['optimizer']} step, one step at a time "
+             f"(up to {result['steps_at_64k']} single steps per variant at 64K, fewer above); "
+             f"times in us"]
+    for info in result["conditions"]:
+        spin = info.get("spinners")
+        text = f"  {info['condition']}: load average {info['load_average_before']:.1f} before"
+        if spin:
+            shares = spin.get("cpu_share_each")
+            text += (f"; {spin['count']} busy processes"
+                     + (f" (each got {', '.join(f'{s:.0%}' for s in shares)} of a CPU)"
+                        if shares else ""))
+        lines.append(text)
+    header = (f"{'condition':<10} {'size':>5} {'implementation':<14} {'thr':>3} "
+              f"{'median':>9} {'p90':>9} {'p99':>9} {'max':>9} {'steps':>6}")
+    lines += [header, "-" * len(header)]
+    previous = None
+    for r in result["rows"]:
+        key = (r["condition"], r["elements"])
+        if previous is not None and key != previous:
+            lines.append("")
+        previous = key
+        lines.append(f"{r['condition']:<10} {format_count(r['elements']):>5} "
+                     f"{r['implementation']:<14} {r['threads']:>3} {_us(r['median_seconds']):>9} "
+                     f"{_us(r['p90_seconds']):>9} {_us(r['p99_seconds']):>9} "
+                     f"{_us(r['max_seconds']):>9} {r['count']:>6}")
+    lines.append("")
+    t = CONTENDED_TARGETS
+    lines.append(f"Ratios to the 1-thread median of the same condition and size "
+                 f"(targets, adamcore contended 2 threads: median <= {t['median']}x, "
+                 f"p99 <= {t['p99']}x)")
+    header = (f"{'condition':<10} {'size':>5} {'implementation':<14} {'thr':>3} "
+              f"{'median/1t':>10} {'p99/1t':>10}  targets")
+    lines += [header, "-" * len(header)]
+    for q in result["ratios"]:
+        verdict = ""
+        if q["median_target_met"] is not None:
+            verdict = (f"median {'met' if q['median_target_met'] else 'MISSED'}, "
+                       f"p99 {'met' if q['p99_target_met'] else 'MISSED'}")
+        lines.append(f"{q['condition']:<10} {format_count(q['elements']):>5} "
+                     f"{q['implementation']:<14} {q['threads']:>3} "
+                     f"{q['median_over_one_thread_median']:>9.2f}x "
+                     f"{q['p99_over_one_thread_median']:>9.2f}x  {verdict}")
+    lines += _busy_machine_notes(result)
+    return "\n".join(lines)
+
+
+def _busy_machine_notes(result: dict) -> list[str]:
+    """Warnings when other processes were running: then 'idle' was not idle."""
+    cpus = machine_cpus()
+    notes = []
+    for info in result["conditions"]:
+        if info["condition"] == "idle" and info["load_average_before"] >= 0.5 * cpus:
+            notes.append(f"note: the machine was busy during 'idle' (load average "
+                         f"{info['load_average_before']:.1f} on {cpus} CPUs): other "
+                         f"processes contended with every row")
+        shares = (info.get("spinners") or {}).get("cpu_share_each")
+        if shares and min(shares) < 0.5:
+            notes.append(f"note: the busy processes got only "
+                         f"{', '.join(f'{s:.0%}' for s in shares)} of a CPU: other "
+                         f"processes competed with them too")
+    return notes
+
+
+def machine_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------- training-loop case
+TRAIN_DIMS = (256, 1024, 640, 256)  # 1,086,592 parameters in 10 tensors
+TRAIN_BATCH = 32
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def build_mlp(torch, dims: Sequence[int] = TRAIN_DIMS, seed: int = 0):
+    """Linear layers of ``dims``; GELU and LayerNorm after every hidden layer."""
+    nn = torch.nn
+    torch.manual_seed(seed)
+    layers = []
+    for i, (a, b) in enumerate(zip(dims, dims[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(dims) - 2:
+            layers += [nn.GELU(), nn.LayerNorm(b)]
+    return nn.Sequential(*layers)
+
+
+def train_rounds(iterations: int, conditions: Sequence[str] = CONDITIONS) -> int:
+    return -(-iterations // _visit_length(iterations, 10)) * len(conditions)
+
+
+def measure_train_loop(iterations: int = 200, batch: int = TRAIN_BATCH,
+                       dims: Sequence[int] = TRAIN_DIMS, adamcore_threads: Sequence[int] = (1, 2),
+                       include_torch_fused: bool = True, conditions: Sequence[str] = CONDITIONS,
+                       spinners: int | None = None, budget_seconds: float = math.inf,
+                       torch_threads: int | None = None, warmup: int = 2,
+                       on_round: Callable[[], None] = lambda: None) -> dict:
+    """A real training loop on the CPU: an MLP's forward and backward (torch's own
+    OpenMP threads), then the optimizer step, for ``adamcore.torch.AdamW`` with each of
+    ``adamcore_threads`` and for ``torch.optim.AdamW(fused=True)``. Each variant trains
+    its own copy of the same model on the same batch; the variants take turns in rounds.
+    Times the step alone and the whole iteration (zero_grad, forward, backward, step)."""
+    import copy
+
+    import torch
+
+    import adamcore.torch as adamcore_torch
+
+    bad = [c for c in conditions if c not in CONDITIONS]
+    if bad:
+        raise ValueError(f"conditions must be among {CONDITIONS}, got {bad}")
+    saved = (adamcore.get_num_threads(), torch.get_num_threads())
+    if torch_threads is not None:
+        torch.set_num_threads(torch_threads)
+    torch_threads_used = torch.get_num_threads()
+    base = build_mlp(torch, dims)
+    params = sum(p.numel() for p in base.parameters())
+    tensors = sum(1 for _ in base.parameters())
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, dims[0], generator=gen)
+    y = torch.randn(batch, dims[-1], generator=gen)
+    loss_fn = torch.nn.functional.mse_loss
+    hyper = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2}
+
+    variants = []  # (name, adamcore threads or None, api, model, optimizer)
+    for t in adamcore_threads:
+        model = copy.deepcopy(base)
+        variants.append(("adamcore", t, "adamcore.torch.AdamW", model,
+                         adamcore_torch.AdamW(model.parameters(), **hyper)))
+    if include_torch_fused:
+        model = copy.deepcopy(base)
+        variants.append(("torch-fused", None, "torch.optim.AdamW(fused=True)", model,
+                         torch.optim.AdamW(model.parameters(), fused=True, **hyper)))
+    if not variants:
+        raise ValueError("train loop: no variants to run")
+
+    clock = time.perf_counter
+
+    def iterate(model, opt, out: list | None) -> None:
+        start = clock()
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        mid = clock()
+        opt.step()
+        end = clock()
+        if out is not None:
+            out.append((end - start, mid - start, end - mid))
+
+    block = _visit_length(iterations, 10)
+    rounds = -(-iterations // block)
+    rows: list[dict] = []
+    condition_info: list[dict] = []
+    gc_was_enabled = gc.isenabled()
+    try:
+        for condition in conditions:
+            info: dict = {"condition": condition, "load_average_before": os.getloadavg()[0],
+                          "threading_status_before": threading_snapshot()}
+            spin = _spinners_for(condition, spinners)
+            samples: list[list[tuple[float, float, float]]] = [[] for _ in variants]
+            done = 0
+            try:
+                if spin is not None:
+                    spin.start()
+                for name, t, _, model, opt in variants:
+                    if t is not None:
+                        adamcore.set_num_threads(t)
+                    for _ in range(warmup):
+                        iterate(model, opt, None)
+                gc.collect()
+                gc.disable()
+                began = clock()
+                for r in range(rounds):
+                    if r and clock() - began > budget_seconds:
+                        for _ in range(rounds - r):
+                            on_round()
+                        break
+                    k = min(block, iterations - r * block)
+                    order = list(range(len(variants)))
+                    order = order[r % len(order):] + order[:r % len(order)]
+                    for i in order:
+                        name, t, _, model, opt = variants[i]
+                        if t is not None:
+                            adamcore.set_num_threads(t)
+                        for _ in range(k):
+                            iterate(model, opt, samples[i])
+                    done += 1
+                    on_round()
+                if gc_was_enabled:
+                    gc.enable()
+            finally:
+                if spin is not None:
+                    spin.stop()
+                    info["spinners"] = spin.report()
+            info["load_average_after"] = os.getloadavg()[0]
+            info["threading_status_after"] = threading_snapshot()
+            condition_info.append(info)
+            for (name, t, api, _, _), s in zip(variants, samples):
+                whole = [a for a, _, _ in s]
+                fwd_bwd = [b for _, b, _ in s]
+                step = [c for _, _, c in s]
+                rows.append({"condition": condition, "implementation": name,
+                             "adamcore_threads": t, "api": api, "rounds": done,
+                             "step": latency_stats(step), "iteration": latency_stats(whole),
+                             "forward_backward": latency_stats(fwd_bwd),
+                             "step_samples_seconds": step, "iteration_samples_seconds": whole})
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+        adamcore.set_num_threads(saved[0])
+        torch.set_num_threads(saved[1])
+
+    reference = variants[-1][3] if include_torch_fused else variants[0][3]
+    drift = {}
+    with torch.no_grad():
+        for name, t, _, model, _ in variants:
+            label = name if t is None else f"{name} {t}t"
+            drift[label] = max(float((a - b).abs().max()) for a, b in
+                               zip(model.parameters(), reference.parameters()))
+    changed = any(not torch.equal(a, b) for a, b in zip(variants[0][3].parameters(),
+                                                        base.parameters()))
+    for r in rows:
+        ref = next((q for q in rows if q["condition"] == r["condition"]
+                    and q["implementation"] == "torch-fused"), None)
+        r["step_median_over_torch_fused"] = (r["step"]["median_seconds"]
+                                             / ref["step"]["median_seconds"] if ref else None)
+        r["iteration_median_over_torch_fused"] = (
+            r["iteration"]["median_seconds"] / ref["iteration"]["median_seconds"]
+            if ref else None)
+    return {"model": f"MLP {'-'.join(str(d) for d in dims)} (GELU, LayerNorm), MSE loss",
+            "parameters": int(params), "tensors": int(tensors), "batch": int(batch),
+            "torch_threads": torch_threads_used, "iterations": iterations,
+            "warmup_iterations": warmup, "hyperparameters": {**hyper, "betas": list(hyper["betas"])},
+            "method": "each variant trains its own copy of the same model on one fixed batch; "
+                      "variants take turns in rounds (rotated order); 'step' is perf_counter "
+                      "around opt.step(), 'iteration' is zero_grad + forward + backward + step; "
+                      "Python's garbage collector off while timing",
+            "openmp_runtimes": openmp_runtime_paths(),
+            "conditions": condition_info, "rows": rows,
+            "param_max_abs_diff_vs_" + ("torch_fused" if include_torch_fused else "first"): drift,
+            "params_changed": changed}
+
+
+def format_train_loop(result: dict) -> str:
+    lines = [f"Training loop: {result['model']}, {result['parameters']:,} parameters in "
+             f"{result['tensors']} tensors, batch {result['batch']}, torch threads "
+             f"{result['torch_threads']}; times in us"]
+    for info in result["conditions"]:
+        spin = info.get("spinners")
+        text = f"  {info['condition']}: load average {info['load_average_before']:.1f} before"
+        if spin:
+            shares = spin.get("cpu_share_each")
+            text += (f"; {spin['count']} busy processes"
+                     + (f" (each got {', '.join(f'{s:.0%}' for s in shares)} of a CPU)"
+                        if shares else ""))
+        lines.append(text)
+    header = (f"{'condition':<10} {'optimizer':<31} {'ac thr':>6} {'step med':>9} "
+              f"{'step p90':>9} {'iter med':>9} {'iter p90':>9} {'/fused':>7} {'iters':>6}")
+    lines += [header, "-" * len(header)]
+    previous = None
+    for r in result["rows"]:
+        if previous is not None and r["condition"] != previous:
+            lines.append("")
+        previous = r["condition"]
+        ratio = r["step_median_over_torch_fused"]
+        lines.append(f"{r['condition']:<10} {r['api']:<31} "
+                     f"{'-' if r['adamcore_threads'] is None else r['adamcore_threads']:>6} "
+                     f"{_us(r['step']['median_seconds']):>9} {_us(r['step']['p90_seconds']):>9} "
+                     f"{_us(r['iteration']['median_seconds']):>9} "
+                     f"{_us(r['iteration']['p90_seconds']):>9} "
+                     f"{'' if ratio is None else f'{ratio:.2f}':>7} {r['step']['count']:>6}")
+    lines.append("ac thr: adamcore's threads (torch's thread count is fixed for the whole run); "
+                 "/fused: step median / torch fused's step median, same condition")
+    lines += _busy_machine_notes(result)
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- command line
 def _size(text: str) -> int:
     """'4096', '4K', '16M' or '2^20'."""
@@ -1000,8 +1580,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help=f"optimizers to run, from {', '.join(OPTIMIZERS)}")
     parser.add_argument("--threads", type=positive_int, nargs="+", metavar="T",
                         help="thread counts (default: 1 2)")
-    parser.add_argument("--cases", nargs="+", choices=CASE_KINDS, metavar="CASE",
-                        help=f"case kinds to run, from {', '.join(CASE_KINDS)} (default: all)")
+    parser.add_argument("--cases", nargs="+", choices=ALL_KINDS, metavar="CASE",
+                        help=f"case kinds to run, from {', '.join(ALL_KINDS)} (default: all). "
+                             f"contended: Adam single steps at 64K and 1M with 1 and 2 "
+                             f"threads, idle and beside busy processes it starts itself; "
+                             f"train-loop: an MLP's forward, backward and AdamW step "
+                             f"(needs torch), idle and contended")
     parser.add_argument("--peers", nargs="+", choices=PEERS, metavar="PEER",
                         help=f"peers to run, from {', '.join(PEERS)} (default: every one "
                              f"installed)")
@@ -1016,6 +1600,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--budget", type=float, metavar="SECONDS",
                         help="stop starting rounds for a (case, optimizer, threads) group "
                              "after this long (default: 3 quick, 120)")
+    parser.add_argument("--contended-sizes", type=_size, nargs="+", metavar="N",
+                        help="sizes for the contended case (default: 64K 1M)")
+    parser.add_argument("--steps", type=positive_int, metavar="N",
+                        help="contended case: single steps per variant at 64K, fewer at larger "
+                             "sizes (200 of 1000 at 1M) (default: 1000; 300 quick)")
+    parser.add_argument("--iterations", type=positive_int, metavar="N",
+                        help="train-loop case: timed iterations per variant and condition "
+                             "(default: 200; 40 quick)")
+    parser.add_argument("--train-batch", type=positive_int, metavar="N",
+                        help=f"train-loop case: batch size (default: {TRAIN_BATCH})")
+    parser.add_argument("--train-dims", type=positive_int, nargs="+", metavar="D",
+                        help="train-loop case: the MLP's layer widths, input to output "
+                             f"(default: {' '.join(map(str, TRAIN_DIMS))})")
+    parser.add_argument("--train-torch-threads", type=positive_int, metavar="N",
+                        help="train-loop case: torch's intra-op threads (default: torch's "
+                             "own default)")
+    parser.add_argument("--spinners", type=positive_int, metavar="N",
+                        help="busy processes for the contended conditions (default: one per "
+                             "usable CPU)")
     parser.add_argument("--out", type=Path, default=Path("bench-results"),
                         help="directory for bench.json and bench.png (default: ./bench-results)")
     parser.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
@@ -1036,6 +1639,8 @@ def run_cli(args: argparse.Namespace) -> int:
     budget = args.budget if args.budget is not None else (3.0 if quick else 120.0)
     if not budget > 0:
         raise SystemExit("--budget must be > 0")
+    if args.train_dims is not None and len(args.train_dims) < 2:
+        raise SystemExit("--train-dims: give at least an input and an output width")
     args.out.mkdir(parents=True, exist_ok=True)
 
     if args.crossover:
@@ -1044,7 +1649,9 @@ def run_cli(args: argparse.Namespace) -> int:
     sizes = args.sizes or (QUICK_SIZES if quick else FULL_SIZES)
     optimizers = args.optimizers or (("adam",) if quick else OPTIMIZERS)
     threads_list = list(dict.fromkeys(args.threads or (1, 2)))
-    kinds = args.cases or CASE_KINDS
+    kinds = args.cases or ALL_KINDS
+    special = [k for k in kinds if k in SPECIAL_KINDS]
+    kinds = [k for k in kinds if k in CASE_KINDS]
     wanted = args.peers if args.peers is not None else PEERS
     installed = available_implementations(wanted)
     missing = [p for p in wanted if p not in installed]
@@ -1063,9 +1670,21 @@ def run_cli(args: argparse.Namespace) -> int:
     machine = machine_info()  # before the run: its load average is the one that matters
     cases = build_cases(kinds, sizes, quick)
     groups = [(c, o) for c in cases for o in optimizers]
-    progress = make_progress(len(groups) * len(threads_list) * repeats, not args.no_progress)
+    contended_sizes = args.contended_sizes or CONTENDED_SIZES
+    steps_at_64k = args.steps or (300 if quick else 1000)
+    iterations = args.iterations or (40 if quick else 200)
+    contended_impls = [i for i in CONTENDED_IMPLEMENTATIONS if i in implementations]
+    run_train = "train-loop" in special and torch_available()
+    total = len(groups) * len(threads_list) * repeats
+    if "contended" in special:
+        total += contended_rounds(contended_sizes, steps_at_64k)
+    if run_train:
+        total += train_rounds(iterations)
+    progress = make_progress(total, not args.no_progress)
     measurements: list[Measurement] = []
     checks = []
+    contended: dict | None = None
+    train_loop: dict | None = None
     started = time.perf_counter()
     saved_threads, saved_isa = adamcore.get_num_threads(), adamcore.get_isa()
     with ThreadPoolExecutor(max_workers=max(threads_list)) as pool:
@@ -1078,6 +1697,21 @@ def run_cli(args: argparse.Namespace) -> int:
                                             budget_seconds=budget)
                 measurements += found
                 checks.append({"case": case.name, "optimizer": optimizer, "first_step": check})
+            set_all_threads(saved_threads)
+            if "contended" in special:
+                progress.set_description("contended")
+                contended = measure_contended(
+                    contended_sizes, threads_list, contended_impls, steps_at_64k,
+                    spinners=args.spinners, budget_seconds=budget,
+                    on_round=lambda: progress.update(1))
+            if run_train:
+                progress.set_description("train-loop")
+                train_loop = measure_train_loop(
+                    iterations, batch=args.train_batch or TRAIN_BATCH, spinners=args.spinners,
+                    torch_threads=args.train_torch_threads,
+                    dims=tuple(args.train_dims or TRAIN_DIMS), warmup=1 if quick else 2,
+                    include_torch_fused="torch-fused" in implementations,
+                    budget_seconds=budget, on_round=lambda: progress.update(1))
         finally:
             progress.close()
             set_all_threads(saved_threads)
@@ -1085,14 +1719,33 @@ def run_cli(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
 
     rows = summarize(measurements)
-    print(format_table(rows))
     notes = [f"{c.name}: {c.note}" for c in cases if c.note]
-    print()
-    print("time/step: median of %d rounds, implementations interleaved; GB/s: bytes a step "
-          "must move (Adam/AdamW 28, AMSGrad 36, AdaGrad 20 per element) / time; %%bw: of the "
-          "in-place stream (y += x, 12 B/element, same size and threads, same run; NumPy on "
-          "1 thread, torch add_ on more); "
-          "adamcore x: this row's time / adamcore's. NumPy runs on one thread." % repeats)
+    if rows:
+        print(format_table(rows))
+        print()
+        print("time/step: median of %d rounds, implementations interleaved; GB/s: bytes a "
+              "step must move (Adam/AdamW 28, AMSGrad 36, AdaGrad 20 per element) / time; "
+              "%%bw: of the in-place stream (y += x, 12 B/element, same size and threads, "
+              "same run; NumPy on 1 thread, torch add_ on more); "
+              "adamcore x: this row's time / adamcore's. NumPy runs on one thread." % repeats)
+    if contended is not None:
+        print()
+        print(format_contended(contended))
+        short = [r for r in contended["rows"] if r["count"] < r["steps_wanted"]]
+        for r in short[:1]:
+            print(f"note: contended: --budget reached; some variants took fewer steps than "
+                  f"wanted (e.g. {r['condition']} {format_count(r['elements'])}: "
+                  f"{r['count']} of {r['steps_wanted']})")
+    if "train-loop" in special:
+        print()
+        if train_loop is not None:
+            print(format_train_loop(train_loop))
+            cut = [r for r in train_loop["rows"] if r["step"]["count"] < iterations]
+            if cut:
+                print(f"note: train-loop: --budget reached; {cut[0]['condition']}: "
+                      f"{cut[0]['step']['count']} of {iterations} iterations")
+        else:
+            notes.append("train-loop: skipped (torch is not installed)")
     for note in notes:
         print("note: " + note)
     cut = sorted({(r["case"], r["optimizer"], r["threads"], r["rounds"]) for r in rows
@@ -1113,11 +1766,18 @@ def run_cli(args: argparse.Namespace) -> int:
         "quick": quick, "repeats": repeats, "batch_seconds": batch_seconds,
         "budget_seconds": budget,
         "threads": list(threads_list), "optimizers": list(optimizers),
-        "cases": list(kinds), "implementations": implementations, "hyperparameters": HYPER,
+        "cases": list(kinds) + special, "implementations": implementations,
+        "hyperparameters": HYPER,
         "bandwidth_probe": "y += x over the case's element count, 12 bytes per element: "
                            "numpy.add on one thread; torch add_ on more (NumPy in Python "
-                           "threads without torch); each row's 'api' says which"},
+                           "threads without torch); each row's 'api' says which",
+        "special_cases": special, "contended_sizes": list(contended_sizes),
+        "steps_at_64k": steps_at_64k, "train_iterations": iterations,
+        "spinners": args.spinners},
         "notes": notes, "results": rows, "first_step_checks": checks,
+        "contended": contended,
+        "train_loop": (train_loop if train_loop is not None or "train-loop" not in special
+                       else {"skipped": "torch is not installed"}),
         "elapsed_seconds": elapsed, "load_average_at_end": list(os.getloadavg())}
     json_path = args.out / "bench.json"
     json_path.write_text(json.dumps(result, indent=1))
