@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> dict:
             progress.set_description("train-loop")
             train_loop = bench.measure_train_loop(iterations, batch=args.batch,
                                                   dims=tuple(args.dims),
+                                                  torch_threads=args.torch_threads,
                                                   spinners=args.spinners,
                                                   budget_seconds=budget,
                                                   warmup=1 if quick else 2,
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> dict:
             "settings": {"quick": quick, "steps_at_64k": steps, "iterations": iterations,
                          "budget_seconds": budget, "sizes": list(args.sizes),
                          "spinners": args.spinners, "batch": args.batch,
-                         "dims": list(args.dims)},
+                         "dims": list(args.dims), "torch_threads": args.torch_threads},
             "contended": contended, "train_loop": train_loop,
             "elapsed_seconds": time.perf_counter() - started,
             "load_average_at_end": list(os.getloadavg())}
@@ -266,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                         metavar="D", help="the MLP's layer widths (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=bench.TRAIN_BATCH,
                         help=f"training batch (default {bench.TRAIN_BATCH})")
+    parser.add_argument("--torch-threads", type=int,
+                        help="torch's intra-op threads in the training loop (default: torch's)")
     parser.add_argument("--spinners", type=int,
                         help="busy processes when contended (default: one per usable CPU)")
     parser.add_argument("--budget", type=float, metavar="SECONDS",
@@ -279,10 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         a, b = (json.loads(p.read_text()) for p in args.compare)
         print(compare(a, b))
         return 0
-    for name in ("steps", "iterations", "spinners", "batch"):
+    for name in ("steps", "iterations", "spinners", "batch", "torch_threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            parser.error(f"--{name} must be >= 1")
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if len(args.dims) < 2 or min(args.dims) < 1 or min(args.sizes) < 1:
         parser.error("--dims needs two or more widths >= 1 and --sizes sizes >= 1")
     result = run(args)

@@ -1175,6 +1175,7 @@ def measure_contended(sizes: Sequence[int] = CONTENDED_SIZES,
                 runner = make_runner(name, "adam", initial.fresh_buffers("adam"))
                 variants[n].append(_StepVariant(name, t, runner.api, _single_step(runner)))
     torch = _torch_module()
+    began = time.perf_counter()
     saved = (adamcore.get_num_threads(), adamcore.get_isa(),
              torch.get_num_threads() if torch is not None else None)
     gc_was_enabled = gc.isenabled()
@@ -1216,6 +1217,8 @@ def measure_contended(sizes: Sequence[int] = CONTENDED_SIZES,
         if torch is not None:
             torch.set_num_threads(saved[2])
     return {"optimizer": "adam", "hyperparameters": HYPER["adam"], "sizes": list(sizes),
+            "cpu": cpu_identity(), "usable_cpus": machine_cpus(),
+            "elapsed_seconds": time.perf_counter() - began,
             "threads": threads, "implementations": list(implementations),
             "steps_at_64k": steps_at_64k,
             "method": "single steps, each timed alone with perf_counter; variants take turns "
@@ -1263,7 +1266,7 @@ def _us(seconds: float) -> str:
 def format_contended(result: dict) -> str:
     lines = [f"Contended case: {result['optimizer']} step, one step at a time "
              f"(up to {result['steps_at_64k']} single steps per variant at 64K, fewer above); "
-             f"times in us"]
+             f"times in us; {_cpu_text(result)}; {result['elapsed_seconds']:.1f} s"]
     for info in result["conditions"]:
         spin = info.get("spinners")
         text = f"  {info['condition']}: load average {info['load_average_before']:.1f} before"
@@ -1305,6 +1308,12 @@ def format_contended(result: dict) -> str:
                      f"{q['p99_over_one_thread_median']:>9.2f}x  {verdict}")
     lines += _busy_machine_notes(result)
     return "\n".join(lines)
+
+
+def _cpu_text(result: dict) -> str:
+    cpu = result.get("cpu") or {}
+    return (f"{cpu.get('cpu')} (family {cpu.get('cpu_family')}, model {cpu.get('cpu_model')}), "
+            f"{result.get('usable_cpus')} usable CPUs")
 
 
 def _busy_machine_notes(result: dict) -> list[str]:
@@ -1420,6 +1429,7 @@ def measure_train_loop(iterations: int = 200, batch: int = TRAIN_BATCH,
 
     block = _visit_length(iterations, 10)
     rounds = -(-iterations // block)
+    began_all = clock()
     rows: list[dict] = []
     condition_info: list[dict] = []
     gc_was_enabled = gc.isenabled()
@@ -1498,8 +1508,12 @@ def measure_train_loop(iterations: int = 200, batch: int = TRAIN_BATCH,
         r["iteration_median_over_torch_fused"] = (
             r["iteration"]["median_seconds"] / ref["iteration"]["median_seconds"]
             if ref else None)
-    return {"model": f"MLP {'-'.join(str(d) for d in dims)} (GELU, LayerNorm), MSE loss",
+    shape = "-".join(str(d) for d in dims)
+    return {"model": f"MLP {shape}" + (" (GELU, LayerNorm after each hidden layer)"
+                                       if len(dims) > 2 else "") + ", MSE loss",
             "parameters": int(params), "tensors": int(tensors), "batch": int(batch),
+            "cpu": cpu_identity(), "usable_cpus": machine_cpus(),
+            "elapsed_seconds": clock() - began_all,
             "torch_threads": torch_threads_used, "iterations": iterations,
             "warmup_iterations": warmup, "hyperparameters": {**hyper, "betas": list(hyper["betas"])},
             "method": "each variant trains its own copy of the same model on one fixed batch; "
@@ -1515,7 +1529,8 @@ def measure_train_loop(iterations: int = 200, batch: int = TRAIN_BATCH,
 def format_train_loop(result: dict) -> str:
     lines = [f"Training loop: {result['model']}, {result['parameters']:,} parameters in "
              f"{result['tensors']} tensors, batch {result['batch']}, torch threads "
-             f"{result['torch_threads']}; times in us"]
+             f"{result['torch_threads']}; times in us; {_cpu_text(result)}; "
+             f"{result['elapsed_seconds']:.1f} s"]
     for info in result["conditions"]:
         spin = info.get("spinners")
         text = f"  {info['condition']}: load average {info['load_average_before']:.1f} before"
