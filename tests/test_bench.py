@@ -345,6 +345,8 @@ def test_contended_case_structure(tmp_path, capsys):
             two["median_seconds"] / one["median_seconds"])
         assert q["p99_over_one_thread_median"] == pytest.approx(
             two["p99_seconds"] / one["median_seconds"])
+        assert q["p99_over_one_thread_p99"] == pytest.approx(
+            two["p99_seconds"] / one["p99_seconds"])
         judged = q["condition"] == "contended"
         for key, limit in (("median_target_met", 1.5), ("p99_target_met", 3.0)):
             if judged:
