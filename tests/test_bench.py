@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import adamcore
-from adamcore import bench
+from adamcore import _contention, bench
 from adamcore.__main__ import main
 
 TINY = ["--repeats", "3", "--batch-ms", "0.2", "--no-progress"]
@@ -209,7 +209,6 @@ def test_unknown_implementation_is_named():
 
 
 # ---------------------------------------------------------------- contended and train-loop
-from adamcore import _contention  # noqa: E402
 
 
 def _stats_ordered(stats: dict) -> None:

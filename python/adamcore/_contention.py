@@ -25,7 +25,6 @@ import signal
 import subprocess
 import sys
 import time
-import weakref
 
 # Marker in each child's command line (tests and ``ps`` can recognise spinners by it).
 MARKER = "adamcore-bench-spinner"
@@ -52,7 +51,9 @@ while True:
         break
 """
 
-_LIVE: "weakref.WeakSet[Spinners]" = weakref.WeakSet()
+# Started and not yet stopped (strong references: a forgotten instance is still stopped
+# at exit).
+_LIVE: "set[Spinners]" = set()
 
 
 def default_count() -> int:
