@@ -9,6 +9,7 @@
 
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
@@ -26,6 +27,7 @@ class Signature {
   Signature(const char* function, std::initializer_list<const char*> names, int positional,
             int required, std::initializer_list<const char*> required_kw = {})
       : function_(function), names_(names), positional_(positional), required_(required) {
+    if (names_.size() > kMaxParams) throw std::logic_error("too many parameters");
     for (const char* n : names_) interned_.push_back(PyUnicode_InternFromString(n));
     for (const char* n : required_kw) required_kw_.push_back(index_of(n));
   }
@@ -33,11 +35,16 @@ class Signature {
   std::size_t size() const { return names_.size(); }
   const char* name(std::size_t i) const { return names_[i]; }
 
+  // The most parameters a signature may have: parsed arguments live in a fixed array
+  // on the stack of their own call, so a __float__ or __index__ that calls a step
+  // again (re-entrancy) cannot overwrite the outer call's arguments.
+  static constexpr std::size_t kMaxParams = 20;
+  using Parsed = PyObject* [kMaxParams];
+
   // Fills out[i] with a borrowed reference or nullptr when absent.
-  void parse(PyObject* const* args, Py_ssize_t nargsf, PyObject* kwnames,
-             std::vector<PyObject*>& out) const {
+  void parse(PyObject* const* args, Py_ssize_t nargsf, PyObject* kwnames, Parsed& out) const {
     const Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    out.assign(names_.size(), nullptr);
+    std::fill(out, out + kMaxParams, nullptr);
     if (nargs > positional_) {
       throw py::type_error(std::string(function_) + "() takes at most " +
                            std::to_string(positional_) + " positional arguments (" +
@@ -108,12 +115,14 @@ inline double as_double(PyObject* o, const char* name, double fallback) {
   return v;
 }
 
+// Flags take a bool (Python's or NumPy's) only: an int or a string is more often a
+// misplaced argument than a flag, and every front-end applies this one rule.
 inline bool as_bool(PyObject* o, const char* name, bool fallback) {
   if (o == nullptr) return fallback;
   if (o == Py_True) return true;
   if (o == Py_False) return false;
   const std::string type = Py_TYPE(o)->tp_name;
-  if (!PyLong_Check(o) && type != "numpy.bool" && type != "numpy.bool_") {
+  if (type != "numpy.bool" && type != "numpy.bool_") {
     throw py::type_error(std::string(name) + " must be a bool, got " + type);
   }
   const int v = PyObject_IsTrue(o);

@@ -9,6 +9,9 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cstdint>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -57,6 +60,11 @@ Buffer take_buffer(py::handle obj, const char* name, std::ptrdiff_t index, bool 
     throw py::value_error(label(name, index) +
                           " must be C-contiguous (got a strided or reversed view; "
                           "adamcore never copies: the update is in place)");
+  }
+  if (reinterpret_cast<std::uintptr_t>(arr->data) % alignof(float) != 0) {
+    throw py::value_error(label(name, index) +
+                          " is not aligned to 4 bytes (a view at an odd byte offset); "
+                          "adamcore never copies: the update is in place");
   }
   if (written && !(arr->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_)) {
     throw py::value_error(label(name, index) +
@@ -138,6 +146,13 @@ bool is_sequence_arg(py::handle obj) {
   return py::isinstance<py::list>(obj) || py::isinstance<py::tuple>(obj);
 }
 
+// The real number of items of a list or tuple (checked by is_sequence_arg). Never
+// len(): a subclass's __len__ may lie, and the items are read from the array itself.
+std::size_t sequence_size(py::handle seq) {
+  return static_cast<std::size_t>(PyList_Check(seq.ptr()) ? PyList_GET_SIZE(seq.ptr())
+                                                          : PyTuple_GET_SIZE(seq.ptr()));
+}
+
 // The buffers of a call over a parameter group: equal-length lists (or tuples) of
 // arrays, one list per argument; args[0] must already be one.
 class BufferSet {
@@ -145,16 +160,16 @@ class BufferSet {
   // names[i] is the argument name; written[i] whether the kernel writes it.
   BufferSet(const std::vector<py::handle>& args, const std::vector<const char*>& names,
             const std::vector<bool>& written) {
-    const std::size_t count = py::len(args[0]);
+    const std::size_t count = sequence_size(args[0]);
     for (std::size_t a = 0; a < args.size(); ++a) {
       if (!is_sequence_arg(args[a])) {
         throw py::type_error(std::string(names[a]) + " must be a list of arrays like " +
                              names[0]);
       }
-      if (py::len(args[a]) != count) {
+      if (sequence_size(args[a]) != count) {
         throw py::value_error(std::string(names[a]) + " has " +
-                              std::to_string(py::len(args[a])) + " arrays but " + names[0] +
-                              " has " + std::to_string(count));
+                              std::to_string(sequence_size(args[a])) + " arrays but " +
+                              names[0] + " has " + std::to_string(count));
       }
     }
     columns_.resize(args.size());
@@ -214,10 +229,11 @@ class SingleSet {
   Buffer buffers_[kMax];
 };
 
-py::object finish(bool diagnostics, const adamcore::GammaStats& stats) {
-  if (!diagnostics) return py::none();
-  return py::cast(stats);
-}
+// What a call does once every argument is checked.
+struct Mode {
+  bool diagnostics = false;  // return the step's GammaStats
+  bool check_only = false;   // validate only: write nothing, return None
+};
 
 void check_hyper(const std::string& err) {
   if (!err.empty()) throw py::value_error(err);
@@ -228,18 +244,20 @@ template <class Buffers, class Hyper>
 py::object run_step(void (*step_fn)(const Buffers*, std::size_t, std::int64_t, const Hyper&,
                                     adamcore::GammaStats*, double),
                     const Buffers* tensors, std::size_t count, std::int64_t step,
-                    const Hyper& h, bool diagnostics, double prev_lr) {
+                    const Hyper& h, Mode mode, double prev_lr) {
+  if (mode.check_only) return py::none();
   adamcore::GammaStats stats;
   {
     py::gil_scoped_release release;
-    step_fn(tensors, count, step, h, diagnostics ? &stats : nullptr, prev_lr);
+    step_fn(tensors, count, step, h, mode.diagnostics ? &stats : nullptr, prev_lr);
   }
-  return finish(diagnostics, stats);
+  if (!mode.diagnostics) return py::none();
+  return py::cast(stats);
 }
 
 py::object adam_like(py::handle param, py::handle grad, py::handle exp_avg,
                      py::handle exp_avg_sq, py::handle max_exp_avg_sq, std::int64_t step,
-                     const adamcore::AdamHyper& h, bool diagnostics, py::handle prev_lr) {
+                     const adamcore::AdamHyper& h, Mode mode, py::handle prev_lr) {
   check_hyper(adamcore::check_adam_hyper(h, step));
   const bool amsgrad = h.amsgrad;
   const double prev = parse_prev_lr(prev_lr);
@@ -258,7 +276,7 @@ py::object adam_like(py::handle param, py::handle grad, py::handle exp_avg,
     const SingleSet set(args, kNames, kWritten, amsgrad ? 5 : 4);
     const adamcore::AdamBuffers tensor{set.data(0), set.data(1), set.data(2), set.data(3),
                                        amsgrad ? set.data(4) : nullptr, set.size()};
-    return run_step(&adamcore::adam_step, &tensor, 1, step, h, diagnostics, prev);
+    return run_step(&adamcore::adam_step, &tensor, 1, step, h, mode, prev);
   }
   std::vector<py::handle> args = {param, grad, exp_avg, exp_avg_sq};
   std::vector<const char*> names = {"param", "grad", "exp_avg", "exp_avg_sq"};
@@ -278,12 +296,12 @@ py::object adam_like(py::handle param, py::handle grad, py::handle exp_avg,
     tensors[t].max_exp_avg_sq = amsgrad ? set.data(4, t) : nullptr;
     tensors[t].size = set.size(t);
   }
-  return run_step(&adamcore::adam_step, tensors.data(), tensors.size(), step, h, diagnostics,
+  return run_step(&adamcore::adam_step, tensors.data(), tensors.size(), step, h, mode,
                   prev);
 }
 
 py::object adagrad(py::handle param, py::handle grad, py::handle state_sum,
-                   std::int64_t step, const adamcore::AdagradHyper& h, bool diagnostics,
+                   std::int64_t step, const adamcore::AdagradHyper& h, Mode mode,
                    py::handle prev_lr) {
   check_hyper(adamcore::check_adagrad_hyper(h, step));
   const double prev = parse_prev_lr(prev_lr);
@@ -294,7 +312,7 @@ py::object adagrad(py::handle param, py::handle grad, py::handle state_sum,
     const SingleSet single(args, kNames, kWritten, 3);
     const adamcore::AdagradBuffers tensor{single.data(0), single.data(1), single.data(2),
                                           single.size()};
-    return run_step(&adamcore::adagrad_step, &tensor, 1, step, h, diagnostics, prev);
+    return run_step(&adamcore::adagrad_step, &tensor, 1, step, h, mode, prev);
   }
   const BufferSet set({param, grad, state_sum}, {"param", "grad", "state_sum"},
                       {true, false, true});
@@ -305,8 +323,8 @@ py::object adagrad(py::handle param, py::handle grad, py::handle state_sum,
     tensors[t].state_sum = set.data(2, t);
     tensors[t].size = set.size(t);
   }
-  return run_step(&adamcore::adagrad_step, tensors.data(), tensors.size(), step, h,
-                  diagnostics, prev);
+  return run_step(&adamcore::adagrad_step, tensors.data(), tensors.size(), step, h, mode,
+                  prev);
 }
 
 double parse_prev_lr(py::handle prev_lr) {
@@ -332,8 +350,8 @@ std::vector<py::object> take_grads(py::handle grads, const std::vector<Span>& he
                                    Tensors& tensors) {
   require_list(grads, "grads");
   const std::size_t count = tensors.size();
-  if (static_cast<std::size_t>(py::len(grads)) != count) {
-    throw py::value_error("grads has " + std::to_string(py::len(grads)) +
+  if (sequence_size(grads) != count) {
+    throw py::value_error("grads has " + std::to_string(sequence_size(grads)) +
                           " arrays but the group has " + std::to_string(count));
   }
   std::vector<py::object> keep(count);
@@ -367,14 +385,14 @@ class AdamGroup {
   }
 
   // h.amsgrad is ignored: the group's buffers decide it.
-  py::object step(py::handle grads, std::int64_t step, adamcore::AdamHyper h, bool diagnostics,
+  py::object step(py::handle grads, std::int64_t step, adamcore::AdamHyper h, Mode mode,
                   py::handle prev_lr) const {
     h.amsgrad = amsgrad_;
     check_hyper(adamcore::check_adam_hyper(h, step));
     const double prev = parse_prev_lr(prev_lr);
     std::vector<adamcore::AdamBuffers> tensors = tensors_;  // callers may step concurrently
     const auto keep = take_grads(grads, set_.spans(), tensors);
-    return run_step(&adamcore::adam_step, tensors.data(), tensors.size(), step, h, diagnostics,
+    return run_step(&adamcore::adam_step, tensors.data(), tensors.size(), step, h, mode,
                   prev);
   }
 
@@ -415,13 +433,13 @@ class AdagradGroup {
   }
 
   py::object step(py::handle grads, std::int64_t step, const adamcore::AdagradHyper& h,
-                  bool diagnostics, py::handle prev_lr) const {
+                  Mode mode, py::handle prev_lr) const {
     check_hyper(adamcore::check_adagrad_hyper(h, step));
     const double prev = parse_prev_lr(prev_lr);
     std::vector<adamcore::AdagradBuffers> tensors = tensors_;
     const auto keep = take_grads(grads, set_.spans(), tensors);
-    return run_step(&adamcore::adagrad_step, tensors.data(), tensors.size(), step, h,
-                  diagnostics, prev);
+    return run_step(&adamcore::adagrad_step, tensors.data(), tensors.size(), step, h, mode,
+                  prev);
   }
 
   std::size_t count() const { return tensors_.size(); }
@@ -490,6 +508,23 @@ void apply_isa_environment() {
   }
 }
 
+// ADAMCORE_NUM_THREADS sets the thread count at import; a malformed value fails the
+// import, as a bad ADAMCORE_ISA does, instead of being ignored.
+void apply_threads_environment() {
+  const char* env = std::getenv("ADAMCORE_NUM_THREADS");
+  if (env == nullptr || *env == '\0') return;
+  char* end = nullptr;
+  errno = 0;
+  const long long n = std::strtoll(env, &end, 10);
+  if (!std::isdigit(static_cast<unsigned char>(env[0])) || *end != '\0' || errno != 0 ||
+      n < 1 || n > adamcore::kMaxThreads) {
+    throw py::import_error(std::string("ADAMCORE_NUM_THREADS='") + env +
+                           "' is not a thread count; expected an integer in [1, " +
+                           std::to_string(adamcore::kMaxThreads) + "]");
+  }
+  adamcore::set_num_threads(static_cast<int>(n));
+}
+
 // ---------------------------------------------------------------- fast entry points
 using adamcore_py::as_bool;
 using adamcore_py::as_double;
@@ -505,9 +540,9 @@ PyObject* adam_family_fast(PyObject* const* args, Py_ssize_t nargs, PyObject* kw
         decoupled ? "adamw_step" : "adam_step",
         {"param", "grad", "exp_avg", "exp_avg_sq", "step", "lr", "beta1", "beta2", "eps",
          "weight_decay", "amsgrad", "max_exp_avg_sq", "maximize", "bias_correction",
-         "diagnostics", "prev_lr"},
+         "diagnostics", "prev_lr", "check_only"},
         4, 4, {"step"});
-    thread_local std::vector<PyObject*> a;
+    Signature::Parsed a;
     sig.parse(args, nargs, kwnames, a);
     const adamcore::AdamHyper h{as_double(a[5], "lr", 1e-3),
                                 as_double(a[6], "beta1", 0.9),
@@ -519,7 +554,8 @@ PyObject* adam_family_fast(PyObject* const* args, Py_ssize_t nargs, PyObject* kw
                                 as_bool(a[12], "maximize", false),
                                 as_bool(a[13], "bias_correction", true)};
     return adam_like(a[0], a[1], a[2], a[3], as_handle(a[11]), as_step(a[4]), h,
-                     as_bool(a[14], "diagnostics", false), as_handle(a[15]));
+                     Mode{as_bool(a[14], "diagnostics", false), as_bool(a[16], "check_only", false)},
+                     as_handle(a[15]));
   });
 }
 
@@ -536,16 +572,18 @@ PyObject* adagrad_step_fast(PyObject*, PyObject* const* args, Py_ssize_t nargs,
   return guarded([&]() -> py::object {
     static const Signature sig("adagrad_step",
                                {"param", "grad", "state_sum", "step", "lr", "lr_decay",
-                                "weight_decay", "eps", "maximize", "diagnostics", "prev_lr"},
+                                "weight_decay", "eps", "maximize", "diagnostics", "prev_lr",
+                                "check_only"},
                                3, 3, {"step"});
-    thread_local std::vector<PyObject*> a;
+    Signature::Parsed a;
     sig.parse(args, nargs, kwnames, a);
     const adamcore::AdagradHyper h{as_double(a[4], "lr", 1e-2),
                                    as_double(a[5], "lr_decay", 0.0),
                                    as_double(a[6], "weight_decay", 0.0),
                                    as_double(a[7], "eps", 1e-10),
                                    as_bool(a[8], "maximize", false)};
-    return adagrad(a[0], a[1], a[2], as_step(a[3]), h, as_bool(a[9], "diagnostics", false),
+    return adagrad(a[0], a[1], a[2], as_step(a[3]), h,
+                   Mode{as_bool(a[9], "diagnostics", false), as_bool(a[11], "check_only", false)},
                    as_handle(a[10]));
   });
 }
@@ -556,9 +594,9 @@ PyObject* adam_group_step_fast(PyObject* self, PyObject* const* args, Py_ssize_t
     static const Signature sig("AdamGroup.step",
                                {"grads", "step", "lr", "beta1", "beta2", "eps", "weight_decay",
                                 "decoupled", "maximize", "bias_correction", "diagnostics",
-                                "prev_lr"},
+                                "prev_lr", "check_only"},
                                1, 1, {"step"});
-    thread_local std::vector<PyObject*> a;
+    Signature::Parsed a;
     sig.parse(args, nargs, kwnames, a);
     const AdamGroup& group = py::handle(self).cast<const AdamGroup&>();
     const adamcore::AdamHyper h{as_double(a[2], "lr", 1e-3),
@@ -570,7 +608,9 @@ PyObject* adam_group_step_fast(PyObject* self, PyObject* const* args, Py_ssize_t
                                 group.amsgrad(),
                                 as_bool(a[8], "maximize", false),
                                 as_bool(a[9], "bias_correction", true)};
-    return group.step(a[0], as_step(a[1]), h, as_bool(a[10], "diagnostics", false),
+    return group.step(a[0], as_step(a[1]), h,
+                      Mode{as_bool(a[10], "diagnostics", false),
+                           as_bool(a[12], "check_only", false)},
                       as_handle(a[11]));
   });
 }
@@ -580,9 +620,9 @@ PyObject* adagrad_group_step_fast(PyObject* self, PyObject* const* args, Py_ssiz
   return guarded([&]() -> py::object {
     static const Signature sig("AdagradGroup.step",
                                {"grads", "step", "lr", "lr_decay", "weight_decay", "eps",
-                                "maximize", "diagnostics", "prev_lr"},
+                                "maximize", "diagnostics", "prev_lr", "check_only"},
                                1, 1, {"step"});
-    thread_local std::vector<PyObject*> a;
+    Signature::Parsed a;
     sig.parse(args, nargs, kwnames, a);
     const AdagradGroup& group = py::handle(self).cast<const AdagradGroup&>();
     const adamcore::AdagradHyper h{as_double(a[2], "lr", 1e-2),
@@ -590,7 +630,8 @@ PyObject* adagrad_group_step_fast(PyObject* self, PyObject* const* args, Py_ssiz
                                    as_double(a[4], "weight_decay", 0.0),
                                    as_double(a[5], "eps", 1e-10),
                                    as_bool(a[6], "maximize", false)};
-    return group.step(a[0], as_step(a[1]), h, as_bool(a[7], "diagnostics", false),
+    return group.step(a[0], as_step(a[1]), h,
+                      Mode{as_bool(a[7], "diagnostics", false), as_bool(a[9], "check_only", false)},
                       as_handle(a[8]));
   });
 }
@@ -598,23 +639,24 @@ PyObject* adagrad_group_step_fast(PyObject* self, PyObject* const* args, Py_ssiz
 constexpr const char* kAdamDoc =
     "adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0.999, "
     "eps=1e-8, weight_decay=0.0, amsgrad=False, max_exp_avg_sq=None, maximize=False, "
-    "bias_correction=True, diagnostics=False, prev_lr=None)\n--\n\n"
+    "bias_correction=True, diagnostics=False, prev_lr=None, check_only=False)\n--\n\n"
     "One Adam step (L2 weight decay added to the gradient), in place.\n\n"
     "Buffers are C-contiguous, writeable float32 arrays of one size that share no memory\n"
     "(grad may be read-only), or equal-length lists of them for a whole parameter group.\n"
     "step is the step number after incrementing (1 first). amsgrad=True needs\n"
     "max_exp_avg_sq. bias_correction=False: step size lr, no sqrt(bc2) division.\n"
     "Returns None, or a GammaStats with diagnostics=True (prev_lr: the previous step's lr,\n"
-    "default lr). Bit-identical to torch.optim.Adam(fused=True); see docs/numerics.md.";
+    "default lr). check_only=True: check every argument as a step would, write nothing.\n"
+    "Bit-identical to torch.optim.Adam(fused=True); see docs/numerics.md.";
 constexpr const char* kAdamWDoc =
     "adamw_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0.999, "
     "eps=1e-8, weight_decay=1e-2, amsgrad=False, max_exp_avg_sq=None, maximize=False, "
-    "bias_correction=True, diagnostics=False, prev_lr=None)\n--\n\n"
+    "bias_correction=True, diagnostics=False, prev_lr=None, check_only=False)\n--\n\n"
     "One AdamW step (decoupled weight decay: param *= 1 - lr*weight_decay first), in place.\n"
     "Arguments as adam_step. Bit-identical to torch.optim.AdamW(fused=True).";
 constexpr const char* kAdagradDoc =
     "adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0, "
-    "eps=1e-10, maximize=False, diagnostics=False, prev_lr=None)\n--\n\n"
+    "eps=1e-10, maximize=False, diagnostics=False, prev_lr=None, check_only=False)\n--\n\n"
     "One AdaGrad step, in place; the learning rate is lr / (1 + (step-1)*lr_decay).\n"
     "state_sum starts at torch's initial_accumulator_value (fill it yourself).\n"
     "Bit-identical to torch.optim.Adagrad(fused=True).";
@@ -633,14 +675,15 @@ PyMethodDef kAdamGroupStep = {
     "step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(adam_group_step_fast)),
     METH_FASTCALL | METH_KEYWORDS,
     "step(grads, *, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, "
-    "decoupled=False, maximize=False, bias_correction=True, diagnostics=False, prev_lr=None)"
+    "decoupled=False, maximize=False, bias_correction=True, diagnostics=False, prev_lr=None, "
+    "check_only=False)"
     "\n--\n\nOne step of every tensor in the group; only the grads are checked."};
 
 PyMethodDef kAdagradGroupStep = {
     "step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(adagrad_group_step_fast)),
     METH_FASTCALL | METH_KEYWORDS,
     "step(grads, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10, "
-    "maximize=False, diagnostics=False, prev_lr=None)\n--\n\n"
+    "maximize=False, diagnostics=False, prev_lr=None, check_only=False)\n--\n\n"
     "One step of every tensor in the group; only the grads are checked."};
 
 // Installs a METH_FASTCALL method on a pybind11 class.
@@ -658,6 +701,7 @@ void add_fast_method(py::handle cls, PyMethodDef* def) {
 PYBIND11_MODULE(_core, m) {
   m.doc() = "adamcore's native kernels (use the adamcore package, not this module)";
   apply_isa_environment();
+  apply_threads_environment();
 
   py::class_<adamcore::GammaStats>(m, "GammaStats", R"doc(
 Reddi et al.'s Γ for one step, reduced over every coordinate of the call.
@@ -741,14 +785,22 @@ A parameter group's AdaGrad state (params and state_sums lists), validated once 
   m.def("get_num_threads", &adamcore::get_num_threads);
   m.def(
       "set_num_threads",
-      [](int n) {
-        if (n < 1) throw py::value_error("n must be >= 1, got " + std::to_string(n));
-        adamcore::set_num_threads(n);
+      [](long long n) {
+        if (n < 1 || n > adamcore::kMaxThreads) {
+          throw py::value_error("n must be in [1, " + std::to_string(adamcore::kMaxThreads) +
+                                "], got " + std::to_string(n));
+        }
+        adamcore::set_num_threads(static_cast<int>(n));
       },
       "n"_a);
   m.def("get_parallel_threshold", &adamcore::get_parallel_threshold);
   m.def("set_parallel_threshold", &adamcore::set_parallel_threshold, "elements"_a);
   m.def("built_with_openmp", &adamcore::built_with_openmp);
+  m.def("threading_status", [] {
+    const adamcore::ThreadingStatus s = adamcore::threading_status();
+    return py::dict("requested"_a = s.requested, "forked_child"_a = s.forked_child,
+                    "solo_steps_left"_a = s.solo_steps_left, "stalls"_a = s.stalls);
+  });
 #ifdef ADAMCORE_VERSION
   m.attr("__version__") = ADAMCORE_VERSION;
 #endif

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <thread>
+
 #if defined(ADAMCORE_HAVE_OPENMP)
 #include <omp.h>
 #endif
@@ -17,6 +19,7 @@
 #include "adamcore/adamcore.h"
 #include "cpu_features.h"
 #include "kernel_api.h"
+#include "team.h"
 
 namespace adamcore {
 
@@ -151,14 +154,10 @@ std::atomic<std::size_t> g_parallel_threshold{std::size_t{1} << 14};
 
 int default_num_threads() {
 #if defined(ADAMCORE_HAVE_OPENMP)
-  if (const char* env = std::getenv("ADAMCORE_NUM_THREADS")) {
-    char* end = nullptr;
-    const long n = std::strtol(env, &end, 10);
-    if (end != env && *end == '\0' && n >= 1 && n <= 4096) return static_cast<int>(n);
-  }
-  return std::max(1, omp_get_max_threads());  // honours OMP_NUM_THREADS
+  return std::max(1, std::min(omp_get_max_threads(), kMaxThreads));  // honours OMP_NUM_THREADS
 #else
-  return 1;
+  const unsigned n = std::thread::hardware_concurrency();
+  return std::max(1, std::min(static_cast<int>(n), kMaxThreads));
 #endif
 }
 
@@ -183,12 +182,21 @@ int get_num_threads() {
 }
 
 void set_num_threads(int n) {
-  if (!built_with_openmp()) n = 1;
-  g_num_threads.store(std::max(1, n), std::memory_order_relaxed);
+  g_num_threads.store(std::max(1, std::min(n, kMaxThreads)), std::memory_order_relaxed);
+  detail::reset_stall_guard();  // a new setting gets a fresh chance
 }
 
 std::size_t get_parallel_threshold() { return g_parallel_threshold.load(); }
 void set_parallel_threshold(std::size_t elements) { g_parallel_threshold.store(elements); }
+
+ThreadingStatus threading_status() {
+  ThreadingStatus s;
+  s.requested = get_num_threads();
+  s.forked_child = detail::in_forked_child();
+  s.solo_steps_left = detail::solo_steps_left();
+  s.stalls = detail::stall_count();
+  return s;
+}
 
 // ---------------------------------------------------------------- validation
 namespace {
@@ -261,9 +269,9 @@ void diag_merge(DiagAccum* into, const DiagAccum& from) {
 // ---------------------------------------------------------------- the parallel loop
 namespace {
 
-// Thread chunks start at multiples of this many elements inside a tensor: whole
-// cache lines per thread. (The bits do not depend on the split in any case: the tail
-// runs the same arithmetic as the vector body.)
+// Part boundaries inside a tensor fall on multiples of this many elements: whole cache
+// lines per part. (The bits do not depend on the split in any case: the head and tail
+// of a range run the same arithmetic as the vector body.)
 constexpr std::size_t kChunkAlign = 64;
 
 struct Cut {
@@ -272,7 +280,10 @@ struct Cut {
 };
 
 // Calls fn(tensor_index, begin, end, accum) over every element of `total` in all
-// tensors, split into equal, aligned shares of them when that pays off.
+// tensors. A large step is cut into parts, a few per thread, that the threads of the
+// team claim one at a time (detail::run_parts): every part runs exactly once whatever
+// number of threads the runtime grants, and a thread that starts late or is
+// preempted leaves the unclaimed parts to the others.
 template <class Buffers, class Fn>
 void for_all_elements(const Buffers* tensors, std::size_t count, std::size_t total,
                       detail::DiagAccum* diag, Fn fn) {
@@ -281,22 +292,29 @@ void for_all_elements(const Buffers* tensors, std::size_t count, std::size_t tot
 
   int threads = get_num_threads();
   const std::size_t threshold = std::max<std::size_t>(get_parallel_threshold(), kChunkAlign);
-  if (total < threshold) threads = 1;
-  threads = static_cast<int>(std::min<std::size_t>(threads, (total + threshold - 1) / threshold));
+  // (total + threshold - 1) / threshold overflows for a huge threshold; this does not.
+  const std::size_t worth = total / threshold + (total % threshold != 0 ? 1 : 0);
+  if (worth < 2) threads = 1;
+  threads = static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(threads), worth));
 
-  if (threads == 1) {
+  if (threads <= 1) {
     for (std::size_t t = 0; t < count; ++t) fn(t, 0, size_of(t), diag);
     return;
   }
 
-  // Cut k (0..threads) = position k*total/threads, rounded down inside its tensor.
-  std::vector<Cut> cuts(static_cast<std::size_t>(threads) + 1);
+  // About eight parts per thread, each 4K..64K elements: small enough that a late or
+  // preempted thread holds little back, large enough that claiming one costs nothing.
+  const std::size_t per_part = std::min<std::size_t>(
+      std::max<std::size_t>(total / (static_cast<std::size_t>(threads) * 8), 4096), 65536);
+  const std::size_t parts = total / per_part + (total % per_part != 0 ? 1 : 0);
+
+  // Cut k (0..parts) = position k*total/parts, rounded down inside its tensor.
+  std::vector<Cut> cuts(parts + 1);
   {
     std::size_t tensor = 0, before = 0;  // elements in tensors [0, tensor)
-    for (int k = 0; k <= threads; ++k) {
+    for (std::size_t k = 0; k <= parts; ++k) {
       const std::size_t pos = static_cast<std::size_t>(
-          (static_cast<unsigned __int128>(total) * static_cast<unsigned>(k)) /
-          static_cast<unsigned>(threads));
+          (static_cast<unsigned __int128>(total) * k) / parts);
       while (tensor < count && before + size_of(tensor) <= pos && pos < total) {
         before += size_of(tensor);
         ++tensor;
@@ -309,25 +327,21 @@ void for_all_elements(const Buffers* tensors, std::size_t count, std::size_t tot
     }
   }
 
+  // One accumulator per team member (the runtime may grant fewer than asked).
   std::vector<detail::DiagAccum> accums(static_cast<std::size_t>(threads));
   for (auto& a : accums) detail::diag_init(&a);
 
-#if defined(ADAMCORE_HAVE_OPENMP)
-#pragma omp parallel num_threads(threads)
-  {
-    const int k = omp_get_thread_num();
-#else
-  for (int k = 0; k < threads; ++k) {
-#endif
+  const auto run_part = [&](std::size_t k, int member) {
     const Cut from = cuts[k];
     const Cut to = cuts[k + 1];
-    detail::DiagAccum* acc = diag ? &accums[k] : nullptr;
+    detail::DiagAccum* acc = diag ? &accums[static_cast<std::size_t>(member)] : nullptr;
     for (std::size_t t = from.tensor; t < count && t <= to.tensor; ++t) {
       const std::size_t begin = t == from.tensor ? from.offset : 0;
       const std::size_t end = t == to.tensor ? to.offset : size_of(t);
       if (begin < end) fn(t, begin, end, acc);
     }
-  }
+  };
+  detail::run_parts(parts, threads, detail::PartFn(run_part));
   if (diag) {
     for (const auto& a : accums) detail::diag_merge(diag, a);
   }

@@ -29,13 +29,26 @@ bool set_isa(Isa isa);
 std::string isa_choices();
 
 // ---------------------------------------------------------------- threads
-// Number of threads a large step may use (1 when built without OpenMP).
+constexpr int kMaxThreads = 1024;
+// Number of threads a large step may use (OpenMP's when built with it, else the
+// hardware's), clamped to [1, kMaxThreads].
 int get_num_threads();
-void set_num_threads(int n);  // n >= 1
-// Steps touching fewer elements than this stay on the calling thread.
+void set_num_threads(int n);
+// Steps touching fewer elements than this stay on the calling thread (any value,
+// SIZE_MAX included: it means never).
 std::size_t get_parallel_threshold();
 void set_parallel_threshold(std::size_t elements);
 bool built_with_openmp();
+
+// How the threads are doing: whether this process is a child forked after threads ran
+// (every step then runs on the calling thread), and the stall guard's state.
+struct ThreadingStatus {
+  int requested = 1;               // get_num_threads()
+  bool forked_child = false;
+  std::int64_t solo_steps_left = 0;  // steps that will run alone after a stall
+  std::int64_t stalls = 0;           // steps whose caller waited for an unscheduled helper
+};
+ThreadingStatus threading_status();
 
 // ---------------------------------------------------------------- hyperparameters
 struct AdamHyper {
