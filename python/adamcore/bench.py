@@ -1594,7 +1594,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="a short run (under a minute): fewer sizes, Adam only, a GPT-2 "
-                             "subset, 200 medium tensors, fewer repeats")
+                             "subset, 200 medium tensors, fewer repeats; contended: 300 "
+                             "steps at 64K; train-loop: 40 iterations")
     parser.add_argument("--sizes", type=_size, nargs="+", metavar="N",
                         help="single-tensor sizes (e.g. 4K 64K 1M 16M)")
     parser.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, metavar="OPT",
@@ -1620,7 +1621,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="target duration of one timed batch in ms (default: 1 quick, 10)")
     parser.add_argument("--budget", type=float, metavar="SECONDS",
                         help="stop starting rounds for a (case, optimizer, threads) group "
-                             "after this long (default: 3 quick, 120)")
+                             "after this long; contended: per (condition, size), train-loop: "
+                             "per condition (default: 3 quick, 120)")
     parser.add_argument("--contended-sizes", type=_size, nargs="+", metavar="N",
                         help="sizes for the contended case (default: 64K 1M)")
     parser.add_argument("--steps", type=positive_int, metavar="N",
