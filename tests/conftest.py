@@ -27,3 +27,18 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("measured figures")
         for line in _MEASURED:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(params=adamcore.compiled_isas())
+def compiled_isa(request):
+    """Each test using this runs once per ISA compiled into the build, with that ISA active.
+
+    An ISA that is compiled but that this CPU cannot run is skipped with the reason, so
+    ``-ra`` lists what was *not* exercised here instead of dropping it silently.
+    """
+    name = request.param
+    if name not in adamcore.available_isas():
+        pytest.skip(f"{name} compiled but this CPU lacks it (available here: "
+                    f"{', '.join(adamcore.available_isas())}); not exercised on this machine")
+    with adamcore.use_isa(name):
+        yield name
