@@ -142,6 +142,9 @@ def _describe(result: dict) -> str:
                 text += f"; {spin['count']} busy processes" + (
                     f", each got {', '.join(f'{s:.0%}' for s in shares)} of a CPU"
                     if shares else "")
+            stalls = bench.stall_delta(info)
+            if stalls is not None:
+                text += f"; adamcore counted {stalls} stalls"
             lines.append(f"- {text}")
     return "\n".join(lines)
 

@@ -1278,7 +1278,7 @@ def format_contended(result: dict) -> str:
             text += (f"; {spin['count']} busy processes"
                      + (f" (each got {', '.join(f'{s:.0%}' for s in shares)} of a CPU)"
                         if shares else ""))
-        lines.append(text)
+        lines.append(text + _stall_text(info))
     header = (f"{'condition':<10} {'size':>5} {'implementation':<14} {'thr':>3} "
               f"{'median':>9} {'p90':>9} {'p99':>9} {'max':>9} {'steps':>6}")
     lines += [header, "-" * len(header)]
@@ -1314,6 +1314,21 @@ def format_contended(result: dict) -> str:
                  "p99 (no target; the tail one thread has too)")
     lines += _busy_machine_notes(result)
     return "\n".join(lines)
+
+
+def stall_delta(info: dict) -> int | None:
+    """How many stalls the extension counted during one condition (builds that report
+    ``threading_status()['stalls']``), else None."""
+    before = info.get("threading_status_before") or {}
+    after = info.get("threading_status_after") or {}
+    if isinstance(before.get("stalls"), int) and isinstance(after.get("stalls"), int):
+        return after["stalls"] - before["stalls"]
+    return None
+
+
+def _stall_text(info: dict) -> str:
+    delta = stall_delta(info)
+    return "" if delta is None else f"; adamcore counted {delta} stalls"
 
 
 def _cpu_text(result: dict) -> str:
@@ -1545,7 +1560,7 @@ def format_train_loop(result: dict) -> str:
             text += (f"; {spin['count']} busy processes"
                      + (f" (each got {', '.join(f'{s:.0%}' for s in shares)} of a CPU)"
                         if shares else ""))
-        lines.append(text)
+        lines.append(text + _stall_text(info))
     header = (f"{'condition':<10} {'optimizer':<31} {'ac thr':>6} {'step med':>9} "
               f"{'step p90':>9} {'iter med':>9} {'iter p90':>9} {'/fused':>7} {'iters':>6}")
     lines += [header, "-" * len(header)]
