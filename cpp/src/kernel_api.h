@@ -42,10 +42,12 @@ struct AdagradScalars {
   bool gamma_defined;
 };
 
-// Per-thread Γ accumulator. Every reduction is order-independent.
+// Per-thread Γ accumulator, set by diag_init. Every reduction is order-independent.
+// (No member initialisers: they would give it a constructor that an unoptimised build
+// emits as a weak symbol in every ISA's file.)
 struct DiagAccum {
-  std::int64_t negative = 0;
-  std::int64_t undefined = 0;
+  std::int64_t negative;
+  std::int64_t undefined;
   float gamma_min;
   float lr_min;
   float lr_max;

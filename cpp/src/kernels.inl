@@ -7,7 +7,6 @@
 // The arithmetic is docs/numerics.md's canonical recipe; every operation below is a
 // correctly rounded IEEE operation (no estimates, no contraction: -ffp-contract=off).
 
-#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <utility>
@@ -212,15 +211,22 @@ void adagrad_range(const AdagradScalars& k, const AdagradBuffers& b, std::size_t
 }
 
 // Every combination of options, indexed ((wd * 2 + lerp_low) * 2 + amsgrad) * 2 + diag.
+// A plain array in a local struct, not std::array: an unoptimised build emits
+// std::array's members as weak symbols shared by every ISA's file, and the linker
+// could keep the AVX-512 copy for all of them.
+template <class Fn, std::size_t N>
+struct FnTable {
+  Fn fn[N];
+};
 template <std::size_t... I>
-constexpr std::array<detail::AdamRangeFn, sizeof...(I)> adam_variants(std::index_sequence<I...>) {
-  return {&adam_range<static_cast<WdMode>(I / 8), (I / 4) % 2 == 1, (I / 2) % 2 == 1,
-                      I % 2 == 1>...};
+constexpr FnTable<detail::AdamRangeFn, sizeof...(I)> adam_variants(std::index_sequence<I...>) {
+  return {{&adam_range<static_cast<WdMode>(I / 8), (I / 4) % 2 == 1, (I / 2) % 2 == 1,
+                       I % 2 == 1>...}};
 }
 template <std::size_t... I>
-constexpr std::array<detail::AdagradRangeFn, sizeof...(I)> adagrad_variants(
+constexpr FnTable<detail::AdagradRangeFn, sizeof...(I)> adagrad_variants(
     std::index_sequence<I...>) {
-  return {&adagrad_range<(I / 2) == 1, I % 2 == 1>...};
+  return {{&adagrad_range<(I / 2) == 1, I % 2 == 1>...}};
 }
 
 }  // namespace
@@ -229,12 +235,12 @@ detail::AdamRangeFn adam_kernel(WdMode wd, bool lerp_low, bool amsgrad, bool dia
   static constexpr auto kVariants = adam_variants(std::make_index_sequence<24>{});
   const std::size_t index =
       ((static_cast<std::size_t>(wd) * 2 + lerp_low) * 2 + amsgrad) * 2 + diag;
-  return kVariants[index];
+  return kVariants.fn[index];
 }
 
 detail::AdagradRangeFn adagrad_kernel(bool weight_decay, bool diag) {
   static constexpr auto kVariants = adagrad_variants(std::make_index_sequence<4>{});
-  return kVariants[static_cast<std::size_t>(weight_decay) * 2 + diag];
+  return kVariants.fn[static_cast<std::size_t>(weight_decay) * 2 + diag];
 }
 
 }  // namespace adamcore::ADAMCORE_NS

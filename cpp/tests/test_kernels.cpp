@@ -6,6 +6,8 @@
 //  3. thread counts 1..4 give identical bits and identical Γ statistics;
 //  4. Γ statistics are identical on every ISA.
 // Run natively, under qemu-aarch64 for NEON, and under ASan+UBSan by .ci/run.
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -14,8 +16,12 @@
 #include <string>
 #include <thread>
 #include <vector>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
 
 #include "adamcore/adamcore.h"
+#include "team.h"
 
 namespace {
 
@@ -388,6 +394,117 @@ void test_concurrent_callers() {
   adamcore::set_num_threads(saved_threads);
 }
 
+// The caller's flush-to-zero / denormals-are-zero mode reaches every helper thread:
+// on subnormal-heavy data 1 and 4 threads give the same bits with the mode on, and
+// the mode really changes the result (else the check would prove nothing).
+struct FlushToZero {
+  explicit FlushToZero(bool on) {
+#if defined(__x86_64__) || defined(__i386__)
+    saved = _mm_getcsr();
+    _mm_setcsr(on ? (saved | 0x8040u) : (saved & ~0x8040u));  // FTZ | DAZ
+#elif defined(__aarch64__)
+    __asm__ __volatile__("mrs %0, fpcr" : "=r"(saved));
+    const std::uint64_t mode = on ? (saved | (1ull << 24)) : (saved & ~(1ull << 24));  // FZ
+    __asm__ __volatile__("msr fpcr, %0" : : "r"(mode));
+#else
+    (void)on;
+#endif
+  }
+  ~FlushToZero() {
+#if defined(__x86_64__) || defined(__i386__)
+    _mm_setcsr(saved);
+#elif defined(__aarch64__)
+    __asm__ __volatile__("msr fpcr, %0" : : "r"(saved));
+#endif
+  }
+  std::uint64_t saved = 0;
+};
+
+std::vector<float> subnormal_run(int threads, bool flush) {
+  adamcore::set_num_threads(threads);
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const std::size_t n = 50000;
+  const float tiny = 1e-38f;
+  std::vector<float> p(n), g(n), m(n), v(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    p[i] = normal(rng) * tiny;
+    g[i] = normal(rng) * tiny;
+    m[i] = normal(rng) * tiny;
+    v[i] = std::fabs(normal(rng)) * tiny;
+  }
+  adamcore::AdamHyper h;
+  h.eps = 0.0;
+  h.weight_decay = 0.5;
+  {
+    FlushToZero mode(flush);
+    for (std::int64_t t = 1; t <= 3; ++t) {
+      adamcore::AdamBuffers b{p.data(), g.data(), m.data(), v.data(), nullptr, n};
+      adamcore::adam_step(&b, 1, t, h);
+    }
+  }
+  p.insert(p.end(), m.begin(), m.end());
+  p.insert(p.end(), v.begin(), v.end());
+  return p;
+}
+
+void test_floating_point_mode_reaches_helpers() {
+#if defined(__x86_64__) || defined(__i386__) || defined(__aarch64__)
+  const std::size_t saved_threshold = adamcore::get_parallel_threshold();
+  const int saved_threads = adamcore::get_num_threads();
+  adamcore::set_parallel_threshold(1024);
+  for (adamcore::Isa isa : supported_isas()) {
+    adamcore::set_isa(isa);
+    const std::string name = adamcore::isa_name(isa);
+    const auto flushed_1 = subnormal_run(1, true);
+    const auto flushed_4 = subnormal_run(4, true);
+    const auto plain_1 = subnormal_run(1, false);
+    const auto plain_4 = subnormal_run(4, false);
+    check(first_mismatch(flushed_4, flushed_1) < 0, name + ": flush-to-zero, 4 threads == 1");
+    check(first_mismatch(plain_4, plain_1) < 0, name + ": default mode, 4 threads == 1");
+    check(first_mismatch(plain_1, flushed_1) >= 0, name + ": flush-to-zero changes the result");
+  }
+  adamcore::set_isa(adamcore::best_isa());
+  adamcore::set_parallel_threshold(saved_threshold);
+  adamcore::set_num_threads(saved_threads);
+#endif
+}
+
+// A helper that is held up (as by a descheduled thread) makes the caller wait; the
+// stall guard notices and the next steps run on the caller alone, with every part
+// run exactly once in both cases.
+void test_stall_guard() {
+  adamcore::detail::reset_stall_guard();
+  const std::int64_t stalls_before = adamcore::detail::stall_count();
+  const std::size_t parts = 64;
+  std::vector<std::atomic<int>> runs(parts);
+  for (auto& r : runs) r = 0;
+  std::atomic<int> helper_parts{0};
+  const auto slow_helper = [&](std::size_t k, int member) {
+    runs[k].fetch_add(1);
+    if (member != 0) {
+      helper_parts.fetch_add(1);
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  };
+  adamcore::detail::run_parts(parts, 2, adamcore::detail::PartFn(slow_helper));
+  bool once = true;
+  for (auto& r : runs) once = once && r.load() == 1;
+  check(once, "stall guard: every part ran exactly once");
+  if (helper_parts.load() > 0) {  // the helper did start (it may not, on a busy machine)
+    check(adamcore::detail::stall_count() == stalls_before + 1, "stall guard: the wait is counted");
+    check(adamcore::detail::solo_steps_left() > 0, "stall guard: next steps run alone");
+    helper_parts = 0;
+    for (auto& r : runs) r = 0;
+    adamcore::detail::run_parts(parts, 2, adamcore::detail::PartFn(slow_helper));
+    once = true;
+    for (auto& r : runs) once = once && r.load() == 1;
+    check(once && helper_parts.load() == 0, "stall guard: a solo step runs every part on the caller");
+  }
+  adamcore::detail::reset_stall_guard();
+  check(adamcore::detail::solo_steps_left() == 0, "stall guard: reset");
+}
+
 void test_isa_control() {
   adamcore::Isa isa;
   check(adamcore::isa_from_name("avx2", &isa) && isa == adamcore::Isa::avx2, "parse avx2");
@@ -414,6 +531,8 @@ int main() {
   test_adagrad_isas_match_scalar();
   test_threads_do_not_change_bits();
   test_concurrent_callers();
+  test_floating_point_mode_reaches_helpers();
+  test_stall_guard();
   std::printf("%d checks, %d failed\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;
 }
