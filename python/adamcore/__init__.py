@@ -101,8 +101,13 @@ def runtime_info() -> dict:
 
     Keys: ``isa`` (active), ``best`` (what dispatch picked), ``compiled``, ``supported``,
     ``threads``, ``openmp``, ``parallel_threshold`` (elements below which a step stays
-    on the calling thread) and ``version``.
+    on the calling thread), ``forked_child`` (this process was forked after threads
+    ran: every step runs on the calling thread), ``stalls`` (threaded steps whose
+    caller waited for a helper the OS had not scheduled), ``solo_steps_left`` (steps
+    that will still run on the calling thread alone after the last stall) and
+    ``version``.
     """
+    status = _core.threading_status()
     return {
         "isa": get_isa(),
         "best": best_isa(),
@@ -111,5 +116,8 @@ def runtime_info() -> dict:
         "threads": get_num_threads(),
         "openmp": _core.built_with_openmp(),
         "parallel_threshold": get_parallel_threshold(),
+        "forked_child": status["forked_child"],
+        "stalls": status["stalls"],
+        "solo_steps_left": status["solo_steps_left"],
         "version": __version__,
     }
