@@ -183,7 +183,6 @@ int get_num_threads() {
 
 void set_num_threads(int n) {
   g_num_threads.store(std::max(1, std::min(n, kMaxThreads)), std::memory_order_relaxed);
-  detail::reset_stall_guard();  // a new setting gets a fresh chance
 }
 
 std::size_t get_parallel_threshold() { return g_parallel_threshold.load(); }

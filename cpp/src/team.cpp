@@ -74,8 +74,8 @@ void watch_for_fork() {
 }
 
 // ---------------------------------------------------------------- stall guard
-// A caller that waits this long after its last part was held up by a helper the OS
-// did not run (a healthy team's wait is one part at most, tens of microseconds).
+// A caller that waits this long for its team was held up by a helper the OS did not
+// run (a healthy team's wait is one part at most, tens of microseconds).
 constexpr auto kStall = std::chrono::microseconds(200);
 // Steps run alone after a stall: 256, then 4x for each stall in a row, at most 65536
 // steps or two seconds. Under persistent load fewer than 1 step in 256 is a probe.
@@ -149,12 +149,16 @@ void run_parts(std::size_t parts, int threads, PartFn fn) {
     drain(member);
     own.apply();
   };
-  Clock::time_point done;
+  // libgomp can hold the caller at either end of a region: at the start until every
+  // helper is back from the previous one, at the end until every helper has arrived.
+  const Clock::time_point enter = Clock::now();
+  Clock::time_point started, done;
 #if defined(ADAMCORE_HAVE_OPENMP)
 #pragma omp parallel num_threads(threads)
   {
     const int member = omp_get_thread_num();  // 0 is the calling thread
     if (member == 0) {
+      started = Clock::now();
       drain(0);
       done = Clock::now();
     } else {
@@ -165,11 +169,12 @@ void run_parts(std::size_t parts, int threads, PartFn fn) {
   std::vector<std::thread> helpers;
   helpers.reserve(static_cast<std::size_t>(threads - 1));
   for (int member = 1; member < threads; ++member) helpers.emplace_back(helper, member);
+  started = Clock::now();
   drain(0);
   done = Clock::now();
   for (auto& t : helpers) t.join();
 #endif
-  record_wait(Clock::now() - done);
+  record_wait(std::max(started - enter, Clock::now() - done));
 }
 
 }  // namespace adamcore::detail

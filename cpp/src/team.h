@@ -43,7 +43,7 @@ void run_parts(std::size_t parts, int threads, PartFn fn);
 bool in_forked_child();
 std::int64_t solo_steps_left();
 std::int64_t stall_count();
-// Forgets any back-off (tests; set_num_threads calls it too).
+// Forgets any back-off (tests).
 void reset_stall_guard();
 
 }  // namespace adamcore::detail
