@@ -46,3 +46,49 @@ def assert_every_isa_matches_scalar(run, what: str = "") -> None:
             got = run()
         for a, b in zip(got, want):
             assert_same_bits(a, b, f"{what} {name}".strip())
+
+
+def cpuinfo() -> dict | None:
+    """The first processor of /proc/cpuinfo as {field: value} (``flags``/``Features`` as a
+    set), or None where the file does not exist or is unreadable."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return None
+    info: dict = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            info[key.strip()] = value.strip()
+    for key in ("flags", "Features"):
+        if key in info:
+            info[key] = set(info[key].split())
+    return info
+
+
+def expected_isas_from_cpuinfo(info: dict, compiled: list) -> tuple[list, str]:
+    """(ISAs this CPU should support, the ISA dispatch should pick) from /proc/cpuinfo.
+
+    The rule of cpp/src/cpu_features.cpp and dispatch.cpp, restated: AVX2 needs avx, avx2
+    and fma; AVX-512 also avx512f, avx512vl, avx512bw and avx512dq (Linux lists them only
+    when the OS saves the registers); NEON on aarch64 ('asimd'). The widest wins, except
+    that AMD family 19h (25) prefers AVX2 to AVX-512.
+    """
+    flags = info.get("flags", set())
+    supported = ["scalar"]
+    avx2 = {"avx", "avx2", "fma"} <= flags
+    if "avx2" in compiled and avx2:
+        supported.append("avx2")
+    if "avx512" in compiled and avx2 and {"avx512f", "avx512vl", "avx512bw",
+                                          "avx512dq"} <= flags:
+        supported.append("avx512")
+    if "neon" in compiled and "asimd" in info.get("Features", set()):
+        supported.append("neon")
+    amd_19h = (info.get("vendor_id") == "AuthenticAMD"
+               and info.get("cpu family", "").strip() == "25")
+    if amd_19h and "avx2" in supported:
+        best = "avx2"
+    else:
+        best = next((isa for isa in ("avx512", "avx2", "neon") if isa in supported), "scalar")
+    return supported, best

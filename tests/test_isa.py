@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import adamcore
-from _util import assert_every_isa_matches_scalar, assert_same_bits, f32
+from _util import assert_every_isa_matches_scalar, assert_same_bits, cpuinfo, f32
 
 SIZES = [0, 1, 7, 15, 16, 17, 63, 64, 65, 1000, 65537]
 OFFSETS = [0, 1, 3, 5]  # in elements: views that start off any vector alignment
@@ -31,7 +31,15 @@ def test_runtime_info_is_consistent():
     assert "scalar" in info["supported"]
     assert info["version"] == adamcore.__version__
     assert info["threads"] >= 1
-    assert info["best"] == info["supported"][-1] or info["best"] in info["supported"]
+    assert info["best"] == adamcore.best_isa() and info["best"] in info["supported"]
+    # Dispatch's rule: the widest supported ISA, except AVX2 over AVX-512 on AMD family
+    # 19h (checked against /proc/cpuinfo in test_cpu_features.py).
+    widest = info["supported"][-1]
+    if info["best"] != widest:
+        cpu = cpuinfo()
+        assert (info["best"], widest) == ("avx2", "avx512"), info
+        assert cpu is not None and cpu.get("vendor_id") == "AuthenticAMD"
+        assert cpu.get("cpu family") == "25", cpu.get("cpu family")
 
 
 def test_set_isa_and_use_isa_restore():
@@ -74,7 +82,7 @@ def test_info_command():
     assert result.returncode == 0, result.stderr
     import json
     info = json.loads(result.stdout)
-    assert info["isa"] == adamcore.best_isa() or "ADAMCORE_ISA" in os.environ
+    assert info["isa"] == (os.environ.get("ADAMCORE_ISA") or adamcore.best_isa())
 
 
 def _adam_trajectory(n, offset, opts, steps=5, seed=0):
@@ -131,8 +139,17 @@ def test_multidimensional_arrays_are_updated_whole(isa):
     p = f32(rng.standard_normal((7, 9, 3)))
     g = f32(rng.standard_normal((7, 9, 3)))
     m, v = np.zeros_like(p), np.zeros_like(p)
+    before = p.copy()
     flat = [a.reshape(-1).copy() for a in (p, g, m, v)]
     adamcore.adam_step(p, g, m, v, step=1, lr=0.1)
     adamcore.adam_step(flat[0], flat[1], flat[2], flat[3], step=1, lr=0.1)
-    assert_same_bits(p.reshape(-1), flat[0], "3-d param")
-    assert np.all(p != f32(rng.standard_normal((7, 9, 3))))  # every element moved
+    for got, want, name in ((p, flat[0], "param"), (m, flat[2], "exp_avg"),
+                            (v, flat[3], "exp_avg_sq")):
+        assert got.shape == (7, 9, 3)
+        assert_same_bits(got.reshape(-1), want, f"3-d {name}")
+    # Adam's first step from zero moments moves every element by lr against its gradient
+    # (m_hat = g, sqrt(v_hat) = |g|), so the whole 3-d array must have moved by 0.1.
+    moved = before.astype(np.float64) - p
+    np.testing.assert_allclose(moved, 0.1 * np.sign(g), rtol=1e-5, atol=0)
+    # From zero, m = fma(W, g - 0, 0) = fl(W * g) with W = fl(1 - beta1) (docs/numerics.md).
+    assert_same_bits(m, np.float32(0.1) * g, "3-d exp_avg after one step")
