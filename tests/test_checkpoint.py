@@ -107,11 +107,11 @@ def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     for g in _grads(5, 2):
         opt.step(g)
 
-    def dies_halfway(handle, **members):
-        handle.write(b"PK\x03\x04 partial")
+    def dies_halfway(member, array, **options):
+        member.write(b"\x93NUMPY partial")
         raise KeyboardInterrupt("simulated crash while writing")
 
-    monkeypatch.setattr(np, "savez", dies_halfway)
+    monkeypatch.setattr(np.lib.format, "write_array", dies_halfway)
     with pytest.raises(KeyboardInterrupt):
         opt.save(path)
     monkeypatch.undo()

@@ -1,4 +1,6 @@
-"""Type stubs for adamcore.optim: optimizer classes over float32 NumPy arrays."""
+"""Type stubs for adamcore.optim: optimizer classes over float32 NumPy arrays.
+
+Defaults are torch.optim's, kept in one place: adamcore._engine (ADAM, ADAGRAD)."""
 
 import os
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -7,15 +9,13 @@ import numpy as np
 import numpy.typing as npt
 
 from ._core import GammaStats
+from .checkpoint import FORMAT_VERSION as FORMAT_VERSION
+from .checkpoint import CheckpointError as CheckpointError
 
 Float32Array = npt.NDArray[np.float32]
 LearningRate = Union[float, Callable[[int], float]]
 PathLike = Union[str, os.PathLike[str]]
 ParamsArg = Union[Iterable[Float32Array], Iterable[Mapping[str, Any]]]
-
-FORMAT_VERSION: int
-
-class CheckpointError(ValueError): ...
 
 class Optimizer:
     defaults: Dict[str, Any]
@@ -31,24 +31,24 @@ class Optimizer:
     def load(self, path: PathLike) -> None: ...
 
 class Adam(Optimizer):
-    def __init__(self, params: ParamsArg, lr: LearningRate = 1e-3,
-                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False,
-                 decoupled_weight_decay: bool = False) -> None: ...
+    def __init__(self, params: ParamsArg, lr: LearningRate = ...,
+                 betas: Tuple[float, float] = ..., eps: float = ...,
+                 weight_decay: float = ..., amsgrad: bool = ..., *, maximize: bool = ...,
+                 decoupled_weight_decay: bool = ...) -> None: ...
 
 class AdamW(Adam):
-    def __init__(self, params: ParamsArg, lr: LearningRate = 1e-3,
-                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, amsgrad: bool = False, *,
-                 maximize: bool = False) -> None: ...
+    def __init__(self, params: ParamsArg, lr: LearningRate = ...,
+                 betas: Tuple[float, float] = ..., eps: float = ...,
+                 weight_decay: float = ..., amsgrad: bool = ..., *,
+                 maximize: bool = ...) -> None: ...
 
 class AMSGrad(Adam):
-    def __init__(self, params: ParamsArg, lr: LearningRate = 1e-3,
-                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, *, maximize: bool = False,
-                 decoupled_weight_decay: bool = False) -> None: ...
+    def __init__(self, params: ParamsArg, lr: LearningRate = ...,
+                 betas: Tuple[float, float] = ..., eps: float = ...,
+                 weight_decay: float = ..., *, maximize: bool = ...,
+                 decoupled_weight_decay: bool = ...) -> None: ...
 
 class Adagrad(Optimizer):
-    def __init__(self, params: ParamsArg, lr: LearningRate = 1e-2, lr_decay: float = 0.0,
-                 weight_decay: float = 0.0, initial_accumulator_value: float = 0.0,
-                 eps: float = 1e-10, *, maximize: bool = False) -> None: ...
+    def __init__(self, params: ParamsArg, lr: LearningRate = ..., lr_decay: float = ...,
+                 weight_decay: float = ..., initial_accumulator_value: float = ...,
+                 eps: float = ..., *, maximize: bool = ...) -> None: ...

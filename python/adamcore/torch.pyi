@@ -1,30 +1,32 @@
-"""Type stubs for adamcore.torch: torch.optim optimizers running adamcore's kernels."""
+"""Type stubs for adamcore.torch: torch.optim optimizers running adamcore's kernels.
+
+Defaults are torch.optim's, kept in one place: adamcore._engine (ADAM, ADAGRAD)."""
 
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
 
 import torch
 
 class Adam(torch.optim.Optimizer):
-    def __init__(self, params: Iterable[Any], lr: Union[float, torch.Tensor] = 1e-3,
-                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, amsgrad: bool = False, *,
-                 foreach: Optional[bool] = None, maximize: bool = False, capturable: bool = False,
+    def __init__(self, params: Iterable[Any], lr: Union[float, torch.Tensor] = ...,
+                 betas: Tuple[float, float] = ..., eps: float = ...,
+                 weight_decay: float = ..., amsgrad: bool = ..., *,
+                 foreach: Optional[bool] = None, maximize: bool = ..., capturable: bool = False,
                  differentiable: bool = False, fused: Optional[bool] = True,
-                 decoupled_weight_decay: bool = False) -> None: ...
+                 decoupled_weight_decay: bool = ...) -> None: ...
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any: ...  # type: ignore[override]
 
 class AdamW(Adam):
-    def __init__(self, params: Iterable[Any], lr: Union[float, torch.Tensor] = 1e-3,
-                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
+    def __init__(self, params: Iterable[Any], lr: Union[float, torch.Tensor] = ...,
+                 betas: Tuple[float, float] = ..., eps: float = ...,
+                 weight_decay: float = ..., amsgrad: bool = ..., *, maximize: bool = ...,
                  foreach: Optional[bool] = None, capturable: bool = False,
                  differentiable: bool = False, fused: Optional[bool] = True) -> None: ...
 
 class Adagrad(torch.optim.Optimizer):
-    def __init__(self, params: Iterable[Any], lr: Union[float, torch.Tensor] = 1e-2,
-                 lr_decay: float = 0.0, weight_decay: float = 0.0,
-                 initial_accumulator_value: float = 0.0, eps: float = 1e-10,
-                 foreach: Optional[bool] = None, *, maximize: bool = False,
+    def __init__(self, params: Iterable[Any], lr: Union[float, torch.Tensor] = ...,
+                 lr_decay: float = ..., weight_decay: float = ...,
+                 initial_accumulator_value: float = ..., eps: float = ...,
+                 foreach: Optional[bool] = None, *, maximize: bool = ...,
                  differentiable: bool = False, fused: Optional[bool] = True) -> None: ...
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any: ...  # type: ignore[override]
 

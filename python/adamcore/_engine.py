@@ -1,0 +1,679 @@
+"""The group step behind both optimizer front-ends: ``adamcore.Optimizer`` over NumPy
+arrays (optim.py) and ``adamcore.torch`` over tensors (torch.py).
+
+A front-end says where its parameters, gradients and state live (a ``Frontend``); the
+engine does the rest, the same way for both:
+
+* The state is read afresh at every step, as torch.optim does: a replaced buffer, a
+  cleared state, an edited step count, a new gradient, a parameter whose memory moved
+  or a changed group setting is used as it is now. What a step gathers is cached under
+  a key that covers every object it cached (identity, the data pointer where memory can
+  move under the same object, the step counts and the settings that select buffers),
+  so an unchanged step costs a few list comparisons.
+* Validation is done once and in one place. The native extension checks every buffer
+  and hyperparameter (``check_only=True`` runs exactly the checks of a real call);
+  Python checks only what the extension cannot know: group structure, shapes against
+  the parameters, how a front-end stores its state. When a step takes more than one
+  native call (several groups, or parameters at different step counts), every call is
+  checked before the first one writes.
+* One native call per distinct step count in a group.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from itertools import compress, repeat
+from operator import getitem, is_, is_not
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _core
+
+# ------------------------------------------------------------ defaults (the one source)
+
+
+class AdamDefaults(NamedTuple):
+    """torch.optim.Adam's defaults, used by adamcore.Adam and adamcore.torch.Adam."""
+
+    lr: float = 1e-3
+    betas: Tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    amsgrad: bool = False
+    maximize: bool = False
+    decoupled_weight_decay: bool = False
+
+
+class AdagradDefaults(NamedTuple):
+    """torch.optim.Adagrad's defaults, used by adamcore.Adagrad and adamcore.torch.Adagrad."""
+
+    lr: float = 1e-2
+    lr_decay: float = 0.0
+    weight_decay: float = 0.0
+    initial_accumulator_value: float = 0.0
+    eps: float = 1e-10
+    maximize: bool = False
+
+
+ADAM = AdamDefaults()
+ADAGRAD = AdagradDefaults()
+#: AdamW's weight decay (torch.optim.AdamW's default); everything else as ADAM.
+ADAMW_WEIGHT_DECAY = 1e-2
+
+# ------------------------------------------------------------------------- error names
+
+# The extension names an argument by its position in its own call ("grads[3]" is the
+# fourth gradient of that call); users know it by the front-end's name for it.
+_CALL_COLUMNS = {"params": "param", "grads": "grad", "exp_avgs": "exp_avg",
+                 "exp_avg_sqs": "exp_avg_sq", "max_exp_avg_sqs": "max_exp_avg_sq",
+                 "state_sums": "sum"}
+_POSITION = re.compile(r"\b(" + "|".join(_CALL_COLUMNS) + r")\[(\d+)\]")
+_HYPERPARAMETER = re.compile(r"(lr|prev_lr|beta1|beta2|eps|weight_decay|lr_decay|amsgrad|"
+                             r"maximize|decoupled)\b")
+# Hyperparameters the extension names differently from a param group's keys.
+_GROUP_KEYS = {"beta1": "beta1 (betas[0])", "beta2": "beta2 (betas[1])",
+               "decoupled": "decoupled_weight_decay"}
+
+Label = Callable[[str, int], str]  # (entry, position in the call) -> the user's name
+
+
+def _renamed(err: Exception, where: str, label: Optional[Label],
+             hyper_names: Optional[Dict[str, str]] = None) -> Exception:
+    """``err`` from the extension, with its argument names replaced by the caller's:
+    buffers by ``label`` and hyperparameters prefixed with the group ``where``. Other
+    errors (raised by a user's ``__float__``, say) are returned as they are."""
+    if type(err) not in (TypeError, ValueError):
+        return err
+    message = str(err)
+    if label is not None:
+        message = _POSITION.sub(lambda m: label(_CALL_COLUMNS[m.group(1)], int(m.group(2))), message)
+    match = _HYPERPARAMETER.match(message)
+    if match:
+        name = match.group(1)
+        shown = (hyper_names or {}).get(name) or _GROUP_KEYS.get(name, name)
+        message = f"{where}: {shown}{message[match.end():]}"
+    return type(err)(message)
+
+
+def _native(where: str, label: Optional[Label], hyper_names: Optional[Dict[str, str]],
+            function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call into the extension; its TypeError/ValueError come back in the caller's names."""
+    try:
+        return function(*args, **kwargs)
+    except (TypeError, ValueError) as err:
+        _reraise(err, where, label, hyper_names)
+
+
+def _reraise(err: Exception, where: str, label: Optional[Label],
+             hyper_names: Optional[Dict[str, str]]) -> None:
+    renamed = _renamed(err, where, label, hyper_names)
+    if renamed is err:
+        raise err
+    raise renamed from None
+
+
+def real_number(where: str, name: str, value: Any) -> float:
+    """A finite, non-negative float or a clear error: for settings the extension never
+    sees (AdaGrad's initial_accumulator_value fills new state in Python)."""
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        raise TypeError(f"{where}: {name} must be a real number, got {type(value).__name__}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{where}: {name} must be a real number, got {type(value).__name__}") from None
+    if not (math.isfinite(number) and number >= 0.0):
+        raise ValueError(f"{where}: {name} must be finite and >= 0, got {value!r}")
+    return number
+
+
+def step_count(where: str, value: Any) -> int:
+    """A state's step count (an int, a NumPy scalar, a 0-d tensor) as an int."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{where} must be a number, got {type(value).__name__}") from None
+    if not (number >= 0 and number.is_integer()):
+        raise ValueError(f"{where} must be a whole number >= 0, got {value!r}")
+    return int(number)
+
+
+def check_params(names: Sequence[str], arrays: Sequence[Any]) -> None:
+    """Raise unless the extension accepts ``arrays`` as parameters updated in place:
+    its own checks (type, dtype, contiguity, alignment, writeable, no shared memory),
+    run with scratch state buffers that are never touched (so never paged in)."""
+    scratch = [np.empty(a.size if isinstance(a, np.ndarray) else 0, np.float32) for a in arrays]
+    _native("", lambda entry, j: names[j], None, _core.AdagradGroup, list(arrays), scratch)
+
+
+def _is_true(flag: Any) -> bool:
+    # Only to shape a checking call: the extension rejects anything but a bool first.
+    return flag is True or flag is np.True_
+
+
+# ------------------------------------------------------------------------- algorithms
+
+
+class Family:
+    """What differs between the Adam and AdaGrad families."""
+
+    #: Name recorded in checkpoints: state moves between optimizers of one family.
+    name = ""
+    #: State entries besides ``step`` that every state holds.
+    required: Tuple[str, ...] = ()
+    #: State entries some settings add.
+    optional: Tuple[str, ...] = ()
+    #: True when state exists from construction (AdaGrad), not from the first step.
+    eager = False
+
+    def buffers(self, group: Dict[str, Any]) -> Tuple[str, ...]:
+        """The state buffers a step takes under ``group``'s settings (already checked)."""
+        return self.required
+
+    def fill(self, where: str, group: Dict[str, Any], name: str) -> float:
+        """The value a new state buffer starts at."""
+        return 0.0
+
+    def options(self, where: str, group: Dict[str, Any]) -> Dict[str, Any]:
+        """Keyword arguments of the native step, except step, lr and prev_lr."""
+        raise NotImplementedError
+
+    def check_settings(self, where: str, group: Dict[str, Any], lr: Any) -> None:
+        """Raise for any setting of ``group`` the extension or Python rejects."""
+        raise NotImplementedError
+
+    def native(self, columns: List[List[np.ndarray]]) -> Any:
+        """The extension's group object over the parameters and buffers (in order of
+        ``buffers``); its constructor checks every array."""
+        raise NotImplementedError
+
+
+class _AdamFamily(Family):
+    name = "adam"
+    required = ("exp_avg", "exp_avg_sq")
+    optional = ("max_exp_avg_sq",)
+
+    def buffers(self, group: Dict[str, Any]) -> Tuple[str, ...]:
+        return self.required + self.optional if group["amsgrad"] else self.required
+
+    def options(self, where: str, group: Dict[str, Any]) -> Dict[str, Any]:
+        betas = group["betas"]
+        try:
+            beta1, beta2 = betas
+        except (TypeError, ValueError):
+            raise TypeError(f"{where}: betas must be a pair (beta1, beta2), got {betas!r}") from None
+        return {"beta1": beta1, "beta2": beta2, "eps": group["eps"],
+                "weight_decay": group["weight_decay"], "decoupled": group["decoupled_weight_decay"],
+                "maximize": group["maximize"]}
+
+    def check_settings(self, where: str, group: Dict[str, Any], lr: Any) -> None:
+        options = self.options(where, group)
+        _native(where, None, None, _EMPTY_ADAM.step, [], step=1, lr=lr, check_only=True, **options)
+        # amsgrad picks buffers rather than arithmetic; adam_step checks the flag itself.
+        amsgrad = group["amsgrad"]
+        _native(where, None, None, _core.adam_step, [], [], [], [], step=1, amsgrad=amsgrad,
+                max_exp_avg_sq=[] if _is_true(amsgrad) else None, check_only=True)
+
+    def native(self, columns: List[List[np.ndarray]]) -> Any:
+        return _core.AdamGroup(columns[0], columns[1], columns[2],
+                               columns[3] if len(columns) > 3 else None)
+
+
+class _AdagradFamily(Family):
+    name = "adagrad"
+    required = ("sum",)
+    eager = True
+
+    def fill(self, where: str, group: Dict[str, Any], name: str) -> float:
+        return real_number(where, "initial_accumulator_value", group["initial_accumulator_value"])
+
+    def options(self, where: str, group: Dict[str, Any]) -> Dict[str, Any]:
+        return {"lr_decay": group["lr_decay"], "weight_decay": group["weight_decay"],
+                "eps": group["eps"], "maximize": group["maximize"]}
+
+    def check_settings(self, where: str, group: Dict[str, Any], lr: Any) -> None:
+        _native(where, None, None, _EMPTY_ADAGRAD.step, [], step=1, lr=lr, check_only=True,
+                **self.options(where, group))
+        self.fill(where, group, "sum")
+
+    def native(self, columns: List[List[np.ndarray]]) -> Any:
+        return _core.AdagradGroup(columns[0], columns[1])
+
+
+ADAM_FAMILY: Family = _AdamFamily()
+ADAGRAD_FAMILY: Family = _AdagradFamily()
+# Empty groups: the extension's hyperparameter checks without any buffer.
+_EMPTY_ADAM = _core.AdamGroup([], [], [])
+_EMPTY_ADAGRAD = _core.AdagradGroup([], [])
+
+
+# ------------------------------------------------------------------------ state dicts
+
+
+class TrackedState(dict):
+    """A parameter's state dict that counts every edit made through the dict interface
+    (in ``edits``, shared by all of them), so that a step can tell at once that no state
+    entry was replaced, added or removed since it last looked. The NumPy front-end writes
+    step counts through ``dict.update`` called on the dict itself, which is not counted."""
+
+    __slots__ = ()
+    edits = 0
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        TrackedState.edits += 1
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        TrackedState.edits += 1
+        dict.__delitem__(self, key)
+
+    def __ior__(self, other: Any) -> "TrackedState":
+        TrackedState.edits += 1
+        return dict.__ior__(self, other)
+
+    def clear(self) -> None:
+        TrackedState.edits += 1
+        dict.clear(self)
+
+    def pop(self, *args: Any) -> Any:
+        TrackedState.edits += 1
+        return dict.pop(self, *args)
+
+    def popitem(self) -> Tuple[Any, Any]:
+        TrackedState.edits += 1
+        return dict.popitem(self)
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        TrackedState.edits += 1
+        return dict.setdefault(self, key, default)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        TrackedState.edits += 1
+        dict.update(self, *args, **kwargs)
+
+
+# -------------------------------------------------------------------------- front-ends
+
+
+class Frontend:
+    """Where one front-end keeps its parameters, gradients and state.
+
+    The engine calls these with a group's index ``g`` and a parameter's position ``k``
+    in that group."""
+
+    #: Whether an object's memory can change while it stays the same object (torch's
+    #: ``p.data = x``): the cache then also compares data pointers.
+    movable = False
+    #: Whether a state's ``step`` is an object updated in place (a tensor) rather than a
+    #: value written into the state dict.
+    step_is_object = False
+    #: Whether a group's ``lr`` may be a callable ``lr(step)``.
+    callable_lr = False
+
+    def pointers(self, objects: Sequence[Any]) -> List[int]:
+        """Data pointers (only called when ``movable``)."""
+        raise NotImplementedError
+
+    def states(self, g: int, params: Sequence[Any]) -> List[Optional[Dict[str, Any]]]:
+        """The current state dict of each parameter of group ``g`` (None: none yet)."""
+        raise NotImplementedError
+
+    def put_state(self, g: int, k: int, param: Any, state: Dict[str, Any]) -> None:
+        """Store a new state dict for a parameter that had none."""
+        raise NotImplementedError
+
+    def array(self, name: str, obj: Any) -> Any:
+        """A NumPy view sharing ``obj``'s memory (the extension checks it), or a clear
+        error for an object that has no such view."""
+        raise NotImplementedError
+
+    def grad_arrays(self, g: int, plan: "Plan", grads: List[Any]) -> List[Any]:
+        """Arrays for the gradients of the plan's active parameters, after checking what
+        the extension cannot (their shapes, where the front-end does not ensure them)."""
+        raise NotImplementedError
+
+    def new_state_dict(self) -> Dict[str, Any]:
+        """An empty state dict for a parameter that has none."""
+        return {}
+
+    def write_steps(self, counters: List[Any], key: Any, count: int) -> None:
+        """Store the new step count of one call's parameters: ``counter[key] = count``."""
+        for counter in counters:
+            counter[key] = count
+
+    def new_buffer(self, param: Any, fill: float) -> Any:
+        raise NotImplementedError
+
+    def new_step(self) -> Any:
+        """The step entry of a new state (0)."""
+        raise NotImplementedError
+
+    def step_counter(self, name: str, value: Any, state: Dict[str, Any]) -> Tuple[int, Any, Any, Any]:
+        """``(count, replacement, container, key)`` for the step entry ``value`` of
+        ``state``: its count; a new entry to store instead, or None; and where the new
+        count is written after a step (``container[key] = count``)."""
+        raise NotImplementedError
+
+    def group_name(self, g: int) -> str:
+        return f"param_groups[{g}]"
+
+    def param_name(self, g: int, k: int) -> str:
+        return f"param_groups[{g}]['params'][{k}]"
+
+    def grad_name(self, g: int, k: int) -> str:
+        raise NotImplementedError
+
+    def state_name(self, g: int, k: int, entry: str) -> str:
+        raise NotImplementedError
+
+    def name(self, g: int, k: int, entry: str) -> str:
+        """The user's name for ``entry`` ('param', 'grad' or a state entry) of a parameter."""
+        if entry == "param":
+            return self.param_name(g, k)
+        if entry == "grad":
+            return self.grad_name(g, k)
+        return self.state_name(g, k, entry)
+
+
+# ------------------------------------------------------------------------ cached plan
+
+class _Call:
+    """One native call: the active parameters of a group that are at one step count."""
+
+    __slots__ = ("positions", "done", "label", "counters", "native")
+
+    def __init__(self, positions: List[int], done: int, label: Label, counters: List[Any]) -> None:
+        self.positions = positions  # indices into the plan's active parameters
+        self.done = done            # steps these parameters have taken
+        self.label = label          # the user's names for the call's arguments
+        self.counters = counters    # where their step counts are written
+        self.native: Any = None
+
+
+class Plan:
+    """Everything a group's step gathered, valid while its key still matches: the same
+    parameter objects (and memory), the same parameters with gradients, the same state
+    dicts holding the same buffers (and memory), the same step counts and buffer names."""
+
+    __slots__ = ("names", "params", "param_pointers", "active", "members", "states", "entries",
+                 "entry_pointers", "counters", "counter_key", "done", "shapes", "calls",
+                 "pending", "tracked", "edits")
+
+    def __init__(self) -> None:
+        self.names: Tuple[str, ...] = ()
+        self.params: List[Any] = []
+        self.param_pointers: Optional[List[int]] = None
+        self.active: List[bool] = []
+        self.members: List[int] = []             # positions of the active parameters
+        self.states: List[Dict[str, Any]] = []   # their state dicts
+        self.entries: Dict[str, List[Any]] = {}  # state entry -> objects, tracked by identity
+        self.entry_pointers: Dict[str, List[int]] = {}
+        self.counters: List[Any] = []            # where each step count is written
+        self.counter_key: Any = None
+        self.done: List[int] = []                # each active parameter's step count
+        self.shapes: List[Any] = []              # the active parameters' shapes
+        self.calls: List[_Call] = []
+        # (state, new entries, insert as (g, k, param) or None): applied after the step.
+        self.pending: List[Tuple[Dict[str, Any], Dict[str, Any], Any]] = []
+        # All states are TrackedState and their step counts plain values: while no
+        # TrackedState was edited (TrackedState.edits == edits), their entries still hold.
+        self.tracked = False
+        self.edits = -1
+
+    def matches(self, frontend: Frontend, params: List[Any], active: List[bool],
+                states: List[Any], names: Tuple[str, ...]) -> bool:
+        if not (names == self.names and active == self.active and len(params) == len(self.params)
+                and all(map(is_, params, self.params))):
+            return False
+        if frontend.movable and frontend.pointers(params) != self.param_pointers:
+            return False
+        if not all(map(is_, states, self.states)):
+            return False
+        if self.tracked and TrackedState.edits == self.edits:
+            return True
+        try:
+            for entry, objects in self.entries.items():
+                current = list(map(getitem, states, repeat(entry)))
+                if not all(map(is_, current, objects)):
+                    return False
+                if frontend.movable and frontend.pointers(current) != self.entry_pointers[entry]:
+                    return False
+            return list(map(getitem, self.counters, repeat(self.counter_key))) == self.done
+        except (KeyError, TypeError):  # an entry deleted, a state no longer a dict
+            return False
+
+
+# ------------------------------------------------------------------------------ engine
+
+
+class Engine:
+    """Steps the parameter groups of one optimizer (see the module docstring)."""
+
+    def __init__(self, family: Family, frontend: Frontend) -> None:
+        self.family = family
+        self.frontend = frontend
+        self._plans: Dict[int, Plan] = {}
+        # g -> (setting names, setting objects, native call options, group name) as last
+        # checked; a group whose settings are still those objects is not checked again.
+        self._checked: Dict[int, Tuple[Tuple[Any, ...], Tuple[Any, ...], Optional[Dict[str, Any]], str]] = {}
+        self._last_lr: Dict[int, Any] = {}
+
+    def forget(self) -> None:
+        """Drop every cached plan and checked setting (after loading a state, say): the
+        next step gathers everything afresh."""
+        self._plans.clear()
+        self._checked.clear()
+        self._last_lr.clear()
+
+    # -- settings -------------------------------------------------------------------
+
+    def check_settings(self, g: Any, group: Dict[str, Any]) -> None:
+        """Raise for a setting of ``group`` that cannot be used (``g``: its index, or a
+        name such as 'defaults')."""
+        where = self.frontend.group_name(g) if isinstance(g, int) else str(g)
+        lr = group["lr"]
+        if self.frontend.callable_lr and callable(lr):
+            lr = 0.0  # checked at each step, on the value it returns
+        self.family.check_settings(where, group, lr)
+
+    def _checked_options(self, g: int, group: Dict[str, Any]) -> Tuple[Dict[str, Any], str]:
+        """Group ``g``'s native call options and name, its settings checked again when
+        any was replaced since the last step."""
+        keys, values = tuple(group), tuple(group.values())
+        seen = self._checked.get(g)
+        if seen is not None and keys == seen[0] and all(map(is_, values, seen[1])):
+            options, where = seen[2], seen[3]
+            if options is not None:
+                return options, where
+            return self.family.options(where, group), where
+        where = self.frontend.group_name(g)
+        self.check_settings(g, group)
+        options = self.family.options(where, group)
+        # Options hold the settings' own objects, except betas, unpacked: a list may change
+        # in place, so its options are made afresh at every step.
+        reusable = not isinstance(group.get("betas"), list)
+        self._checked[g] = (keys, values, options if reusable else None, where)
+        return options, where
+
+    def new_state(self, g: int, k: int, param: Any, group: Dict[str, Any]) -> Dict[str, Any]:
+        """A parameter's state before its first step: step 0 and fresh buffers."""
+        state = self.frontend.new_state_dict()
+        state["step"] = self.frontend.new_step()
+        where = self.frontend.group_name(g)
+        for name in self.family.buffers(group):
+            state[name] = self.frontend.new_buffer(param, self.family.fill(where, group, name))
+        return state
+
+    # -- the step -------------------------------------------------------------------
+
+    def step(self, groups: Sequence[Dict[str, Any]], grads: Sequence[List[Any]],
+             diagnostics: bool = False) -> List[Any]:
+        """One step of every group: ``grads[g]`` holds one gradient per parameter of
+        group ``g`` (None: not updated this step). Everything is checked before any
+        array is written. Returns each group's GammaStats (with ``diagnostics``) or None."""
+        work = [self._prepare(g, group, grads[g], diagnostics) for g, group in enumerate(groups)]
+        calls = [call for _, _, group_calls in work for call in group_calls]
+        if len(calls) > 1:  # a single call checks everything itself before writing
+            for where, call, call_grads, kwargs, hyper_names in calls:
+                try:
+                    call.native.step(call_grads, check_only=True, **kwargs)
+                except (TypeError, ValueError) as err:
+                    _reraise(err, where, call.label, hyper_names)
+        results: List[Any] = [None] * len(work)
+        for g, plan, group_calls in work:
+            for where, call, call_grads, kwargs, hyper_names in group_calls:
+                try:
+                    stats = call.native.step(call_grads, **kwargs)
+                except (TypeError, ValueError) as err:
+                    _reraise(err, where, call.label, hyper_names)
+            if len(group_calls) == 1:  # with several calls, Γ of one would describe a part
+                results[g] = stats
+            self._commit(g, plan, group_calls)
+        return results
+
+    def _prepare(self, g: int, group: Dict[str, Any], grads: List[Any],
+                 diagnostics: bool) -> Tuple[int, Plan, List[Tuple[Any, ...]]]:
+        """Everything about group ``g``'s step short of writing: its plan (cached, or
+        gathered afresh) and the arguments of each native call."""
+        frontend = self.frontend
+        options, where = self._checked_options(g, group)
+        names = self.family.buffers(group)
+        params = group["params"]
+        if len(grads) != len(params):
+            raise ValueError(f"{where} has {len(params)} parameters but {len(grads)} gradients were given")
+        active = list(map(is_not, grads, repeat(None)))
+        states = frontend.states(g, params)
+        if not all(active):
+            states = list(compress(states, active))
+            grads = list(compress(grads, active))
+        plan = self._plans.get(g)
+        if plan is None or not plan.matches(frontend, params, active, states, names):
+            self._plans.pop(g, None)
+            plan = self._build(g, group, params, active, names)
+        calls: List[Tuple[Any, ...]] = []
+        if not plan.calls:
+            return g, plan, calls
+        arrays = frontend.grad_arrays(g, plan, grads)
+        lr = group["lr"]
+        scheduled = frontend.callable_lr and callable(lr)
+        for call in plan.calls:
+            step = call.done + 1
+            hyper_names = None
+            if scheduled:  # evaluated here: a bad value raises before anything is written
+                value = lr(step)
+                prev = lr(step - 1) if diagnostics and step > 1 else None
+                hyper_names = {"lr": f"lr({step})", "prev_lr": f"lr({step - 1})"}
+            else:
+                value = lr
+                prev = self._last_lr.get(g) if diagnostics else None
+            kwargs = dict(options, step=step, lr=value)
+            if diagnostics is not False:  # the extension checks the flag
+                kwargs.update(prev_lr=prev, diagnostics=diagnostics)
+            call_grads = arrays if len(plan.calls) == 1 else [arrays[i] for i in call.positions]
+            calls.append((where, call, call_grads, kwargs, hyper_names))
+        return g, plan, calls
+
+    def _label(self, g: int, members: List[int], positions: List[int]) -> Label:
+        """The user's names for the arguments of one native call, by position in it."""
+        name = self.frontend.name
+        return lambda entry, j: name(g, members[positions[j]], entry)
+
+    def _build(self, g: int, group: Dict[str, Any], params: List[Any], active: List[bool],
+               names: Tuple[str, ...]) -> Plan:
+        """Gather a group's step from scratch, checking what Python must check. New
+        state is prepared here and stored only once the step has run."""
+        frontend, family = self.frontend, self.family
+        plan = Plan()
+        plan.names, plan.params, plan.active = names, list(params), active
+        plan.members = [k for k, has_grad in enumerate(active) if has_grad]
+        tracked = names + ("step",) if frontend.step_is_object else names
+        plan.entries = {entry: [] for entry in tracked}
+        current = frontend.states(g, params)
+        by_count: Dict[int, List[int]] = {}
+        for position, k in enumerate(plan.members):
+            param = params[k]
+            state = current[k]
+            additions: Dict[str, Any] = {}
+            insert = None
+            if state is None:  # none yet: start as at the first step
+                state, insert = frontend.new_state_dict(), (g, k, param)
+                additions = self.new_state(g, k, param, group)
+            elif not isinstance(state, dict):
+                raise TypeError(f"the state of {frontend.param_name(g, k)} must be a dict, got "
+                                f"{type(state).__name__}")
+            elif not state:  # emptied (state.clear(), or torch's defaultdict): start afresh
+                additions = self.new_state(g, k, param, group)
+            else:
+                self._complete(g, k, param, state, names, group, additions)
+            view = dict(state, **additions)
+            count, replacement, container, key = frontend.step_counter(
+                frontend.state_name(g, k, "step"), view["step"], state)
+            if replacement is not None:
+                additions["step"] = view["step"] = replacement
+            plan.counters.append(container)
+            plan.counter_key = key
+            plan.done.append(count)
+            plan.states.append(state)
+            if additions or insert:
+                plan.pending.append((state, additions, insert))
+            for entry in tracked:
+                plan.entries[entry].append(view[entry])
+            plan.shapes.append(param.shape)
+            by_count.setdefault(count, []).append(position)
+        where = frontend.group_name(g)
+        for count, positions in by_count.items():
+            members = [plan.members[i] for i in positions]
+            columns = [[frontend.array(frontend.param_name(g, k), params[k]) for k in members]]
+            for name in names:
+                columns.append([frontend.array(frontend.state_name(g, k, name), plan.entries[name][i])
+                                for k, i in zip(members, positions)])
+            call = _Call(positions, count, self._label(g, plan.members, positions),
+                         [plan.counters[i] for i in positions])
+            call.native = _native(where, call.label, None, family.native, columns)  # checks them all
+            plan.calls.append(call)
+        if frontend.movable:  # every object is known to be a usable array by now
+            plan.param_pointers = frontend.pointers(params)
+            plan.entry_pointers = {entry: frontend.pointers(objects)
+                                   for entry, objects in plan.entries.items()}
+        plan.tracked = not (frontend.movable or frontend.step_is_object) and all(
+            type(state) is TrackedState for state in plan.states)
+        return plan
+
+    def _complete(self, g: int, k: int, param: Any, state: Dict[str, Any], names: Tuple[str, ...],
+                  group: Dict[str, Any], additions: Dict[str, Any]) -> None:
+        """Check an existing state against what Python must know; a buffer that the
+        settings now ask for (amsgrad switched on) starts at its initial value, as in torch."""
+        frontend, family = self.frontend, self.family
+        missing = [entry for entry in ("step",) + family.required if entry not in state]
+        if missing:
+            raise ValueError(f"the state of {frontend.param_name(g, k)} lacks {missing}; "
+                             "clear it (the parameter starts afresh) or restore the entries")
+        where = frontend.group_name(g)
+        for name in names:
+            if name not in state:
+                additions[name] = frontend.new_buffer(param, family.fill(where, group, name))
+            else:
+                shape = getattr(state[name], "shape", None)
+                if shape is not None and tuple(shape) != tuple(param.shape):
+                    raise ValueError(f"{frontend.state_name(g, k, name)} has shape {tuple(shape)} but "
+                                     f"its parameter has shape {tuple(param.shape)}")
+
+    def _commit(self, g: int, plan: Plan, calls: List[Tuple[Any, ...]]) -> None:
+        """After the step ran: store new state, write the step counts, keep the plan."""
+        for state, additions, insert in plan.pending:
+            state.update(additions)
+            if insert is not None:
+                self.frontend.put_state(*insert, state)
+        plan.pending = []
+        if plan.calls:
+            if len(plan.calls) == 1:
+                plan.done = [plan.calls[0].done + 1] * len(plan.done)
+            else:
+                plan.done = [count + 1 for count in plan.done]
+            for call in plan.calls:
+                call.done += 1
+                self.frontend.write_steps(call.counters, plan.counter_key, call.done)
+            self._last_lr[g] = calls[-1][3]["lr"]
+        plan.edits = TrackedState.edits  # after the new state went in: those edits are ours
+        self._plans[g] = plan
