@@ -305,3 +305,43 @@ def test_repr_lists_groups():
     opt = adamcore.Adagrad(_params(19), lr=0.5)
     text = repr(opt)
     assert text.startswith("Adagrad (") and "lr: 0.5" in text and "3 arrays" in text
+
+
+@pytest.mark.parametrize("copier", ["deepcopy", "pickle"])
+def test_a_stepped_optimizer_copies_and_pickles(copier):
+    """The cached native groups are not part of the optimizer's state: a copy gathers
+    its own from its own arrays and steps exactly like the original."""
+    import copy
+    import pickle
+
+    params = _params(22)
+    opt = adamcore.AMSGrad(params, lr=1e-2)
+    grads = list(_grad_stream(23, steps=4))
+    opt.step(grads[0])
+    twin = copy.deepcopy(opt) if copier == "deepcopy" else pickle.loads(pickle.dumps(opt))
+    twin_params = twin.param_groups[0]["params"]
+    assert not any(np.shares_memory(a, b) for a, b in zip(params, twin_params))
+    for g in grads[1:]:
+        opt.step(g)
+        twin.step(g)
+    for a, b in zip(params, twin_params):
+        assert_same_bits(a, b, f"{copier}: parameter")
+    assert twin.state[0]["step"] == opt.state[0]["step"] == 4
+
+
+def test_defaults_are_torchs():
+    """One source of defaults (adamcore._engine), and it says what torch.optim says."""
+    import inspect
+
+    torch = pytest.importorskip("torch")
+    import adamcore.torch as act
+
+    for ours, peer in ((adamcore.Adam, torch.optim.Adam), (adamcore.AdamW, torch.optim.AdamW),
+                       (adamcore.Adagrad, torch.optim.Adagrad), (act.Adam, torch.optim.Adam),
+                       (act.AdamW, torch.optim.AdamW), (act.Adagrad, torch.optim.Adagrad)):
+        mine = inspect.signature(ours).parameters
+        theirs = inspect.signature(peer).parameters
+        for name in ("lr", "betas", "eps", "weight_decay", "amsgrad", "lr_decay",
+                     "initial_accumulator_value", "maximize", "decoupled_weight_decay"):
+            if name in mine and name in theirs:
+                assert mine[name].default == theirs[name].default, (ours, name)

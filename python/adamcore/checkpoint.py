@@ -7,7 +7,7 @@ metadata and every array's name, dtype, shape and bytes).
 
 Both directions stream: ``save`` writes the live state buffers member by member and
 hashes them in place, ``load`` reads each member straight into the array the optimizer
-will keep. Neither holds more than one copy of the state (plus a 16 MiB buffer).
+will keep. Neither holds more than one copy of the state (plus a few MiB of buffers).
 
 ``save`` writes under a temporary name in the target's directory, flushes it to disk
 and renames it over the target, so a crash leaves the previous checkpoint intact.
@@ -34,7 +34,7 @@ __all__ = ["CheckpointError", "FORMAT_VERSION", "save", "load"]
 #: Version of the checkpoint layout ``save`` writes; ``load`` reads this version and older.
 FORMAT_VERSION = 1
 _FORMAT_NAME = "adamcore.optimizer"
-_CHUNK = 16 << 20  # bytes read at a time
+_CHUNK = 4 << 20  # bytes read at a time (zipfile holds about two such pieces while reading)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
