@@ -323,6 +323,24 @@ def test_numpy_cleared_state_starts_afresh_and_is_saved(case, tmp_path):
     assert all(twin.state[k]["step"] == STEPS - 4 for k in range(3))
 
 
+def test_numpy_state_dicts_of_the_users_own_are_read_at_every_step():
+    """The optimizer's own state dicts count their edits; a plain dict put in their place
+    (or a whole new state mapping) cannot, so it is read entry by entry at every step."""
+    def adopt(run):
+        run.opt.state[1] = dict(run.opt.state[1])  # same arrays, in the user's own dict
+        run.opt.state = dict(run.opt.state)
+
+    def edit(run):
+        mine, theirs = run.state(1)
+        mine["exp_avg"] = np.full(SHAPES[1], -0.5, np.float32)
+        theirs["exp_avg"] = torch.full(SHAPES[1], -0.5)
+        mine["step"] = 2
+        theirs["step"] = torch.tensor(2.0)
+
+    run = _run_numpy("AdamW", {2: adopt, 4: edit})
+    assert type(run.opt.state[1]) is dict
+
+
 @pytest.mark.parametrize("case", sorted(NUMPY_CASES))
 def test_numpy_step_count_edit_is_honoured(case):
     def edit(run):
