@@ -42,3 +42,21 @@ def compiled_isa(request):
                     f"{', '.join(adamcore.available_isas())}); not exercised on this machine")
     with adamcore.use_isa(name):
         yield name
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """When a Hypothesis test fails, its pytest plugin imports libcst to suggest a patch,
+    and libcst's import warns (DeprecationWarning from mypy_extensions): under this suite's
+    ``filterwarnings = error`` that turned the failure report into an INTERNALERROR.
+    Import it first, on failures only, with that warning silenced."""
+    if call.excinfo is not None and hasattr(item.obj, "hypothesis"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            try:
+                import hypothesis.extra._patching  # noqa: F401
+            except ImportError:
+                pass
+    yield
