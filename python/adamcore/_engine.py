@@ -142,8 +142,10 @@ def step_count(where: str, value: Any) -> int:
 def check_params(names: Sequence[str], arrays: Sequence[Any]) -> None:
     """Raise unless the extension accepts ``arrays`` as parameters updated in place:
     its own checks (type, dtype, contiguity, alignment, writeable, no shared memory),
-    run with scratch state buffers that are never touched (so never paged in)."""
-    scratch = [np.empty(a.size if isinstance(a, np.ndarray) else 0, np.float32) for a in arrays]
+    run with scratch state buffers of each parameter's dtype that are never touched (so
+    never paged in)."""
+    scratch = [np.empty(a.size, a.dtype) if isinstance(a, np.ndarray) and not a.dtype.hasobject
+               else np.empty(0, np.float32) for a in arrays]
     _native("", lambda entry, j: names[j], None, _core.AdagradGroup, list(arrays), scratch)
 
 

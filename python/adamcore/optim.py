@@ -49,8 +49,6 @@ __all__ = [
     "FORMAT_VERSION",
 ]
 
-_F32 = np.dtype(np.float32)
-
 PathLike = Union[str, "os.PathLike[str]"]
 LearningRate = Union[float, Callable[[int], float]]
 
@@ -87,7 +85,7 @@ class _ArrayFrontend(_engine.Frontend):
         self._optimizer().state[self.offsets[g] + k] = state
 
     def array(self, name: str, obj: Any) -> Any:
-        return obj  # the extension checks it is a usable float32 array
+        return obj  # the extension checks it is an array it can update in place
 
     def grad_arrays(self, g: int, plan: _engine.Plan, grads: List[Any]) -> List[Any]:
         try:
@@ -354,22 +352,22 @@ class Optimizer:
 
 
 def _state_array(where: str, value: Any, param: np.ndarray, owned: bool) -> np.ndarray:
-    """A loaded state buffer as a private float32 array shaped like its parameter: a copy,
-    unless ``owned`` and already usable in place.
+    """A loaded state buffer as a private array of its parameter's dtype and shape: a
+    copy, unless ``owned`` and already usable in place.
 
     Accepts NumPy arrays and anything exposing ``__array__`` (torch CPU tensors)."""
     try:
         array = np.asarray(value)
     except Exception as err:  # a tensor on another device, say
         raise TypeError(f"{where} cannot be read as an array: {err}") from None
-    if array.dtype != _F32:
-        raise TypeError(f"{where} has dtype {array.dtype}; the parameter is float32")
+    if array.dtype != param.dtype:
+        raise TypeError(f"{where} has dtype {array.dtype}; the parameter is {param.dtype}")
     if array.shape != param.shape:
         raise ValueError(f"{where} has shape {tuple(array.shape)} but its parameter has shape "
                          f"{tuple(param.shape)}")
     if owned and array.flags.c_contiguous and array.flags.writeable and array.flags.aligned:
         return array
-    return np.array(array, dtype=_F32, order="C", copy=True)
+    return np.array(array, order="C", copy=True)
 
 
 # ------------------------------------------------------------------------ Adam family

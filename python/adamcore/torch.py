@@ -53,9 +53,7 @@ def _unusable(name: str, obj: Any, err: Optional[Exception] = None) -> TypeError
     if obj.device.type != "cpu":
         return TypeError(f"{name} is on device {obj.device}; adamcore.torch runs on the CPU only "
                          "(move the model with .cpu() or use torch.optim there)")
-    if obj.dtype != torch.float32:
-        return TypeError(f"{name} has dtype {obj.dtype}; adamcore.torch supports torch.float32 only")
-    return TypeError(f"{name} cannot be viewed as a NumPy array: {err}")
+    return TypeError(f"{name} (dtype {obj.dtype}) has no NumPy view to hand to the kernels: {err}")
 
 
 class _TensorFrontend(_engine.Frontend):
