@@ -103,15 +103,27 @@ class Signature {
   int required_;
 };
 
+inline bool is_numpy_bool(PyObject* o) {
+  const std::string type = Py_TYPE(o)->tp_name;
+  return type == "numpy.bool" || type == "numpy.bool_";
+}
+
 inline double as_double(PyObject* o, const char* name, double fallback) {
   if (o == nullptr) return fallback;
   if (PyFloat_CheckExact(o)) return PyFloat_AS_DOUBLE(o);
-  if (PyBool_Check(o) || !(PyFloat_Check(o) || PyLong_Check(o) || PyNumber_Check(o))) {
+  if (PyBool_Check(o) || is_numpy_bool(o) ||
+      !(PyFloat_Check(o) || PyLong_Check(o) || PyNumber_Check(o))) {
     throw py::type_error(std::string(name) + " must be a real number, got " +
                          Py_TYPE(o)->tp_name);
   }
   const double v = PyFloat_AsDouble(o);
-  if (v == -1.0 && PyErr_Occurred()) throw py::error_already_set();
+  if (v == -1.0 && PyErr_Occurred()) {
+    if (PyErr_ExceptionMatches(PyExc_OverflowError)) {  // an int beyond any double
+      PyErr_Clear();
+      throw py::value_error(std::string(name) + " is out of range (too large for a double)");
+    }
+    throw py::error_already_set();  // whatever the argument's __float__ raised
+  }
   return v;
 }
 
@@ -122,7 +134,7 @@ inline bool as_bool(PyObject* o, const char* name, bool fallback) {
   if (o == Py_True) return true;
   if (o == Py_False) return false;
   const std::string type = Py_TYPE(o)->tp_name;
-  if (type != "numpy.bool" && type != "numpy.bool_") {
+  if (!is_numpy_bool(o)) {
     throw py::type_error(std::string(name) + " must be a bool, got " + type);
   }
   const int v = PyObject_IsTrue(o);
@@ -136,6 +148,7 @@ inline std::int64_t as_step(PyObject* o) {
   }
   const long long v = PyLong_AsLongLong(o);
   if (v == -1 && PyErr_Occurred()) {
+    if (!PyErr_ExceptionMatches(PyExc_OverflowError)) throw py::error_already_set();
     PyErr_Clear();
     throw py::value_error("step is out of range");
   }

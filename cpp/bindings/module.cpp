@@ -329,7 +329,7 @@ py::object adagrad(py::handle param, py::handle grad, py::handle state_sum,
 
 double parse_prev_lr(py::handle prev_lr) {
   if (prev_lr.is_none()) return -1.0;
-  const double prev = prev_lr.cast<double>();
+  const double prev = adamcore_py::as_double(prev_lr.ptr(), "prev_lr", -1.0);
   if (!(prev >= 0) || !std::isfinite(prev)) {
     throw py::value_error("prev_lr must be finite and >= 0, got " +
                           std::string(py::str(prev_lr)));
