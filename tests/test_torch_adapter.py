@@ -118,8 +118,33 @@ def test_without_cached_plans(monkeypatch):
 UNALIGNED = (20, 30, 10)
 
 
+def _torch_vector_body(torch_cls, kwargs, param, grad, state):
+    """What torch's fused vector body computes for a few elements (a tensor's tail):
+    the elements placed at the front of a 16-element tensor, zeros behind them (a zero
+    gradient on zero state moves nothing), one step."""
+    count = param.numel()
+
+    def padded(values):
+        return torch.cat([values.detach().reshape(-1), torch.zeros(16 - count)])
+
+    p = torch.nn.Parameter(padded(param))
+    opt = torch_cls([p], fused=True, **kwargs)
+    if state:  # else torch creates it, as before a first step
+        opt.state[p] = {name: value.clone() if name == "step" else padded(value)
+                        for name, value in state.items()}
+    p.grad = padded(grad)
+    opt.step()
+    return {"param": p.detach()[:count].numpy(),
+            **{name: value[:count].numpy() for name, value in opt.state[p].items() if name != "step"}}
+
+
 @pytest.mark.parametrize("case", ["AdamW", "Adam-L2-amsgrad", "Adagrad"])
-def test_tail_within_one_ulp_per_step_from_identical_state(case, report):
+def test_tails_follow_torchs_vector_body_per_step_from_identical_state(case, report):
+    """Every element, the last n % 16 of a tensor included, is computed with the
+    arithmetic of torch's vector body: bitwise equal to torch's body elements, and to
+    what that body gives for the tail elements. torch's own scalar tail rounds
+    exp_avg_sq differently; how far it lands is measured and reported, not asserted
+    (a parameter that an update nearly cancels can land several ulps away)."""
     ours_cls, torch_cls, kwargs = CASES[case]
     theirs = _model(UNALIGNED)
     ref = torch_cls(theirs.parameters(), fused=True, **kwargs)
@@ -135,28 +160,36 @@ def test_tail_within_one_ulp_per_step_from_identical_state(case, report):
         # (a deep copy: torch's load_state_dict keeps the very tensors it is given)
         opt.load_state_dict(copy.deepcopy(ref.state_dict()))
         _backward(theirs, x, y)
+        before = []
         for a, b in zip(ours.parameters(), theirs.parameters()):
             a.grad = b.grad.clone()
+            n = a.numel()
+            tail = slice(n - n % 16, n)
+            state = {name: value if name == "step" else value.reshape(-1)[tail]
+                     for name, value in ref.state[b].items()}
+            before.append((b.detach().reshape(-1)[tail].clone(), b.grad.reshape(-1)[tail].clone(),
+                           copy.deepcopy(state)))
         opt.step()
         ref.step()
-        ref_state = list(ref.state.values())
         for k, (a, b) in enumerate(zip(ours.parameters(), theirs.parameters())):
             n = a.numel()
             body = n - n % 16
             pairs = {"param": (a.detach().numpy().ravel(), b.detach().numpy().ravel())}
-            for name, value in ref_state[k].items():
+            for name, value in ref.state[b].items():
                 if name != "step":
                     pairs[name] = (opt.state[a][name].numpy().ravel(), value.numpy().ravel())
+            vector_body = _torch_vector_body(torch_cls, kwargs, *before[k])
             for name, (mine, peer) in pairs.items():
                 assert_same_bits(mine[:body], peer[:body], f"{case}: {name} {k} vector body")
+                assert_same_bits(mine[body:], vector_body[name], f"{case}: {name} {k} tail vs torch's body")
                 distance = ulp_distance(mine[body:], peer[body:])
                 worst[name] = max(worst.get(name, 0), int(distance.max(initial=0)))
                 if name == "param":
                     tail_elements += n - body
                     tail_differing += int(np.count_nonzero(distance))
-    assert max(worst.values()) <= 1, worst
-    report(f"adamcore.torch {case} vs torch fused tail, 60 steps from identical state: "
-           f"{tail_differing}/{tail_elements} tail parameter values differ, worst ulp per buffer {worst}")
+    report(f"adamcore.torch {case}, 60 steps from identical state: tails bitwise equal to torch's "
+           f"vector-body arithmetic; torch's scalar tail differs in {tail_differing}/{tail_elements} "
+           f"tail parameter values, worst ulp per buffer {worst}")
 
 
 def test_lr_scheduler_drives_it_like_torch():
