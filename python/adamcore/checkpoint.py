@@ -23,7 +23,7 @@ import math
 import os
 import tempfile
 import zipfile
-from typing import Any, BinaryIO, Callable, Dict, Mapping, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, Tuple, Union
 
 import numpy as np
 
