@@ -1,4 +1,10 @@
-"""Golden vectors and the oracle: adamcore passes with 0 ulp; perturbations are located."""
+"""Golden vectors and the oracle: adamcore passes with 0 ulp; perturbations are located.
+
+These sets are written by adamcore's own kernels during the run, so they test the oracle,
+the file format and cross-ISA agreement, not the arithmetic: a change every ISA makes
+alike passes here. tests/test_golden_committed.py checks the kernels against committed
+bits from torch fused and the float64 reference.
+"""
 
 from __future__ import annotations
 
