@@ -16,9 +16,12 @@ plain Python numbers, after whatever re-entrant steps ran during argument parsin
 A model of the documented rules (``_Model``) says which calls must succeed and which must
 raise, so a binding that rejected everything would fail too.
 
-Known binding bugs found by this fuzzer are listed in ``KNOWN_BUGS``; their inputs are
-left out of the random mix and each has a strict-xfail test below, which starts failing
-(XPASS) when the bug is fixed: then delete its entry here and its xfail marker.
+A binding bug this fuzzer finds goes into ``KNOWN_BUGS`` with a strict-xfail test of its
+own; its inputs are then left out of the random mix until the fix makes that test XPASS.
+The four it found so far (prev_lr converted by pybind11: RuntimeError, True taken; an int
+beyond a double: OverflowError; an exception from step's __index__ replaced by
+ValueError; numpy.bool_ taken as a number) were fixed in 7ebf840 and are regression tests
+at the end of this file.
 """
 
 from __future__ import annotations
@@ -35,21 +38,29 @@ from hypothesis import strategies as st
 
 import adamcore
 
-# Bugs this fuzzer found (see the xfail tests at the end); their inputs are not generated.
-KNOWN_BUGS = {
-    # prev_lr goes through pybind11's cast<double>(): a non-number raises RuntimeError,
-    # an exception from __float__ is swallowed into that RuntimeError, and True is 1.0.
-    "prev_lr_conversion",
-    # An int too large for a double raises OverflowError instead of TypeError/ValueError.
-    "huge_int_overflow",
-    # An exception raised by step's __index__ is replaced by ValueError("step is out of
-    # range"), even KeyboardInterrupt.
-    "step_index_exception_masked",
-    # numpy.bool_ is accepted as a number (1.0) where bool is rejected.
-    "numpy_bool_as_number",
-}
+# Names of open binding bugs whose inputs the strategies leave out (see the docstring):
+# "prev_lr_conversion", "huge_int_overflow", "step_index_exception_masked",
+# "numpy_bool_as_number". None is open.
+KNOWN_BUGS: set = set()
 
 EXPECTED_ERRORS = (TypeError, ValueError)
+
+
+def _other_dtypes() -> set:
+    """Dtypes besides float32 this build of the extension takes for a whole call."""
+    found = set()
+    for dtype in (np.float64, np.float16):
+        arrays = [np.zeros(4, dtype) for _ in range(4)]
+        try:
+            adamcore.adam_step(*arrays, step=1, check_only=True)
+        except (TypeError, ValueError):
+            continue
+        found.add(np.dtype(dtype))
+    return found
+
+
+OTHER_DTYPES = _other_dtypes()
+CALL_DTYPES = ["float32"] * 4 + sorted(d.name for d in OTHER_DTYPES)
 SIZES = [0, 1, 3, 5, 16, 17, 33]
 
 
@@ -138,8 +149,9 @@ class Pool:
     """Allocates every buffer of a call from a few uint8 backings, so aliasing, overlap
     and disjoint views of one allocation are all possible, and every byte is checked."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, dtype="float32"):
         self.rng = np.random.default_rng(seed)
+        self.dt = np.dtype(dtype)  # the dtype of this call's well-formed buffers
         self.backings: List[np.ndarray] = []
         self.items: List[Item] = []
         self.shared = self._backing(4096)
@@ -153,7 +165,7 @@ class Pool:
         self.backings.append(raw)
         return raw
 
-    def _take(self, nbytes: int, align: int = 4):
+    def _take(self, nbytes: int, align: int = 8):
         """A fresh, disjoint region of the shared backing (or a new backing)."""
         start = -(-self.cursor // align) * align
         if start + nbytes + 8 > self.shared.size:
@@ -162,20 +174,27 @@ class Pool:
         self.cursor = start + nbytes
         return self.shared, start
 
+    def _fill(self, arr: np.ndarray) -> np.ndarray:
+        """Moderate values of the array's own dtype (the backing's bytes are float32's)."""
+        if arr.dtype.kind == "f" and arr.size:
+            arr[...] = (np.abs(self.rng.standard_normal(arr.shape)) * 0.5 + 0.01)
+        return arr
+
     def snapshot(self) -> List[bytes]:
         return [b.tobytes() for b in self.backings]
 
     def make(self, size: int, kind: str) -> Item:
-        f32 = np.dtype(np.float32)
+        dt = self.dt
+        w = dt.itemsize
         if kind in ("good", "offset", "2d", "0d", "readonly", "disjoint", "size+1"):
             n = size + 1 if kind == "size+1" else size
             if kind == "0d" and n != 1:
                 kind, n = "good", size
-            raw, off = self._take(4 * n, align=64 if kind == "good" else 4)
+            raw, off = self._take(w * n, align=64 if kind == "good" else w)
             if kind == "offset":  # a contiguous view that starts at an odd element
-                raw, off = self._take(4 * (n + 3), align=4)
-                off += 4 * int(self.rng.integers(1, 4))
-            arr = raw[off: off + 4 * n].view(f32)
+                raw, off = self._take(w * (n + 3), align=w)
+                off += w * int(self.rng.integers(1, 4))
+            arr = self._fill(raw[off: off + w * n].view(dt))
             if kind == "2d" and n >= 4 and n % 2 == 0:
                 arr = arr.reshape(2, n // 2)
             elif kind == "0d":
@@ -183,16 +202,19 @@ class Pool:
             if kind == "readonly":
                 arr.flags.writeable = False
             item = Item(arr, kind, raw, off)
-        elif kind in ("float64", "float16", "int32", "bigendian"):
-            dtype = {"float64": "<f8", "float16": "<f2", "int32": "<i4", "bigendian": ">f4"}[kind]
-            width = np.dtype(dtype).itemsize
+        elif kind in ("float32", "float64", "float16", "int32", "bigendian"):
+            other = {"float32": "<f4", "float64": "<f8", "float16": "<f2", "int32": "<i4",
+                     "bigendian": ">f4"}[kind]
+            if np.dtype(other) == dt:  # not a different dtype for this call
+                return self.make(size, "good")
+            width = np.dtype(other).itemsize
             raw, off = self._take(width * size, align=8)
-            item = Item(raw[off: off + width * size].view(dtype), kind, raw, off)
+            item = Item(self._fill(raw[off: off + width * size].view(other)), kind, raw, off)
         elif kind in ("strided", "reversed", "fortran"):
             if size < 2 or (kind == "fortran" and (size < 4 or size % 2)):
                 return self.make(size, "good")  # no non-contiguous view of this size
-            raw, off = self._take(8 * size, align=4)
-            base = raw[off: off + 8 * size].view(f32)
+            raw, off = self._take(2 * w * size, align=w)
+            base = self._fill(raw[off: off + 2 * w * size].view(dt))
             if kind == "strided":
                 arr = base[::2]
             elif kind == "reversed":
@@ -201,9 +223,9 @@ class Pool:
                 arr = base[:size].reshape(size // 2, 2).T
             item = Item(arr, kind, raw, off)
         elif kind == "misaligned":
-            raw, off = self._take(4 * size + 4, align=4)
-            shift = int(self.rng.integers(1, 4))
-            arr = raw[off + shift: off + shift + 4 * size].view(f32)
+            raw, off = self._take(w * size + w, align=w)
+            shift = int(self.rng.integers(1, w))
+            arr = self._fill(raw[off + shift: off + shift + w * size].view(dt))
             item = Item(arr, kind, raw, off + shift)
         elif kind == "list":
             item = Item([0.5] * size, kind)
@@ -218,8 +240,9 @@ class Pool:
 
     def alias(self, size: int, kind: str) -> Item:
         """Memory another buffer of this call already uses (or a plain one if none fits)."""
+        dt, w = self.dt, self.dt.itemsize
         candidates = [i for i in self.items if i.backing is not None
-                      and isinstance(i.obj, np.ndarray) and i.obj.dtype == np.float32
+                      and isinstance(i.obj, np.ndarray) and i.obj.dtype == dt
                       and i.obj.flags.c_contiguous and i.obj.size == size and size > 0]
         if not candidates:
             return self.make(size, "good")
@@ -227,13 +250,13 @@ class Pool:
         if kind == "same":
             item = Item(other.obj, "same", other.backing, other.offset)
         else:  # overlap: a view shifted by whole elements, still inside the backing
-            shift = 4 * int(self.rng.integers(1, size + 1)) * (1 if self.rng.random() < 0.5
+            shift = w * int(self.rng.integers(1, size + 1)) * (1 if self.rng.random() < 0.5
                                                                else -1)
             start = other.offset + shift
-            if start < 0 or start + 4 * size > other.backing.size:
-                start = other.offset + 4 if other.offset + 4 * (size + 1) <= \
+            if start < 0 or start + w * size > other.backing.size:
+                start = other.offset + w if other.offset + w * (size + 1) <= \
                     other.backing.size else other.offset
-            arr = other.backing[start: start + 4 * size].view(np.float32)
+            arr = other.backing[start: start + w * size].view(dt)
             item = Item(arr, "overlap", other.backing, start)
         self.items.append(item)
         return item
@@ -241,8 +264,9 @@ class Pool:
 
 # Kinds a valid call may use, and defects (read-only is a defect only where written).
 GOOD_KINDS = ["good", "offset", "2d", "0d", "disjoint"]
-BAD_KINDS = ["readonly", "size+1", "float64", "float16", "int32", "bigendian", "strided",
-             "reversed", "fortran", "misaligned", "list", "none", "float", "same", "overlap"]
+BAD_KINDS = ["readonly", "size+1", "float32", "float64", "float16", "int32", "bigendian",
+             "strided", "reversed", "fortran", "misaligned", "list", "none", "float", "same",
+             "overlap"]
 
 
 class Chaos:
@@ -321,12 +345,16 @@ def check_array(v: Verdict, obj, label: str, written: bool) -> Optional[np.ndarr
         v.bad(f"{label} is not an array")
         return None
     if obj.dtype != np.dtype(np.float32):
-        v.bad(f"{label} dtype {obj.dtype}")
-        return None
+        if obj.dtype not in OTHER_DTYPES:
+            v.bad(f"{label} dtype {obj.dtype}")
+            return None
+        # The extension takes this dtype in some layouts (which combinations is its
+        # business): either outcome is allowed, and a step must match clean copies.
+        v.ambiguous.append(f"{label} dtype {obj.dtype}")
     if not obj.flags.c_contiguous:
         v.bad(f"{label} not C-contiguous")
         return None
-    if obj.ctypes.data % 4:
+    if obj.ctypes.data % obj.dtype.itemsize:
         if obj.size:
             v.bad(f"{label} misaligned")
             return None
@@ -374,7 +402,11 @@ def number_value(v: Verdict, name: str, x) -> Optional[float]:
                                                              np.floating)):
         v.bad(f"{name}={x!r} is not a real number")
         return None
-    value = float(x)
+    try:
+        value = float(x)
+    except OverflowError:
+        v.bad(f"{name}={x!r} does not fit a double")
+        return None
     low, high, _ = HYPER_RULES[name]
     if not (math.isfinite(value) and low <= value < high):
         v.bad(f"{name}={value!r} out of range")
@@ -506,7 +538,8 @@ WRITTEN = {"param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "state_sum", "par
 
 
 def clean_copy(obj):
-    return np.array(obj, dtype=np.float32, copy=True).reshape(-1)
+    """A contiguous, aligned, writeable copy of the same dtype."""
+    return np.array(obj, copy=True).reshape(-1)
 
 
 def stats_dict(r):
@@ -523,7 +556,7 @@ def expected_backings(pool: Pool, before: List[bytes], results: Dict[int, np.nda
     index = {id(b): i for i, b in enumerate(pool.backings)}
     for item in pool.items:
         if id(item) in results:
-            content = results[id(item)].astype(np.float32).tobytes()
+            content = results[id(item)].tobytes()
             region = want[index[id(item.backing)]]
             region[item.offset: item.offset + len(content)] = content
     return [bytes(b) for b in want]
@@ -602,7 +635,7 @@ def test_step_functions_step_correctly_or_raise_cleanly(data, seed):
     fn = {"adam": adamcore.adam_step, "adamw": adamcore.adamw_step,
           "adagrad": adamcore.adagrad_step}[op]
     names = ADAGRAD_BUFFERS if op == "adagrad" else ADAM_BUFFERS
-    pool = Pool(seed)
+    pool = Pool(seed, data.draw(st.sampled_from(CALL_DTYPES), label="dtype"))
     chaos = Chaos(data)
     form = data.draw(st.sampled_from(["single"] * 3 + CONTAINERS), label="form")
     count = 1 if form == "single" else data.draw(st.integers(0, 3), label="tensors")
@@ -736,7 +769,7 @@ def test_step_functions_step_correctly_or_raise_cleanly(data, seed):
 
     before = pool.snapshot()
     pre = {id(i): clean_copy(i.obj) for its in items.values() for i in its
-           if isinstance(i.obj, np.ndarray) and i.obj.dtype == np.float32}
+           if isinstance(i.obj, np.ndarray)}
     outcome, result, error = call(fn, args, kwargs)
     note(f"outcome {outcome}: {type(error).__name__ if error else result!r} {error or ''}")
     event(f"model: {v.errors[0].split()[0] if v.errors else v.outcome}")
@@ -803,7 +836,7 @@ def test_step_functions_step_correctly_or_raise_cleanly(data, seed):
 def test_groups_step_correctly_or_raise_cleanly(data, seed):
     adagrad = data.draw(st.booleans(), label="AdagradGroup")
     cls = adamcore.AdagradGroup if adagrad else adamcore.AdamGroup
-    pool = Pool(seed)
+    pool = Pool(seed, data.draw(st.sampled_from(CALL_DTYPES), label="dtype"))
     chaos = Chaos(data)
     form = data.draw(st.sampled_from(CONTAINERS), label="form")
     count = data.draw(st.integers(0, 3), label="tensors")
@@ -936,8 +969,7 @@ def test_groups_step_correctly_or_raise_cleanly(data, seed):
              f"reentry={mode} kwargs={kwargs} verdict={gv.outcome} {gv.errors} "
              f"{gv.ambiguous}")
         before = pool.snapshot()
-        pre = [clean_copy(i.obj) for i in grad_items
-               if isinstance(i.obj, np.ndarray) and i.obj.dtype == np.float32]
+        pre = [clean_copy(i.obj) for i in grad_items if isinstance(i.obj, np.ndarray)]
         outcome, result, error = call(group.step, [grads], kwargs)
         note(f"outcome {outcome}: {type(error).__name__ if error else result!r} {error or ''}")
         event(f"group step {outcome}" + (f" {type(error).__name__}" if error else "")
@@ -1031,37 +1063,30 @@ def test_a_callback_stepping_the_same_group_is_consistent():
     assert p.tobytes() == clean[0].tobytes() and m.tobytes() == clean[2].tobytes()
 
 
-# ---------------------------------------------------------------- bugs found (strict xfail)
+# ---------------------------------------------------------------- bugs it found (fixed)
 
-@pytest.mark.xfail(strict=True, reason="binding bug: prev_lr goes through pybind11 "
-                   "cast<double>(): RuntimeError instead of TypeError, True accepted")
-@pytest.mark.parametrize("prev_lr", ["0.1", True, FloatLike(0.1, raises=TypeError)])
-def test_prev_lr_is_checked_like_the_other_numbers(prev_lr):
+@pytest.mark.parametrize("prev_lr, match", [("0.1", "prev_lr"), (True, "prev_lr"),
+                                            (FloatLike(0.1, raises=TypeError), "__float__")])
+def test_prev_lr_is_checked_like_the_other_numbers(prev_lr, match):
     p, g, m, v = _arrays()
     before = [a.tobytes() for a in (p, g, m, v)]
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=match):
         adamcore.adam_step(p, g, m, v, step=2, diagnostics=True, prev_lr=prev_lr)
     assert [a.tobytes() for a in (p, g, m, v)] == before
 
 
-@pytest.mark.xfail(strict=True, reason="binding bug: an int too large for a double raises "
-                   "OverflowError, not TypeError/ValueError")
 def test_huge_int_hyperparameter_raises_value_error():
     p, g, m, v = _arrays()
-    with pytest.raises((TypeError, ValueError)):
+    with pytest.raises(ValueError, match="lr"):
         adamcore.adam_step(p, g, m, v, step=1, lr=10 ** 400)
 
 
-@pytest.mark.xfail(strict=True, reason="binding bug: the exception raised by step's "
-                   "__index__ is replaced by ValueError('step is out of range')")
 def test_exception_from_step_index_propagates():
     p, g, m, v = _arrays()
     with pytest.raises(Boom):
         adamcore.adam_step(p, g, m, v, step=IndexLike(1, raises=Boom))
 
 
-@pytest.mark.xfail(strict=True, reason="binding bug: numpy.bool_ is accepted as a number "
-                   "(1.0) where bool is rejected")
 def test_numpy_bool_is_not_a_number():
     p, g, m, v = _arrays()
     with pytest.raises(TypeError, match="lr"):
