@@ -28,10 +28,21 @@ namespace {
 
 // One argument's array, kept alive for the duration of the call (the GIL is released
 // while the kernel runs, so the caller's list could drop its reference meanwhile).
+// Bytes per element (a local copy of adamcore::dtype_size: this runs for every
+// buffer of every call, and an out-of-line call costs more than the switch).
+constexpr std::size_t item_size(adamcore::DType dtype) {
+  return dtype == adamcore::DType::float64                                        ? 8
+         : dtype == adamcore::DType::float32                                      ? 4
+         : dtype == adamcore::DType::bfloat16 || dtype == adamcore::DType::float16 ? 2
+                                                                                  : 0;
+}
+
 struct Buffer {
   py::object array;
-  float* data = nullptr;
+  void* data = nullptr;
   std::size_t size = 0;
+  adamcore::DType dtype = adamcore::DType::float32;
+  std::size_t bytes() const { return size * item_size(dtype); }
 };
 
 std::string label(const char* name, std::ptrdiff_t index) {
@@ -40,9 +51,34 @@ std::string label(const char* name, std::ptrdiff_t index) {
 }
 
 constexpr int kNpyFloat32 = 11;  // NPY_FLOAT
+constexpr int kNpyFloat64 = 12;  // NPY_DOUBLE
+constexpr int kNpyFloat16 = 23;  // NPY_HALF
+constexpr int kNpyUserDtype = 256;  // NPY_USERDEF: the first dtype a package registers
+
+// The buffer dtype of a NumPy dtype, or none. bfloat16 is ml_dtypes' (the dtype JAX
+// and the ML ecosystem use), recognised without importing ml_dtypes: a registered
+// 2-byte 'V'-kind dtype whose scalar type is named bfloat16.
+adamcore::DType buffer_dtype(PyObject* descr_object) {
+  const auto* descr = py::detail::array_descriptor_proxy(descr_object);
+  if (descr->byteorder == '>') return adamcore::DType::none;
+  switch (descr->type_num) {
+    case kNpyFloat32: return adamcore::DType::float32;
+    case kNpyFloat64: return adamcore::DType::float64;
+    case kNpyFloat16: return adamcore::DType::float16;
+    default: break;
+  }
+  if (descr->type_num >= kNpyUserDtype && descr->kind == 'V' &&
+      py::reinterpret_borrow<py::dtype>(descr_object).itemsize() == 2) {
+    const char* type_name = reinterpret_cast<PyTypeObject*>(descr->typeobj)->tp_name;
+    const char* dot = std::strrchr(type_name, '.');
+    if (std::strcmp(dot ? dot + 1 : type_name, "bfloat16") == 0) return adamcore::DType::bfloat16;
+  }
+  return adamcore::DType::none;
+}
 
 // Checks one argument with NumPy's object layout directly (this runs once per array
-// per step, so it avoids building dtype objects). Names the argument on failure.
+// per step, so it avoids building dtype objects for float32). Names the argument on
+// failure. Any buffer dtype is taken here; the call's layout is checked afterwards.
 Buffer take_buffer(py::handle obj, const char* name, std::ptrdiff_t index, bool written) {
   auto& api = py::detail::npy_api::get();
   if (!api.PyArray_Check_(obj.ptr())) {
@@ -51,19 +87,25 @@ Buffer take_buffer(py::handle obj, const char* name, std::ptrdiff_t index, bool 
   }
   const auto* arr = py::detail::array_proxy(obj.ptr());
   const auto* descr = py::detail::array_descriptor_proxy(arr->descr);
+  adamcore::DType dtype = adamcore::DType::float32;
   if (descr->type_num != kNpyFloat32 || descr->byteorder == '>') {
-    throw py::type_error(label(name, index) + " must have dtype float32, got " +
-                         std::string(py::str(py::reinterpret_borrow<py::object>(arr->descr))) +
-                         " (adamcore never converts: the update is in place)");
+    dtype = buffer_dtype(arr->descr);
+    if (dtype == adamcore::DType::none) {
+      throw py::type_error(label(name, index) +
+                           " must have dtype float32, float64, bfloat16 or float16, got " +
+                           std::string(py::str(py::reinterpret_borrow<py::object>(arr->descr))) +
+                           " (adamcore never converts: the update is in place)");
+    }
   }
   if (!(arr->flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_)) {
     throw py::value_error(label(name, index) +
                           " must be C-contiguous (got a strided or reversed view; "
                           "adamcore never copies: the update is in place)");
   }
-  if (reinterpret_cast<std::uintptr_t>(arr->data) % alignof(float) != 0) {
-    throw py::value_error(label(name, index) +
-                          " is not aligned to 4 bytes (a view at an odd byte offset); "
+  const std::size_t item = item_size(dtype);  // a power of two
+  if ((reinterpret_cast<std::uintptr_t>(arr->data) & (item - 1)) != 0) {
+    throw py::value_error(label(name, index) + " is not aligned to " + std::to_string(item) +
+                          " bytes (a view at an odd byte offset); "
                           "adamcore never copies: the update is in place");
   }
   if (written && !(arr->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_)) {
@@ -75,7 +117,8 @@ Buffer take_buffer(py::handle obj, const char* name, std::ptrdiff_t index, bool 
   std::size_t size = 1;
   for (int d = 0; d < arr->nd; ++d) size *= static_cast<std::size_t>(arr->dimensions[d]);
   b.size = size;
-  b.data = reinterpret_cast<float*>(arr->data);
+  b.data = arr->data;
+  b.dtype = dtype;
   return b;
 }
 
@@ -107,7 +150,7 @@ void check_outside(const std::vector<Span>& spans, const Buffer& b, const char* 
                    std::ptrdiff_t index) {
   if (b.size == 0 || spans.empty()) return;
   const char* begin = reinterpret_cast<const char*>(b.data);
-  const char* end = begin + b.size * sizeof(float);
+  const char* end = begin + b.bytes();
   auto after = std::lower_bound(spans.begin(), spans.end(), end,
                                 [](const Span& s, const char* e) { return s.begin < e; });
   if (after == spans.begin()) return;
@@ -122,7 +165,7 @@ void check_outside(const std::vector<Span>& spans, const Buffer& b, const char* 
 Span* add_span(Span* out, const Buffer& b, const char* name, std::ptrdiff_t index) {
   if (b.size == 0) return out;
   const char* p = reinterpret_cast<const char*>(b.data);
-  *out = {p, p + b.size * sizeof(float), name, index};
+  *out = {p, p + b.bytes(), name, index};
   return out + 1;
 }
 
@@ -190,7 +233,8 @@ class BufferSet {
     count_ = count;
   }
   std::size_t count() const { return count_; }
-  float* data(std::size_t arg, std::size_t t) const { return columns_[arg][t].data; }
+  void* data(std::size_t arg, std::size_t t) const { return columns_[arg][t].data; }
+  adamcore::DType dtype(std::size_t arg, std::size_t t) const { return columns_[arg][t].dtype; }
   std::size_t size(std::size_t t) const { return columns_[0][t].size; }
   // Every non-empty buffer, sorted by address and disjoint.
   const std::vector<Span>& spans() const { return spans_; }
@@ -207,7 +251,7 @@ double parse_prev_lr(py::handle prev_lr);
 // allocation (the common single-tensor call is a few microseconds in all).
 class SingleSet {
  public:
-  static constexpr std::size_t kMax = 5;
+  static constexpr std::size_t kMax = 6;
   SingleSet(const py::handle* args, const char* const* names, const bool* written,
             std::size_t n) {
     Span spans[kMax];
@@ -222,12 +266,135 @@ class SingleSet {
     }
     check_disjoint(spans, static_cast<std::size_t>(spans_end - spans));
   }
-  float* data(std::size_t a) const { return buffers_[a].data; }
+  void* data(std::size_t a) const { return buffers_[a].data; }
+  adamcore::DType dtype(std::size_t a) const { return buffers_[a].dtype; }
   std::size_t size() const { return buffers_[0].size; }
 
  private:
   Buffer buffers_[kMax];
 };
+
+// ---------------------------------------------------------------- layouts
+// What each buffer argument of a call is, for the layout check.
+enum class Role { param, grad, state, copy };
+
+// The arguments of one tensor: their dtypes, roles and names, in argument order.
+struct ArgList {
+  static constexpr std::size_t kMax = SingleSet::kMax;
+  adamcore::DType dtypes[kMax];
+  Role roles[kMax];
+  const char* names[kMax];
+  std::size_t n = 0;
+};
+
+bool role_matches(Role role, adamcore::DType dtype, const adamcore::Layout& layout) {
+  switch (role) {
+    case Role::param: return dtype == layout.param;
+    case Role::grad: return dtype == layout.grad;
+    case Role::state: return dtype == layout.state;
+    case Role::copy: return dtype == layout.param_copy;
+  }
+  return false;
+}
+
+// The layout of one tensor's buffers. Raises a TypeError unless it is accepted, naming
+// the first argument that differs from the nearest accepted layout (the one that
+// differs in the fewest arguments; float32 first).
+adamcore::Layout layout_of(const ArgList& args, std::ptrdiff_t index) {
+  // The common call, float32 everywhere without a copy, decided in a few compares.
+  bool all_float32 = true;
+  for (std::size_t a = 0; a < args.n; ++a) {
+    all_float32 = all_float32 && args.dtypes[a] == adamcore::DType::float32;
+  }
+  if (all_float32 && args.roles[args.n - 1] != Role::copy) return adamcore::Layout{};
+
+  adamcore::Layout layout;
+  layout.param_copy = adamcore::DType::none;
+  bool states_agree = true;
+  bool seen_state = false;
+  for (std::size_t a = 0; a < args.n; ++a) {
+    const adamcore::DType d = args.dtypes[a];
+    switch (args.roles[a]) {
+      case Role::param: layout.param = d; break;
+      case Role::grad: layout.grad = d; break;
+      case Role::copy: layout.param_copy = d; break;
+      case Role::state:
+        if (seen_state && d != layout.state) states_agree = false;
+        if (!seen_state) layout.state = d;
+        seen_state = true;
+        break;
+    }
+  }
+  if (!seen_state) layout.state = layout.param;  // (no state given: not a step call)
+  bool seen_grad = false;
+  for (std::size_t a = 0; a < args.n; ++a) seen_grad = seen_grad || args.roles[a] == Role::grad;
+  if (!seen_grad) layout.grad = layout.param;  // a group's held buffers: grads come later
+  const std::string problem = adamcore::check_layout(layout);
+  if (states_agree && problem.empty()) return layout;
+
+  using adamcore::DType;
+  const DType floats[] = {DType::float32, DType::float64, DType::bfloat16, DType::float16};
+  const DType copies[] = {DType::none, DType::bfloat16, DType::float16};
+  const bool has_copy = layout.param_copy != DType::none;
+  adamcore::Layout best;
+  std::size_t best_distance = args.n + 1;
+  for (DType param : floats) {
+    for (DType grad : floats) {
+      for (DType copy : copies) {
+        const adamcore::Layout candidate{param, grad, param, copy};
+        if ((copy != DType::none) != has_copy || !adamcore::check_layout(candidate).empty()) {
+          continue;
+        }
+        std::size_t distance = 0;
+        for (std::size_t a = 0; a < args.n; ++a) {
+          distance += role_matches(args.roles[a], args.dtypes[a], candidate) ? 0 : 1;
+        }
+        if (distance < best_distance) {
+          best_distance = distance;
+          best = candidate;
+        }
+      }
+    }
+  }
+  std::string accepted = problem.empty() ? adamcore::check_layout({DType::none}) : problem;
+  accepted = accepted.substr(accepted.find("Accepted"));
+  for (std::size_t a = 0; a < args.n; ++a) {
+    if (role_matches(args.roles[a], args.dtypes[a], best)) continue;
+    const DType want = args.roles[a] == Role::param   ? best.param
+                       : args.roles[a] == Role::grad  ? best.grad
+                       : args.roles[a] == Role::state ? best.state
+                                                      : best.param_copy;
+    throw py::type_error(label(args.names[a], index) + " must have dtype " +
+                         adamcore::dtype_name(want) + ", got " +
+                         adamcore::dtype_name(args.dtypes[a]) + ". " + accepted);
+  }
+  throw py::type_error("unsupported dtypes. " + accepted);  // (not reached)
+}
+
+// A list call's layout: every tensor's, which must be one and the same.
+template <class Set>
+adamcore::Layout layout_of_all(const Set& set, ArgList args) {
+  adamcore::Layout first;
+  for (std::size_t t = 0; t < set.count(); ++t) {
+    for (std::size_t a = 0; a < args.n; ++a) args.dtypes[a] = set.dtype(a, t);
+    const adamcore::Layout layout = layout_of(args, static_cast<std::ptrdiff_t>(t));
+    if (t == 0) {
+      first = layout;
+    } else if (layout.param != first.param || layout.grad != first.grad ||
+               layout.state != first.state || layout.param_copy != first.param_copy) {
+      for (std::size_t a = 0; a < args.n; ++a) {
+        if (set.dtype(a, t) != set.dtype(a, 0)) {
+          throw py::type_error(label(args.names[a], static_cast<std::ptrdiff_t>(t)) +
+                               " must have dtype " + adamcore::dtype_name(set.dtype(a, 0)) +
+                               " like " + label(args.names[a], 0) + ", got " +
+                               adamcore::dtype_name(set.dtype(a, t)) +
+                               " (the tensors of one call share one layout)");
+        }
+      }
+    }
+  }
+  return first;
+}
 
 // What a call does once every argument is checked.
 struct Mode {
@@ -242,22 +409,38 @@ void check_hyper(const std::string& err) {
 // Runs a step function over checked buffers with the GIL released.
 template <class Buffers, class Hyper>
 py::object run_step(void (*step_fn)(const Buffers*, std::size_t, std::int64_t, const Hyper&,
-                                    adamcore::GammaStats*, double),
+                                    adamcore::GammaStats*, double, const adamcore::Layout&),
                     const Buffers* tensors, std::size_t count, std::int64_t step,
-                    const Hyper& h, Mode mode, double prev_lr) {
+                    const Hyper& h, Mode mode, double prev_lr, const adamcore::Layout& layout) {
   if (mode.check_only) return py::none();
   adamcore::GammaStats stats;
   {
     py::gil_scoped_release release;
-    step_fn(tensors, count, step, h, mode.diagnostics ? &stats : nullptr, prev_lr);
+    step_fn(tensors, count, step, h, mode.diagnostics ? &stats : nullptr, prev_lr, layout);
   }
   if (!mode.diagnostics) return py::none();
   return py::cast(stats);
 }
 
+// The buffer arguments of a functional call, in order, with their roles: the
+// optional ones (max_exp_avg_sq, param_copy) only when given.
+struct CallArgs {
+  py::handle handles[SingleSet::kMax];
+  bool written[SingleSet::kMax];
+  ArgList list;
+  void add(py::handle h, const char* name, bool is_written, Role role) {
+    handles[list.n] = h;
+    written[list.n] = is_written;
+    list.roles[list.n] = role;
+    list.names[list.n] = name;
+    ++list.n;
+  }
+};
+
 py::object adam_like(py::handle param, py::handle grad, py::handle exp_avg,
-                     py::handle exp_avg_sq, py::handle max_exp_avg_sq, std::int64_t step,
-                     const adamcore::AdamHyper& h, Mode mode, py::handle prev_lr) {
+                     py::handle exp_avg_sq, py::handle max_exp_avg_sq, py::handle param_copy,
+                     std::int64_t step, const adamcore::AdamHyper& h, Mode mode,
+                     py::handle prev_lr) {
   check_hyper(adamcore::check_adam_hyper(h, step));
   const bool amsgrad = h.amsgrad;
   const double prev = parse_prev_lr(prev_lr);
@@ -268,25 +451,28 @@ py::object adam_like(py::handle param, py::handle grad, py::handle exp_avg,
     throw py::value_error("max_exp_avg_sq was given but amsgrad=False; pass amsgrad=True "
                           "to use it");
   }
+  const bool copy = !param_copy.is_none();
+  CallArgs c;
+  c.add(param, "param", true, Role::param);
+  c.add(grad, "grad", false, Role::grad);
+  c.add(exp_avg, "exp_avg", true, Role::state);
+  c.add(exp_avg_sq, "exp_avg_sq", true, Role::state);
+  if (amsgrad) c.add(max_exp_avg_sq, "max_exp_avg_sq", true, Role::state);
+  if (copy) c.add(param_copy, "param_copy", true, Role::copy);
+  const std::size_t copy_at = c.list.n - 1;
   if (!is_sequence_arg(param)) {
-    const py::handle args[] = {param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq};
-    static constexpr const char* kNames[] = {"param", "grad", "exp_avg", "exp_avg_sq",
-                                             "max_exp_avg_sq"};
-    static constexpr bool kWritten[] = {true, false, true, true, true};
-    const SingleSet set(args, kNames, kWritten, amsgrad ? 5 : 4);
+    const SingleSet set(c.handles, c.list.names, c.written, c.list.n);
+    for (std::size_t a = 0; a < c.list.n; ++a) c.list.dtypes[a] = set.dtype(a);
+    const adamcore::Layout layout = layout_of(c.list, -1);
     const adamcore::AdamBuffers tensor{set.data(0), set.data(1), set.data(2), set.data(3),
-                                       amsgrad ? set.data(4) : nullptr, set.size()};
-    return run_step(&adamcore::adam_step, &tensor, 1, step, h, mode, prev);
+                                       amsgrad ? set.data(4) : nullptr, set.size(),
+                                       copy ? set.data(copy_at) : nullptr};
+    return run_step(&adamcore::adam_step, &tensor, 1, step, h, mode, prev, layout);
   }
-  std::vector<py::handle> args = {param, grad, exp_avg, exp_avg_sq};
-  std::vector<const char*> names = {"param", "grad", "exp_avg", "exp_avg_sq"};
-  std::vector<bool> written = {true, false, true, true};
-  if (amsgrad) {
-    args.push_back(max_exp_avg_sq);
-    names.push_back("max_exp_avg_sq");
-    written.push_back(true);
-  }
-  const BufferSet set(args, names, written);
+  const BufferSet set(std::vector<py::handle>(c.handles, c.handles + c.list.n),
+                      std::vector<const char*>(c.list.names, c.list.names + c.list.n),
+                      std::vector<bool>(c.written, c.written + c.list.n));
+  const adamcore::Layout layout = layout_of_all(set, c.list);
   std::vector<adamcore::AdamBuffers> tensors(set.count());
   for (std::size_t t = 0; t < set.count(); ++t) {
     tensors[t].param = set.data(0, t);
@@ -295,36 +481,45 @@ py::object adam_like(py::handle param, py::handle grad, py::handle exp_avg,
     tensors[t].exp_avg_sq = set.data(3, t);
     tensors[t].max_exp_avg_sq = amsgrad ? set.data(4, t) : nullptr;
     tensors[t].size = set.size(t);
+    tensors[t].param_copy = copy ? set.data(copy_at, t) : nullptr;
   }
   return run_step(&adamcore::adam_step, tensors.data(), tensors.size(), step, h, mode,
-                  prev);
+                  prev, layout);
 }
 
 py::object adagrad(py::handle param, py::handle grad, py::handle state_sum,
-                   std::int64_t step, const adamcore::AdagradHyper& h, Mode mode,
-                   py::handle prev_lr) {
+                   py::handle param_copy, std::int64_t step, const adamcore::AdagradHyper& h,
+                   Mode mode, py::handle prev_lr) {
   check_hyper(adamcore::check_adagrad_hyper(h, step));
   const double prev = parse_prev_lr(prev_lr);
+  const bool copy = !param_copy.is_none();
+  CallArgs c;
+  c.add(param, "param", true, Role::param);
+  c.add(grad, "grad", false, Role::grad);
+  c.add(state_sum, "state_sum", true, Role::state);
+  if (copy) c.add(param_copy, "param_copy", true, Role::copy);
   if (!is_sequence_arg(param)) {
-    const py::handle args[] = {param, grad, state_sum};
-    static constexpr const char* kNames[] = {"param", "grad", "state_sum"};
-    static constexpr bool kWritten[] = {true, false, true};
-    const SingleSet single(args, kNames, kWritten, 3);
-    const adamcore::AdagradBuffers tensor{single.data(0), single.data(1), single.data(2),
-                                          single.size()};
-    return run_step(&adamcore::adagrad_step, &tensor, 1, step, h, mode, prev);
+    const SingleSet set(c.handles, c.list.names, c.written, c.list.n);
+    for (std::size_t a = 0; a < c.list.n; ++a) c.list.dtypes[a] = set.dtype(a);
+    const adamcore::Layout layout = layout_of(c.list, -1);
+    const adamcore::AdagradBuffers tensor{set.data(0), set.data(1), set.data(2), set.size(),
+                                          copy ? set.data(3) : nullptr};
+    return run_step(&adamcore::adagrad_step, &tensor, 1, step, h, mode, prev, layout);
   }
-  const BufferSet set({param, grad, state_sum}, {"param", "grad", "state_sum"},
-                      {true, false, true});
+  const BufferSet set(std::vector<py::handle>(c.handles, c.handles + c.list.n),
+                      std::vector<const char*>(c.list.names, c.list.names + c.list.n),
+                      std::vector<bool>(c.written, c.written + c.list.n));
+  const adamcore::Layout layout = layout_of_all(set, c.list);
   std::vector<adamcore::AdagradBuffers> tensors(set.count());
   for (std::size_t t = 0; t < set.count(); ++t) {
     tensors[t].param = set.data(0, t);
     tensors[t].grad = set.data(1, t);
     tensors[t].state_sum = set.data(2, t);
     tensors[t].size = set.size(t);
+    tensors[t].param_copy = copy ? set.data(3, t) : nullptr;
   }
   return run_step(&adamcore::adagrad_step, tensors.data(), tensors.size(), step, h, mode,
-                  prev);
+                  prev, layout);
 }
 
 double parse_prev_lr(py::handle prev_lr) {
@@ -345,9 +540,12 @@ void require_list(py::handle obj, const char* name) {
 
 // Reads a step's grads: one float32 array per tensor, of the tensor's size, sharing
 // no memory with the held state. Returns the arrays to keep them alive.
+// Reads a step's grads: one array per tensor, of the tensor's size and of one dtype,
+// sharing no memory with the held state. Returns the arrays to keep them alive, and
+// sets *grad_dtype (left alone for an empty group).
 template <class Tensors>
 std::vector<py::object> take_grads(py::handle grads, const std::vector<Span>& held,
-                                   Tensors& tensors) {
+                                   Tensors& tensors, adamcore::DType* grad_dtype) {
   require_list(grads, "grads");
   const std::size_t count = tensors.size();
   if (sequence_size(grads) != count) {
@@ -360,19 +558,62 @@ std::vector<py::object> take_grads(py::handle grads, const std::vector<Span>& he
     Buffer g = take_buffer(sequence_item(grads, t), "grads", index, false);
     check_size(g.size, "grads", tensors[t].size, "params", index);
     check_outside(held, g, "grads", index);
+    if (t == 0) {
+      *grad_dtype = g.dtype;
+    } else if (g.dtype != *grad_dtype) {
+      throw py::type_error(label("grads", index) + " must have dtype " +
+                           adamcore::dtype_name(*grad_dtype) + " like grads[0], got " +
+                           adamcore::dtype_name(g.dtype) +
+                           " (the tensors of one call share one layout)");
+    }
     tensors[t].grad = g.data;
     keep[t] = std::move(g.array);
   }
   return keep;
 }
 
+// The buffers a group holds (params, state..., param copies), their roles and names.
+struct HeldColumns {
+  std::vector<py::handle> args;
+  std::vector<const char*> names;
+  ArgList roles;  // (dtypes filled per tensor by layout_of_all)
+  void add(py::handle h, const char* name, Role role) {
+    args.push_back(h);
+    names.push_back(name);
+    roles.roles[roles.n] = role;
+    roles.names[roles.n] = name;
+    ++roles.n;
+  }
+};
+
+// A group's layout once a step's grads are known: raises naming grads[0] if their
+// dtype does not fit the held buffers.
+adamcore::Layout layout_with_grads(const adamcore::Layout& held, const char* state_name,
+                                   bool has_copy, adamcore::DType grad_dtype) {
+  ArgList args;
+  const auto add = [&args](adamcore::DType d, Role role, const char* name) {
+    args.dtypes[args.n] = d;
+    args.roles[args.n] = role;
+    args.names[args.n] = name;
+    ++args.n;
+  };
+  add(held.param, Role::param, "params");
+  add(grad_dtype, Role::grad, "grads");
+  add(held.state, Role::state, state_name);
+  if (has_copy) add(held.param_copy, Role::copy, "param_copies");
+  return layout_of(args, 0);
+}
+
 // A parameter group's Adam state, validated once and held; a step checks only the grads.
 class AdamGroup {
  public:
   AdamGroup(py::handle params, py::handle exp_avgs, py::handle exp_avg_sqs,
-            py::handle max_exp_avg_sqs)
+            py::handle max_exp_avg_sqs, py::handle param_copies)
       : amsgrad_(!max_exp_avg_sqs.is_none()),
-        set_(make_set(params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs)) {
+        copy_(!param_copies.is_none()),
+        columns_(columns(params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, param_copies)),
+        set_(columns_.args, columns_.names, std::vector<bool>(columns_.args.size(), true)),
+        layout_(layout_of_all(set_, columns_.roles)) {
     tensors_.resize(set_.count());
     for (std::size_t t = 0; t < set_.count(); ++t) {
       tensors_[t].param = set_.data(0, t);
@@ -380,6 +621,7 @@ class AdamGroup {
       tensors_[t].exp_avg_sq = set_.data(2, t);
       tensors_[t].max_exp_avg_sq = amsgrad_ ? set_.data(3, t) : nullptr;
       tensors_[t].size = set_.size(t);
+      tensors_[t].param_copy = copy_ ? set_.data(columns_.args.size() - 1, t) : nullptr;
       numel_ += set_.size(t);
     }
   }
@@ -391,9 +633,11 @@ class AdamGroup {
     check_hyper(adamcore::check_adam_hyper(h, step));
     const double prev = parse_prev_lr(prev_lr);
     std::vector<adamcore::AdamBuffers> tensors = tensors_;  // callers may step concurrently
-    const auto keep = take_grads(grads, set_.spans(), tensors);
+    adamcore::DType grad_dtype = layout_.grad;
+    const auto keep = take_grads(grads, set_.spans(), tensors, &grad_dtype);
+    const adamcore::Layout layout = layout_with_grads(layout_, "exp_avgs", copy_, grad_dtype);
     return run_step(&adamcore::adam_step, tensors.data(), tensors.size(), step, h, mode,
-                  prev);
+                    prev, layout);
   }
 
   std::size_t count() const { return tensors_.size(); }
@@ -401,20 +645,23 @@ class AdamGroup {
   bool amsgrad() const { return amsgrad_; }
 
  private:
-  static BufferSet make_set(py::handle params, py::handle exp_avgs, py::handle exp_avg_sqs,
-                            py::handle max_exp_avg_sqs) {
+  static HeldColumns columns(py::handle params, py::handle exp_avgs, py::handle exp_avg_sqs,
+                             py::handle max_exp_avg_sqs, py::handle param_copies) {
     require_list(params, "params");
-    std::vector<py::handle> args = {params, exp_avgs, exp_avg_sqs};
-    std::vector<const char*> names = {"params", "exp_avgs", "exp_avg_sqs"};
-    if (!max_exp_avg_sqs.is_none()) {
-      args.push_back(max_exp_avg_sqs);
-      names.push_back("max_exp_avg_sqs");
-    }
-    return BufferSet(args, names, std::vector<bool>(args.size(), true));
+    HeldColumns c;
+    c.add(params, "params", Role::param);
+    c.add(exp_avgs, "exp_avgs", Role::state);
+    c.add(exp_avg_sqs, "exp_avg_sqs", Role::state);
+    if (!max_exp_avg_sqs.is_none()) c.add(max_exp_avg_sqs, "max_exp_avg_sqs", Role::state);
+    if (!param_copies.is_none()) c.add(param_copies, "param_copies", Role::copy);
+    return c;
   }
 
   bool amsgrad_;
+  bool copy_;
+  HeldColumns columns_;
   BufferSet set_;
+  adamcore::Layout layout_;  // the grads' dtype is the params' until a step says otherwise
   std::vector<adamcore::AdamBuffers> tensors_;
   std::size_t numel_ = 0;
 };
@@ -422,12 +669,17 @@ class AdamGroup {
 // A parameter group's AdaGrad state, validated once and held.
 class AdagradGroup {
  public:
-  AdagradGroup(py::handle params, py::handle state_sums) : set_(make_set(params, state_sums)) {
+  AdagradGroup(py::handle params, py::handle state_sums, py::handle param_copies)
+      : copy_(!param_copies.is_none()),
+        columns_(columns(params, state_sums, param_copies)),
+        set_(columns_.args, columns_.names, std::vector<bool>(columns_.args.size(), true)),
+        layout_(layout_of_all(set_, columns_.roles)) {
     tensors_.resize(set_.count());
     for (std::size_t t = 0; t < set_.count(); ++t) {
       tensors_[t].param = set_.data(0, t);
       tensors_[t].state_sum = set_.data(1, t);
       tensors_[t].size = set_.size(t);
+      tensors_[t].param_copy = copy_ ? set_.data(2, t) : nullptr;
       numel_ += set_.size(t);
     }
   }
@@ -437,21 +689,31 @@ class AdagradGroup {
     check_hyper(adamcore::check_adagrad_hyper(h, step));
     const double prev = parse_prev_lr(prev_lr);
     std::vector<adamcore::AdagradBuffers> tensors = tensors_;
-    const auto keep = take_grads(grads, set_.spans(), tensors);
+    adamcore::DType grad_dtype = layout_.grad;
+    const auto keep = take_grads(grads, set_.spans(), tensors, &grad_dtype);
+    const adamcore::Layout layout = layout_with_grads(layout_, "state_sums", copy_, grad_dtype);
     return run_step(&adamcore::adagrad_step, tensors.data(), tensors.size(), step, h, mode,
-                  prev);
+                    prev, layout);
   }
 
   std::size_t count() const { return tensors_.size(); }
   std::size_t numel() const { return numel_; }
 
  private:
-  static BufferSet make_set(py::handle params, py::handle state_sums) {
+  static HeldColumns columns(py::handle params, py::handle state_sums,
+                             py::handle param_copies) {
     require_list(params, "params");
-    return BufferSet({params, state_sums}, {"params", "state_sums"}, {true, true});
+    HeldColumns c;
+    c.add(params, "params", Role::param);
+    c.add(state_sums, "state_sums", Role::state);
+    if (!param_copies.is_none()) c.add(param_copies, "param_copies", Role::copy);
+    return c;
   }
 
+  bool copy_;
+  HeldColumns columns_;
   BufferSet set_;
+  adamcore::Layout layout_;
   std::vector<adamcore::AdagradBuffers> tensors_;
   std::size_t numel_ = 0;
 };
@@ -540,7 +802,7 @@ PyObject* adam_family_fast(PyObject* const* args, Py_ssize_t nargs, PyObject* kw
         decoupled ? "adamw_step" : "adam_step",
         {"param", "grad", "exp_avg", "exp_avg_sq", "step", "lr", "beta1", "beta2", "eps",
          "weight_decay", "amsgrad", "max_exp_avg_sq", "maximize", "bias_correction",
-         "diagnostics", "prev_lr", "check_only"},
+         "diagnostics", "prev_lr", "check_only", "param_copy"},
         4, 4, {"step"});
     Signature::Parsed a;
     sig.parse(args, nargs, kwnames, a);
@@ -553,7 +815,7 @@ PyObject* adam_family_fast(PyObject* const* args, Py_ssize_t nargs, PyObject* kw
                                 as_bool(a[10], "amsgrad", false),
                                 as_bool(a[12], "maximize", false),
                                 as_bool(a[13], "bias_correction", true)};
-    return adam_like(a[0], a[1], a[2], a[3], as_handle(a[11]), as_step(a[4]), h,
+    return adam_like(a[0], a[1], a[2], a[3], as_handle(a[11]), as_handle(a[17]), as_step(a[4]), h,
                      Mode{as_bool(a[14], "diagnostics", false), as_bool(a[16], "check_only", false)},
                      as_handle(a[15]));
   });
@@ -573,7 +835,7 @@ PyObject* adagrad_step_fast(PyObject*, PyObject* const* args, Py_ssize_t nargs,
     static const Signature sig("adagrad_step",
                                {"param", "grad", "state_sum", "step", "lr", "lr_decay",
                                 "weight_decay", "eps", "maximize", "diagnostics", "prev_lr",
-                                "check_only"},
+                                "check_only", "param_copy"},
                                3, 3, {"step"});
     Signature::Parsed a;
     sig.parse(args, nargs, kwnames, a);
@@ -582,7 +844,7 @@ PyObject* adagrad_step_fast(PyObject*, PyObject* const* args, Py_ssize_t nargs,
                                    as_double(a[6], "weight_decay", 0.0),
                                    as_double(a[7], "eps", 1e-10),
                                    as_bool(a[8], "maximize", false)};
-    return adagrad(a[0], a[1], a[2], as_step(a[3]), h,
+    return adagrad(a[0], a[1], a[2], as_handle(a[12]), as_step(a[3]), h,
                    Mode{as_bool(a[9], "diagnostics", false), as_bool(a[11], "check_only", false)},
                    as_handle(a[10]));
   });
@@ -639,10 +901,14 @@ PyObject* adagrad_group_step_fast(PyObject* self, PyObject* const* args, Py_ssiz
 constexpr const char* kAdamDoc =
     "adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0.999, "
     "eps=1e-8, weight_decay=0.0, amsgrad=False, max_exp_avg_sq=None, maximize=False, "
-    "bias_correction=True, diagnostics=False, prev_lr=None, check_only=False)\n--\n\n"
+    "bias_correction=True, diagnostics=False, prev_lr=None, check_only=False, "
+    "param_copy=None)\n--\n\n"
     "One Adam step (L2 weight decay added to the gradient), in place.\n\n"
-    "Buffers are C-contiguous, writeable float32 arrays of one size that share no memory\n"
+    "Buffers are C-contiguous, writeable arrays of one size that share no memory\n"
     "(grad may be read-only), or equal-length lists of them for a whole parameter group.\n"
+    "Dtypes: all float32, all float64, all bfloat16 (ml_dtypes) or all float16; or float32\n"
+    "params and state with bfloat16/float16 grads and/or param_copy, a 16-bit array that\n"
+    "receives the updated params rounded to nearest even in the same pass.\n"
     "step is the step number after incrementing (1 first). amsgrad=True needs\n"
     "max_exp_avg_sq. bias_correction=False: step size lr, no sqrt(bc2) division.\n"
     "Returns None, or a GammaStats with diagnostics=True (prev_lr: the previous step's lr,\n"
@@ -651,13 +917,16 @@ constexpr const char* kAdamDoc =
 constexpr const char* kAdamWDoc =
     "adamw_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0.999, "
     "eps=1e-8, weight_decay=1e-2, amsgrad=False, max_exp_avg_sq=None, maximize=False, "
-    "bias_correction=True, diagnostics=False, prev_lr=None, check_only=False)\n--\n\n"
+    "bias_correction=True, diagnostics=False, prev_lr=None, check_only=False, "
+    "param_copy=None)\n--\n\n"
     "One AdamW step (decoupled weight decay: param *= 1 - lr*weight_decay first), in place.\n"
     "Arguments as adam_step. Bit-identical to torch.optim.AdamW(fused=True).";
 constexpr const char* kAdagradDoc =
     "adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0, "
-    "eps=1e-10, maximize=False, diagnostics=False, prev_lr=None, check_only=False)\n--\n\n"
+    "eps=1e-10, maximize=False, diagnostics=False, prev_lr=None, check_only=False, "
+    "param_copy=None)\n--\n\n"
     "One AdaGrad step, in place; the learning rate is lr / (1 + (step-1)*lr_decay).\n"
+    "Dtypes and param_copy as adam_step.\n"
     "state_sum starts at torch's initial_accumulator_value (fill it yourself).\n"
     "Bit-identical to torch.optim.Adagrad(fused=True).";
 
@@ -753,13 +1022,15 @@ effective learning rate (den: the update's denominator, a: the step size).
   auto adam_group = py::class_<AdamGroup>(m, "AdamGroup", R"doc(
 A parameter group's Adam/AdamW/AMSGrad state, validated once and held.
 
-AdamGroup(params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None) takes equal-length lists
-of contiguous, writeable float32 arrays that share no memory (max_exp_avg_sqs given
-means amsgrad). step(grads, ...) checks only the grads, then updates every array in
-place with one native call. The group keeps references to the arrays it holds.
+AdamGroup(params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, param_copies=None) takes
+equal-length lists of contiguous, writeable arrays that share no memory (max_exp_avg_sqs
+given means amsgrad), in one of adam_step's layouts. step(grads, ...) checks only the
+grads, then updates every array in place with one native call. The group keeps
+references to the arrays it holds.
 )doc")
-      .def(py::init<py::handle, py::handle, py::handle, py::handle>(), "params"_a,
-           "exp_avgs"_a, "exp_avg_sqs"_a, "max_exp_avg_sqs"_a = py::none())
+      .def(py::init<py::handle, py::handle, py::handle, py::handle, py::handle>(), "params"_a,
+           "exp_avgs"_a, "exp_avg_sqs"_a, "max_exp_avg_sqs"_a = py::none(),
+           "param_copies"_a = py::none())
       .def_property_readonly("count", &AdamGroup::count, "Number of tensors.")
       .def_property_readonly("numel", &AdamGroup::numel, "Elements over all tensors.")
       .def_property_readonly("amsgrad", &AdamGroup::amsgrad)
@@ -768,9 +1039,11 @@ place with one native call. The group keeps references to the arrays it holds.
   add_fast_method(adam_group, &kAdamGroupStep);
 
   auto adagrad_group = py::class_<AdagradGroup>(m, "AdagradGroup", R"doc(
-A parameter group's AdaGrad state (params and state_sums lists), validated once and held.
+A parameter group's AdaGrad state (params, state_sums and optionally param_copies lists),
+validated once and held.
 )doc")
-      .def(py::init<py::handle, py::handle>(), "params"_a, "state_sums"_a)
+      .def(py::init<py::handle, py::handle, py::handle>(), "params"_a, "state_sums"_a,
+           "param_copies"_a = py::none())
       .def_property_readonly("count", &AdagradGroup::count, "Number of tensors.")
       .def_property_readonly("numel", &AdagradGroup::numel, "Elements over all tensors.")
       .def("__len__", &AdagradGroup::count);

@@ -17,7 +17,7 @@ std::uint64_t read_xcr0() {
 }
 
 struct CpuidBits {
-  bool osxsave = false, avx = false, fma = false, avx2 = false;
+  bool osxsave = false, avx = false, fma = false, f16c = false, avx2 = false;
   bool avx512f = false, avx512vl = false, avx512bw = false, avx512dq = false;
   std::uint64_t xcr0 = 0;
 };
@@ -29,6 +29,7 @@ CpuidBits read_cpuid() {
   bits.fma = (ecx >> 12) & 1;
   bits.osxsave = (ecx >> 27) & 1;
   bits.avx = (ecx >> 28) & 1;
+  bits.f16c = (ecx >> 29) & 1;
   if (bits.osxsave) bits.xcr0 = read_xcr0();
   if (__get_cpuid_max(0, nullptr) >= 7) {
     __cpuid_count(7, 0, eax, ebx, ecx, edx);
@@ -46,7 +47,8 @@ CpuidBits read_cpuid() {
 bool cpu_has_avx2_fma() {
   const CpuidBits b = read_cpuid();
   const bool os_ymm = (b.xcr0 & 0x6) == 0x6;  // XMM and YMM state
-  return b.osxsave && os_ymm && b.avx && b.fma && b.avx2;
+  // F16C: the avx2 kernels convert float16 buffers with it (every AVX2 CPU has it).
+  return b.osxsave && os_ymm && b.avx && b.fma && b.f16c && b.avx2;
 }
 
 bool cpu_has_avx512() {

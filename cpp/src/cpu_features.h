@@ -3,7 +3,7 @@
 
 namespace adamcore::detail {
 
-// AVX2 and FMA, with the OS saving YMM state.
+// AVX2, FMA and F16C, with the OS saving YMM state.
 bool cpu_has_avx2_fma();
 // AVX-512 F, VL, BW and DQ, with the OS saving ZMM and opmask state.
 bool cpu_has_avx512();

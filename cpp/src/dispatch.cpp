@@ -21,6 +21,11 @@
 #include "kernel_api.h"
 #include "team.h"
 
+// The scalar 16-bit conversions, for host constants (compiled without ISA flags).
+#define ADAMCORE_NS host
+#include "vec/vec_scalar.h"
+#undef ADAMCORE_NS
+
 namespace adamcore {
 
 // ---------------------------------------------------------------- ISA control
@@ -111,35 +116,97 @@ bool set_isa(Isa isa) {
 
 namespace {
 
-detail::AdamRangeFn adam_kernel_for(Isa isa, detail::WdMode wd, bool lerp_low, bool ams,
-                                    bool diag) {
+detail::AdamRangeFn adam_kernel_for(Isa isa, std::size_t layout, detail::WdMode wd,
+                                    bool lerp_low, bool ams, bool diag) {
   switch (isa) {
 #if defined(ADAMCORE_HAVE_AVX2)
-    case Isa::avx2: return avx2::adam_kernel(wd, lerp_low, ams, diag);
+    case Isa::avx2: return avx2::adam_kernel(layout, wd, lerp_low, ams, diag);
 #endif
 #if defined(ADAMCORE_HAVE_AVX512)
-    case Isa::avx512: return avx512::adam_kernel(wd, lerp_low, ams, diag);
+    case Isa::avx512: return avx512::adam_kernel(layout, wd, lerp_low, ams, diag);
 #endif
 #if defined(ADAMCORE_HAVE_NEON)
-    case Isa::neon: return neon::adam_kernel(wd, lerp_low, ams, diag);
+    case Isa::neon: return neon::adam_kernel(layout, wd, lerp_low, ams, diag);
 #endif
-    default: return scalar::adam_kernel(wd, lerp_low, ams, diag);
+    default: return scalar::adam_kernel(layout, wd, lerp_low, ams, diag);
   }
 }
 
-detail::AdagradRangeFn adagrad_kernel_for(Isa isa, bool wd, bool diag) {
+detail::AdagradRangeFn adagrad_kernel_for(Isa isa, std::size_t layout, bool wd, bool diag) {
   switch (isa) {
 #if defined(ADAMCORE_HAVE_AVX2)
-    case Isa::avx2: return avx2::adagrad_kernel(wd, diag);
+    case Isa::avx2: return avx2::adagrad_kernel(layout, wd, diag);
 #endif
 #if defined(ADAMCORE_HAVE_AVX512)
-    case Isa::avx512: return avx512::adagrad_kernel(wd, diag);
+    case Isa::avx512: return avx512::adagrad_kernel(layout, wd, diag);
 #endif
 #if defined(ADAMCORE_HAVE_NEON)
-    case Isa::neon: return neon::adagrad_kernel(wd, diag);
+    case Isa::neon: return neon::adagrad_kernel(layout, wd, diag);
 #endif
-    default: return scalar::adagrad_kernel(wd, diag);
+    default: return scalar::adagrad_kernel(layout, wd, diag);
   }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- buffer layouts
+const char* dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::none: return "none";
+    case DType::float32: return "float32";
+    case DType::float64: return "float64";
+    case DType::bfloat16: return "bfloat16";
+    case DType::float16: return "float16";
+  }
+  return "unknown";
+}
+
+std::size_t dtype_size(DType dtype) {
+  switch (dtype) {
+    case DType::float32: return 4;
+    case DType::float64: return 8;
+    case DType::bfloat16:
+    case DType::float16: return 2;
+    default: return 0;
+  }
+}
+
+namespace {
+
+bool same_layout(const Layout& a, const Layout& b) {
+  return a.param == b.param && a.grad == b.grad && a.state == b.state &&
+         a.param_copy == b.param_copy;
+}
+
+// kLayouts' index of `layout`, or kLayoutCount when it is not there.
+std::size_t layout_index(const Layout& layout) {
+  std::size_t i = 0;
+  while (i < detail::kLayoutCount && !same_layout(detail::kLayouts[i], layout)) ++i;
+  return i;
+}
+
+}  // namespace
+
+std::string check_layout(const Layout& layout) {
+  if (layout_index(layout) < detail::kLayoutCount) return {};
+  std::ostringstream out;
+  out << "unsupported dtypes: params " << dtype_name(layout.param) << ", grads "
+      << dtype_name(layout.grad) << ", state " << dtype_name(layout.state) << ", param_copy "
+      << dtype_name(layout.param_copy)
+      << ". Accepted: one dtype for params, grads and state (float32, float64, bfloat16 or "
+         "float16) and no param_copy; or float32 params, grads and state with a bfloat16 "
+         "or float16 param_copy";
+  return out.str();
+}
+
+namespace {
+
+// 16-bit host constants, rounded as torch's 16-bit AdaGrad rounds them: to float32,
+// then to the param's dtype (and back to float32, exactly).
+float round_through(DType dtype, float x) {
+  if (dtype == DType::bfloat16) return host::bf16_to_float(host::float_to_bf16(x));
+  if (dtype == DType::float16) return host::f16_to_float(host::float_to_f16(x));
+  return x;
 }
 
 }  // namespace
@@ -386,64 +453,93 @@ void adam_step_size(const AdamHyper& h, double lr, std::int64_t t, double* step_
   *bc2_sqrt = std::sqrt(bc2);
 }
 
+// Adam's constants in double (the float64 layout's); the float32 ones round each once,
+// except W - 1, which torch's float32 lerp computes in float32.
+void adam_coeffs(const AdamHyper& h, std::int64_t step, double prev_lr,
+                 detail::AdamScalars* k) {
+  detail::AdamCoeffs<double>& d = k->d;
+  double step_size = 0, bc2_sqrt = 0;
+  adam_step_size(h, h.lr, step, &step_size, &bc2_sqrt);
+  d.one_minus_beta1 = 1.0 - h.beta1;
+  d.one_minus_beta1_less1 = d.one_minus_beta1 - 1.0;
+  d.beta2 = h.beta2;
+  d.one_minus_beta2 = 1.0 - h.beta2;
+  d.bc2_sqrt = bc2_sqrt;
+  d.eps = h.eps;
+  d.neg_step_size = -step_size;
+  d.weight_decay = h.weight_decay;
+  // torch's kernels are compiled with contraction: 1 - lr*wd is one fused multiply-add.
+  d.decay_factor = std::fma(-h.lr, h.weight_decay, 1.0);
+  d.step_size = step_size;
+  d.prev_step_size = 1.0;
+  d.prev_bc2_sqrt = 1.0;
+  if (step > 1) {
+    adam_step_size(h, prev_lr < 0 ? h.lr : prev_lr, step - 1, &d.prev_step_size,
+                   &d.prev_bc2_sqrt);
+  }
+  detail::AdamCoeffs<float>& f = k->f;
+  f.one_minus_beta1 = static_cast<float>(d.one_minus_beta1);
+  f.one_minus_beta1_less1 = f.one_minus_beta1 - 1.0f;
+  f.beta2 = static_cast<float>(d.beta2);
+  f.one_minus_beta2 = static_cast<float>(d.one_minus_beta2);
+  f.bc2_sqrt = static_cast<float>(d.bc2_sqrt);
+  f.eps = static_cast<float>(d.eps);
+  f.neg_step_size = static_cast<float>(d.neg_step_size);
+  f.weight_decay = static_cast<float>(d.weight_decay);
+  f.decay_factor = static_cast<float>(d.decay_factor);
+  f.step_size = static_cast<float>(d.step_size);
+  f.prev_step_size = static_cast<float>(d.prev_step_size);
+  f.prev_bc2_sqrt = static_cast<float>(d.prev_bc2_sqrt);
+}
+
 }  // namespace
 
 void adam_step(const AdamBuffers* tensors, std::size_t count, std::int64_t step,
-               const AdamHyper& h, GammaStats* diag, double prev_lr) {
+               const AdamHyper& h, GammaStats* diag, double prev_lr, const Layout& layout) {
+  const std::size_t layout_at = layout_index(layout);
+  if (layout_at >= detail::kLayoutCount) return;  // callers check_layout first
   detail::AdamScalars k{};
-  double step_size = 0, bc2_sqrt = 0;
-  adam_step_size(h, h.lr, step, &step_size, &bc2_sqrt);
-  const float w = static_cast<float>(1.0 - h.beta1);
-  k.one_minus_beta1 = w;
-  k.one_minus_beta1_less1 = w - 1.0f;
-  k.beta2 = static_cast<float>(h.beta2);
-  k.one_minus_beta2 = static_cast<float>(1.0 - h.beta2);
-  k.bc2_sqrt = static_cast<float>(bc2_sqrt);
-  k.eps = static_cast<float>(h.eps);
-  k.neg_step_size = static_cast<float>(-step_size);
-  k.weight_decay = static_cast<float>(h.weight_decay);
-  k.decay_factor = static_cast<float>(1.0 - h.lr * h.weight_decay);
+  adam_coeffs(h, step, prev_lr, &k);
   k.sign_flip = h.maximize ? 0x80000000u : 0u;
-  k.step_size = static_cast<float>(step_size);
   k.gamma_defined = step > 1;
-  if (k.gamma_defined) {
-    double prev_step_size = 0, prev_bc2_sqrt = 0;
-    adam_step_size(h, prev_lr < 0 ? h.lr : prev_lr, step - 1, &prev_step_size, &prev_bc2_sqrt);
-    k.prev_step_size = static_cast<float>(prev_step_size);
-    k.prev_bc2_sqrt = static_cast<float>(prev_bc2_sqrt);
-  } else {
-    k.prev_step_size = 1.0f;
-    k.prev_bc2_sqrt = 1.0f;
-  }
 
   detail::WdMode wd = detail::WdMode::none;
   if (h.weight_decay != 0) wd = h.decoupled ? detail::WdMode::decoupled : detail::WdMode::l2;
-  // torch's lerp uses weight*(end-start)+start when |weight| < 0.5, else the other form.
-  const bool lerp_low = w < 0.5f;
+  // torch's lerp uses weight*(end-start)+start when |weight| < 0.5, else the other form,
+  // deciding in the layout's arithmetic.
+  const bool lerp_low = layout.param == DType::float64 ? k.d.one_minus_beta1 < 0.5
+                                                       : k.f.one_minus_beta1 < 0.5f;
   const detail::AdamRangeFn kernel =
-      adam_kernel_for(active_isa(), wd, lerp_low, h.amsgrad, diag != nullptr);
+      adam_kernel_for(active_isa(), layout_at, wd, lerp_low, h.amsgrad, diag != nullptr);
 
   run_kernel(kernel, k, tensors, count, diag);
 }
 
 void adagrad_step(const AdagradBuffers* tensors, std::size_t count, std::int64_t step,
-                  const AdagradHyper& h, GammaStats* diag, double prev_lr) {
+                  const AdagradHyper& h, GammaStats* diag, double prev_lr,
+                  const Layout& layout) {
+  const std::size_t layout_at = layout_index(layout);
+  if (layout_at >= detail::kLayoutCount) return;  // callers check_layout first
   detail::AdagradScalars k{};
-  const double clr = h.lr / (1.0 + static_cast<double>(step - 1) * h.lr_decay);
-  k.neg_clr = static_cast<float>(-clr);
-  k.weight_decay = static_cast<float>(h.weight_decay);
-  k.eps = static_cast<float>(h.eps);
-  k.sign_flip = h.maximize ? 0x80000000u : 0u;
-  k.clr = static_cast<float>(clr);
-  k.gamma_defined = step > 1;
-  if (k.gamma_defined) {
+  // clr = lr / (1 + (t-1)*lr_decay), the denominator one fused multiply-add as in torch.
+  const double clr = h.lr / std::fma(static_cast<double>(step - 1), h.lr_decay, 1.0);
+  double prev_clr = 1.0;
+  if (step > 1) {
     const double lr0 = prev_lr < 0 ? h.lr : prev_lr;
-    k.prev_clr = static_cast<float>(lr0 / (1.0 + static_cast<double>(step - 2) * h.lr_decay));
-  } else {
-    k.prev_clr = 1.0f;
+    prev_clr = lr0 / std::fma(static_cast<double>(step - 2), h.lr_decay, 1.0);
   }
+  k.d = {-clr, h.weight_decay, h.eps, clr, prev_clr};
+  // torch's 16-bit AdaGrad rounds clr, weight_decay and eps to the param's dtype.
+  const DType round_to = layout.param;
+  k.f.neg_clr = -round_through(round_to, static_cast<float>(clr));
+  k.f.weight_decay = round_through(round_to, static_cast<float>(h.weight_decay));
+  k.f.eps = round_through(round_to, static_cast<float>(h.eps));
+  k.f.clr = static_cast<float>(clr);
+  k.f.prev_clr = static_cast<float>(prev_clr);
+  k.sign_flip = h.maximize ? 0x80000000u : 0u;
+  k.gamma_defined = step > 1;
   const detail::AdagradRangeFn kernel =
-      adagrad_kernel_for(active_isa(), h.weight_decay != 0, diag != nullptr);
+      adagrad_kernel_for(active_isa(), layout_at, h.weight_decay != 0, diag != nullptr);
 
   run_kernel(kernel, k, tensors, count, diag);
 }

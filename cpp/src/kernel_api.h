@@ -11,36 +11,70 @@ namespace adamcore::detail {
 
 enum class WdMode : int { none = 0, l2 = 1, decoupled = 2 };
 
-// Per-step constants, computed in double on the host and rounded to float32 once
-// (docs/numerics.md gives each one's formula).
-struct AdamScalars {
-  float one_minus_beta1;        // W
-  float one_minus_beta1_less1;  // fl(W - 1), the lerp's coefficient when W >= 0.5
-  float beta2;                  // B2
-  float one_minus_beta2;        // C2
-  float bc2_sqrt;               // D
-  float eps;                    // E
-  float neg_step_size;          // S
-  float weight_decay;           // L (Adam: added to the gradient)
-  float decay_factor;           // K = fl(1 - lr*wd) (AdamW: multiplies the parameter)
-  std::uint32_t sign_flip;      // 0x80000000 with maximize, else 0
+// 16-bit storage: the bits of one bfloat16 / IEEE binary16 value. Distinct types so
+// the kernels pick their loads and stores by overload.
+struct Bf16 {
+  std::uint16_t bits;
+};
+struct F16 {
+  std::uint16_t bits;
+};
+
+// Per-step constants of one arithmetic (float for float32 and the 16-bit types,
+// double for float64), computed on the host (docs/numerics.md gives each formula).
+template <class T>
+struct AdamCoeffs {
+  T one_minus_beta1;        // W
+  T one_minus_beta1_less1;  // W - 1, the lerp's coefficient when W >= 0.5
+  T beta2;                  // B2
+  T one_minus_beta2;        // C2
+  T bc2_sqrt;               // D
+  T eps;                    // E
+  T neg_step_size;          // S
+  T weight_decay;           // L (Adam: added to the gradient)
+  T decay_factor;           // K = 1 - lr*wd (AdamW: multiplies the parameter)
   // Γ diagnostics only
-  float step_size;              // a_t
-  float prev_step_size;         // a_{t-1}
-  float prev_bc2_sqrt;          // D of step t-1
+  T step_size;              // a_t
+  T prev_step_size;         // a_{t-1}
+  T prev_bc2_sqrt;          // D of step t-1
+};
+
+struct AdamScalars {
+  AdamCoeffs<float> f;          // used by layouts whose arithmetic is float32
+  AdamCoeffs<double> d;         // used by the float64 layout
+  std::uint32_t sign_flip;      // 0x80000000 with maximize, else 0 (a double's top word)
   bool gamma_defined;           // t > 1
 };
 
-struct AdagradScalars {
-  float neg_clr;                // N
-  float weight_decay;           // L
-  float eps;                    // E
-  std::uint32_t sign_flip;
+template <class T>
+struct AdagradCoeffs {
+  T neg_clr;                    // N
+  T weight_decay;               // L
+  T eps;                        // E
   // Γ diagnostics only
-  float clr;
-  float prev_clr;
+  T clr;
+  T prev_clr;
+};
+
+struct AdagradScalars {
+  AdagradCoeffs<float> f;
+  AdagradCoeffs<double> d;
+  std::uint32_t sign_flip;
   bool gamma_defined;
 };
+
+// The buffer layouts the kernels are compiled for: index i of this table is the
+// kernels' layout index. Every entry has state of the param's dtype.
+inline constexpr Layout kLayouts[] = {
+    {DType::float32, DType::float32, DType::float32, DType::none},
+    {DType::float64, DType::float64, DType::float64, DType::none},
+    {DType::bfloat16, DType::bfloat16, DType::bfloat16, DType::none},
+    {DType::float16, DType::float16, DType::float16, DType::none},
+    // float32 master weights: a 16-bit copy of the updated params
+    {DType::float32, DType::float32, DType::float32, DType::bfloat16},
+    {DType::float32, DType::float32, DType::float32, DType::float16},
+};
+inline constexpr std::size_t kLayoutCount = sizeof(kLayouts) / sizeof(kLayouts[0]);
 
 // Per-thread Γ accumulator, set by diag_init. Every reduction is order-independent.
 // (No member initialisers: they would give it a constructor that an unoptimised build
@@ -63,12 +97,14 @@ using AdagradRangeFn = void (*)(const AdagradScalars&, const AdagradBuffers&,
 }  // namespace adamcore::detail
 
 // Each ISA file defines these two in its namespace: they return the kernel
-// specialised for the given options (all branches resolved at compile time).
+// specialised for the given layout (an index into kLayouts) and options (all
+// branches resolved at compile time).
 #define ADAMCORE_DECLARE_ISA(ns)                                                    \
   namespace adamcore::ns {                                                          \
-  detail::AdamRangeFn adam_kernel(detail::WdMode wd, bool lerp_low, bool amsgrad,   \
-                                  bool diag);                                       \
-  detail::AdagradRangeFn adagrad_kernel(bool weight_decay, bool diag);              \
+  detail::AdamRangeFn adam_kernel(std::size_t layout, detail::WdMode wd,            \
+                                  bool lerp_low, bool amsgrad, bool diag);          \
+  detail::AdagradRangeFn adagrad_kernel(std::size_t layout, bool weight_decay,      \
+                                        bool diag);                                 \
   }
 
 ADAMCORE_DECLARE_ISA(scalar)

@@ -6,9 +6,13 @@
 // whatever its position, the buffer's alignment, the ISA or the thread split.
 // The arithmetic is docs/numerics.md's canonical recipe; every operation below is a
 // correctly rounded IEEE operation (no estimates, no contraction: -ffp-contract=off).
+// The buffers' dtypes (detail::kLayouts) are template parameters too: loads widen to
+// the layout's arithmetic (float, or double for float64) and stores round to nearest
+// even, through the Vec types' load/store overloads.
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 
 #include "kernel_api.h"
@@ -16,10 +20,50 @@
 namespace adamcore::ADAMCORE_NS {
 namespace {
 
+using detail::AdagradCoeffs;
 using detail::AdagradScalars;
+using detail::AdamCoeffs;
 using detail::AdamScalars;
 using detail::DiagAccum;
 using detail::WdMode;
+
+template <DType D>
+struct StorageOf;
+template <>
+struct StorageOf<DType::none> {
+  using type = void;
+};
+template <>
+struct StorageOf<DType::float32> {
+  using type = float;
+};
+template <>
+struct StorageOf<DType::float64> {
+  using type = double;
+};
+template <>
+struct StorageOf<DType::bfloat16> {
+  using type = detail::Bf16;
+};
+template <>
+struct StorageOf<DType::float16> {
+  using type = detail::F16;
+};
+
+// Layout L's element types and arithmetic: params and state are Param (the table
+// has no layout where they differ), grads Grad, the param copy Copy (void: none).
+template <std::size_t L>
+struct LayoutTypes {
+  static_assert(detail::kLayouts[L].state == detail::kLayouts[L].param,
+                "the kernels read and write state in the param's dtype");
+  using Param = typename StorageOf<detail::kLayouts[L].param>::type;
+  using Grad = typename StorageOf<detail::kLayouts[L].grad>::type;
+  using Copy = typename StorageOf<detail::kLayouts[L].param_copy>::type;
+  static constexpr bool kDouble = std::is_same_v<Param, double>;
+  using Math = std::conditional_t<kDouble, double, float>;
+  using Body = std::conditional_t<kDouble, VecF64, Vec>;  // the vector body's type
+  using One = std::conditional_t<kDouble, VecScalarF64, VecScalar>;  // head and tail
+};
 
 // Running Γ statistics in vector lanes; reduced to a DiagAccum at the end.
 template <class V>
@@ -45,22 +89,41 @@ struct DiagLanes {
     lr_max = keep_max(lr_max, lr0);
   }
   void merge_into(DiagAccum* acc) const {
+    // (float64 layouts: rounding to float is monotonic, so it commutes with min/max.)
     DiagAccum mine;
     mine.negative = negative;
     mine.undefined = undefined;
-    mine.gamma_min = reduce_min(gamma_min);
-    mine.lr_min = reduce_min(lr_min);
-    mine.lr_max = reduce_max(lr_max);
+    mine.gamma_min = static_cast<float>(reduce_min(gamma_min));
+    mine.lr_min = static_cast<float>(reduce_min(lr_min));
+    mine.lr_max = static_cast<float>(reduce_max(lr_max));
     detail::diag_merge(acc, mine);
   }
 };
+
+template <class Math>
+const AdamCoeffs<Math>& coeffs_for(const AdamScalars& k) {
+  if constexpr (std::is_same_v<Math, double>) {
+    return k.d;
+  } else {
+    return k.f;
+  }
+}
+template <class Math>
+const AdagradCoeffs<Math>& coeffs_for(const AdagradScalars& k) {
+  if constexpr (std::is_same_v<Math, double>) {
+    return k.d;
+  } else {
+    return k.f;
+  }
+}
 
 template <class V>
 struct AdamConsts {
   V w, w_less1, b2, c2, d, e, s, l, k;
   // diagnostics
   V a, a_prev, d_prev;
-  explicit AdamConsts(const AdamScalars& c)
+  template <class T>
+  explicit AdamConsts(const AdamCoeffs<T>& c)
       : w(V::set1(c.one_minus_beta1)), w_less1(V::set1(c.one_minus_beta1_less1)),
         b2(V::set1(c.beta2)), c2(V::set1(c.one_minus_beta2)), d(V::set1(c.bc2_sqrt)),
         e(V::set1(c.eps)), s(V::set1(c.neg_step_size)), l(V::set1(c.weight_decay)),
@@ -68,11 +131,18 @@ struct AdamConsts {
         a_prev(V::set1(c.prev_step_size)), d_prev(V::set1(c.prev_bc2_sqrt)) {}
 };
 
-// One vector (or one element) of Adam / AdamW / AMSGrad.
-template <class V, WdMode Wd, bool LerpLow, bool Amsgrad, bool Diag>
+// Writes the updated params' low-precision copy, when the layout has one.
+template <class C, class V>
+inline void store_copy([[maybe_unused]] C* copy_ptr, [[maybe_unused]] V p) {
+  if constexpr (!std::is_void_v<C>) store(copy_ptr, p);
+}
+
+// One vector (or one element) of Adam / AdamW / AMSGrad. P: the params' and state's
+// storage type, G: the grads', C: the param copy's (void: none).
+template <class V, class P, class G, class C, WdMode Wd, bool LerpLow, bool Amsgrad, bool Diag>
 inline void adam_lanes(const AdamConsts<V>& c, std::uint32_t sign_flip, bool gamma_defined,
-                       float* p_ptr, const float* g_ptr, float* m_ptr, float* v_ptr,
-                       float* vmax_ptr, DiagLanes<V>& diag) {
+                       P* p_ptr, const G* g_ptr, P* m_ptr, P* v_ptr, P* vmax_ptr, C* copy_ptr,
+                       DiagLanes<V>& diag) {
   V g = flip_sign(V::load(g_ptr), sign_flip);
   V p = V::load(p_ptr);
   if constexpr (Wd == WdMode::l2) g = fma(p, c.l, g);
@@ -97,6 +167,7 @@ inline void adam_lanes(const AdamConsts<V>& c, std::uint32_t sign_flip, bool gam
   p = add(p, div(mul(c.s, m), den));
 
   store(p_ptr, p);
+  store_copy(copy_ptr, p);
   store(m_ptr, m);
   store(v_ptr, v);
 
@@ -112,61 +183,82 @@ inline void adam_lanes(const AdamConsts<V>& c, std::uint32_t sign_flip, bool gam
 struct Split {
   std::size_t body_begin, body_end;
 };
-inline Split split_for_alignment(const float* param, std::size_t begin, std::size_t end) {
-  constexpr std::size_t kBytes = Vec::kLanes * sizeof(float);
+template <class V, class P>
+Split split_for_alignment(const P* param, std::size_t begin, std::size_t end) {
+  constexpr std::size_t kBytes = V::kLanes * sizeof(P);
   const auto address = reinterpret_cast<std::uintptr_t>(param + begin);
   std::size_t head = 0;
-  if (Vec::kLanes > 1 && address % sizeof(float) == 0 && address % kBytes != 0) {
-    head = (kBytes - address % kBytes) / sizeof(float);
+  if (V::kLanes > 1 && address % sizeof(P) == 0 && address % kBytes != 0) {
+    head = (kBytes - address % kBytes) / sizeof(P);
   }
   const std::size_t body_begin = begin + (head < end - begin ? head : end - begin);
-  const std::size_t body_end = body_begin + (end - body_begin) / Vec::kLanes * Vec::kLanes;
+  const std::size_t body_end = body_begin + (end - body_begin) / V::kLanes * V::kLanes;
   return {body_begin, body_end};
 }
 
-// Elements [from, to) of one tensor at V's width (to - from is a multiple of it).
-template <class V, WdMode Wd, bool LerpLow, bool Amsgrad, bool Diag>
+// Pointer arithmetic on an optional buffer (void: there is none).
+template <class C>
+C* offset_or_null(void* base, std::size_t i) {
+  if constexpr (std::is_void_v<C>) {
+    return nullptr;
+  } else {
+    return static_cast<C*>(base) + i;
+  }
+}
+
+// Elements [from, to) of one tensor of layout L at V's width (to - from is a multiple of it).
+template <std::size_t L, class V, WdMode Wd, bool LerpLow, bool Amsgrad, bool Diag>
 void adam_elements(const AdamScalars& k, const AdamBuffers& b, std::size_t from, std::size_t to,
                    DiagAccum* acc) {
+  using T = LayoutTypes<L>;
+  using P = typename T::Param;
+  using G = typename T::Grad;
+  using C = typename T::Copy;
   if (from == to) return;
   // Locals, so the compiler need not reload them after every store.
-  float* const param = b.param;
-  const float* const grad = b.grad;
-  float* const exp_avg = b.exp_avg;
-  float* const exp_avg_sq = b.exp_avg_sq;
-  float* const max_exp_avg_sq = b.max_exp_avg_sq;
+  P* const param = static_cast<P*>(b.param);
+  const G* const grad = static_cast<const G*>(b.grad);
+  P* const exp_avg = static_cast<P*>(b.exp_avg);
+  P* const exp_avg_sq = static_cast<P*>(b.exp_avg_sq);
+  P* const max_exp_avg_sq = static_cast<P*>(b.max_exp_avg_sq);
+  void* const param_copy = b.param_copy;
   const std::uint32_t sign_flip = k.sign_flip;
   const bool gamma_defined = k.gamma_defined;
-  const AdamConsts<V> c(k);
+  const AdamConsts<V> c(coeffs_for<typename T::Math>(k));
   DiagLanes<V> diag;
   for (std::size_t i = from; i < to; i += V::kLanes) {
-    adam_lanes<V, Wd, LerpLow, Amsgrad, Diag>(
+    adam_lanes<V, P, G, C, Wd, LerpLow, Amsgrad, Diag>(
         c, sign_flip, gamma_defined, param + i, grad + i, exp_avg + i, exp_avg_sq + i,
-        Amsgrad ? max_exp_avg_sq + i : nullptr, diag);
+        Amsgrad ? max_exp_avg_sq + i : nullptr, offset_or_null<C>(param_copy, i), diag);
   }
   if constexpr (Diag) diag.merge_into(acc);
 }
 
-template <WdMode Wd, bool LerpLow, bool Amsgrad, bool Diag>
+template <std::size_t L, WdMode Wd, bool LerpLow, bool Amsgrad, bool Diag>
 void adam_range(const AdamScalars& k, const AdamBuffers& b, std::size_t begin,
                 std::size_t end, DiagAccum* acc) {
-  const Split s = split_for_alignment(b.param, begin, end);
-  adam_elements<VecScalar, Wd, LerpLow, Amsgrad, Diag>(k, b, begin, s.body_begin, acc);
-  adam_elements<Vec, Wd, LerpLow, Amsgrad, Diag>(k, b, s.body_begin, s.body_end, acc);
-  adam_elements<VecScalar, Wd, LerpLow, Amsgrad, Diag>(k, b, s.body_end, end, acc);
+  using T = LayoutTypes<L>;
+  using Body = typename T::Body;
+  using One = typename T::One;
+  const Split s = split_for_alignment<Body>(static_cast<const typename T::Param*>(b.param),
+                                            begin, end);
+  adam_elements<L, One, Wd, LerpLow, Amsgrad, Diag>(k, b, begin, s.body_begin, acc);
+  adam_elements<L, Body, Wd, LerpLow, Amsgrad, Diag>(k, b, s.body_begin, s.body_end, acc);
+  adam_elements<L, One, Wd, LerpLow, Amsgrad, Diag>(k, b, s.body_end, end, acc);
 }
 
 template <class V>
 struct AdagradConsts {
   V n, l, e, clr, clr_prev;
-  explicit AdagradConsts(const AdagradScalars& c)
+  template <class T>
+  explicit AdagradConsts(const AdagradCoeffs<T>& c)
       : n(V::set1(c.neg_clr)), l(V::set1(c.weight_decay)), e(V::set1(c.eps)),
         clr(V::set1(c.clr)), clr_prev(V::set1(c.prev_clr)) {}
 };
 
-template <class V, bool WeightDecay, bool Diag>
+template <class V, class P, class G, class C, bool WeightDecay, bool Diag>
 inline void adagrad_lanes(const AdagradConsts<V>& c, std::uint32_t sign_flip,
-                          bool gamma_defined, float* p_ptr, const float* g_ptr, float* s_ptr,
+                          bool gamma_defined, P* p_ptr, const G* g_ptr, P* s_ptr, C* copy_ptr,
                           DiagLanes<V>& diag) {
   V g = flip_sign(V::load(g_ptr), sign_flip);
   V p = V::load(p_ptr);
@@ -176,6 +268,7 @@ inline void adagrad_lanes(const AdagradConsts<V>& c, std::uint32_t sign_flip,
   const V std_dev = add(sqrt(s), c.e);
   p = add(p, div(mul(c.n, g), std_dev));
   store(p_ptr, p);
+  store_copy(copy_ptr, p);
   store(s_ptr, s);
   if constexpr (Diag) {
     const V std_old = add(sqrt(s_old), c.e);
@@ -183,64 +276,84 @@ inline void adagrad_lanes(const AdagradConsts<V>& c, std::uint32_t sign_flip,
   }
 }
 
-template <class V, bool WeightDecay, bool Diag>
+template <std::size_t L, class V, bool WeightDecay, bool Diag>
 void adagrad_elements(const AdagradScalars& k, const AdagradBuffers& b, std::size_t from,
                       std::size_t to, DiagAccum* acc) {
+  using T = LayoutTypes<L>;
+  using P = typename T::Param;
+  using G = typename T::Grad;
+  using C = typename T::Copy;
   if (from == to) return;
-  float* const param = b.param;
-  const float* const grad = b.grad;
-  float* const state_sum = b.state_sum;
+  P* const param = static_cast<P*>(b.param);
+  const G* const grad = static_cast<const G*>(b.grad);
+  P* const state_sum = static_cast<P*>(b.state_sum);
+  void* const param_copy = b.param_copy;
   const std::uint32_t sign_flip = k.sign_flip;
   const bool gamma_defined = k.gamma_defined;
-  const AdagradConsts<V> c(k);
+  const AdagradConsts<V> c(coeffs_for<typename T::Math>(k));
   DiagLanes<V> diag;
   for (std::size_t i = from; i < to; i += V::kLanes) {
-    adagrad_lanes<V, WeightDecay, Diag>(c, sign_flip, gamma_defined, param + i, grad + i,
-                                        state_sum + i, diag);
+    adagrad_lanes<V, P, G, C, WeightDecay, Diag>(c, sign_flip, gamma_defined, param + i,
+                                                 grad + i, state_sum + i,
+                                                 offset_or_null<C>(param_copy, i), diag);
   }
   if constexpr (Diag) diag.merge_into(acc);
 }
 
-template <bool WeightDecay, bool Diag>
+template <std::size_t L, bool WeightDecay, bool Diag>
 void adagrad_range(const AdagradScalars& k, const AdagradBuffers& b, std::size_t begin,
                    std::size_t end, DiagAccum* acc) {
-  const Split s = split_for_alignment(b.param, begin, end);
-  adagrad_elements<VecScalar, WeightDecay, Diag>(k, b, begin, s.body_begin, acc);
-  adagrad_elements<Vec, WeightDecay, Diag>(k, b, s.body_begin, s.body_end, acc);
-  adagrad_elements<VecScalar, WeightDecay, Diag>(k, b, s.body_end, end, acc);
+  using T = LayoutTypes<L>;
+  using Body = typename T::Body;
+  using One = typename T::One;
+  const Split s = split_for_alignment<Body>(static_cast<const typename T::Param*>(b.param),
+                                            begin, end);
+  adagrad_elements<L, One, WeightDecay, Diag>(k, b, begin, s.body_begin, acc);
+  adagrad_elements<L, Body, WeightDecay, Diag>(k, b, s.body_begin, s.body_end, acc);
+  adagrad_elements<L, One, WeightDecay, Diag>(k, b, s.body_end, end, acc);
 }
 
-// Every combination of options, indexed ((wd * 2 + lerp_low) * 2 + amsgrad) * 2 + diag.
+// Every layout and combination of options: Adam's index is
+// layout * 24 + ((wd * 2 + lerp_low) * 2 + amsgrad) * 2 + diag, AdaGrad's
+// layout * 4 + wd * 2 + diag.
 // A plain array in a local struct, not std::array: an unoptimised build emits
 // std::array's members as weak symbols shared by every ISA's file, and the linker
 // could keep the AVX-512 copy for all of them.
+constexpr std::size_t kAdamOptions = 24;
+constexpr std::size_t kAdagradOptions = 4;
+
 template <class Fn, std::size_t N>
 struct FnTable {
   Fn fn[N];
 };
 template <std::size_t... I>
 constexpr FnTable<detail::AdamRangeFn, sizeof...(I)> adam_variants(std::index_sequence<I...>) {
-  return {{&adam_range<static_cast<WdMode>(I / 8), (I / 4) % 2 == 1, (I / 2) % 2 == 1,
-                       I % 2 == 1>...}};
+  return {{&adam_range<I / kAdamOptions, static_cast<WdMode>(I % kAdamOptions / 8),
+                       (I / 4) % 2 == 1, (I / 2) % 2 == 1, I % 2 == 1>...}};
 }
 template <std::size_t... I>
 constexpr FnTable<detail::AdagradRangeFn, sizeof...(I)> adagrad_variants(
     std::index_sequence<I...>) {
-  return {{&adagrad_range<(I / 2) == 1, I % 2 == 1>...}};
+  return {{&adagrad_range<I / kAdagradOptions, (I / 2) % 2 == 1, I % 2 == 1>...}};
 }
 
 }  // namespace
 
-detail::AdamRangeFn adam_kernel(WdMode wd, bool lerp_low, bool amsgrad, bool diag) {
-  static constexpr auto kVariants = adam_variants(std::make_index_sequence<24>{});
-  const std::size_t index =
-      ((static_cast<std::size_t>(wd) * 2 + lerp_low) * 2 + amsgrad) * 2 + diag;
+detail::AdamRangeFn adam_kernel(std::size_t layout, WdMode wd, bool lerp_low, bool amsgrad,
+                                bool diag) {
+  static constexpr auto kVariants =
+      adam_variants(std::make_index_sequence<detail::kLayoutCount * kAdamOptions>{});
+  const std::size_t index = layout * kAdamOptions +
+                            ((static_cast<std::size_t>(wd) * 2 + lerp_low) * 2 + amsgrad) * 2 +
+                            diag;
   return kVariants.fn[index];
 }
 
-detail::AdagradRangeFn adagrad_kernel(bool weight_decay, bool diag) {
-  static constexpr auto kVariants = adagrad_variants(std::make_index_sequence<4>{});
-  return kVariants.fn[static_cast<std::size_t>(weight_decay) * 2 + diag];
+detail::AdagradRangeFn adagrad_kernel(std::size_t layout, bool weight_decay, bool diag) {
+  static constexpr auto kVariants =
+      adagrad_variants(std::make_index_sequence<detail::kLayoutCount * kAdagradOptions>{});
+  return kVariants.fn[layout * kAdagradOptions + static_cast<std::size_t>(weight_decay) * 2 +
+                      diag];
 }
 
 }  // namespace adamcore::ADAMCORE_NS

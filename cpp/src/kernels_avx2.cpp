@@ -6,6 +6,7 @@
 
 namespace adamcore::avx2 {
 using Vec = VecAvx2;
+using VecF64 = VecAvx2F64;
 }
 
 #include "kernels.inl"

@@ -6,6 +6,7 @@
 
 namespace adamcore::avx512 {
 using Vec = VecAvx512;
+using VecF64 = VecAvx512F64;
 }
 
 #include "kernels.inl"

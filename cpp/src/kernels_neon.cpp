@@ -6,6 +6,7 @@
 
 namespace adamcore::neon {
 using Vec = VecNeon;
+using VecF64 = VecNeonF64;
 }
 
 #include "kernels.inl"

@@ -5,6 +5,7 @@
 
 namespace adamcore::scalar {
 using Vec = VecScalar;
+using VecF64 = VecScalarF64;
 }
 
 #include "kernels.inl"

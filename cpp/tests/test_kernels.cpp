@@ -21,7 +21,13 @@
 #endif
 
 #include "adamcore/adamcore.h"
+#include "kernel_api.h"
 #include "team.h"
+
+// The kernels' scalar 16-bit conversions, to build test buffers.
+#define ADAMCORE_NS testconv
+#include "vec/vec_scalar.h"
+#undef ADAMCORE_NS
 
 namespace {
 
@@ -505,6 +511,273 @@ void test_stall_guard() {
   check(adamcore::detail::solo_steps_left() == 0, "stall guard: reset");
 }
 
+// ---------------------------------------------------------------- buffer layouts
+// A buffer of any dtype, as bytes.
+struct Typed {
+  adamcore::DType dtype = adamcore::DType::none;
+  std::vector<unsigned char> bytes;
+  void* at(std::size_t i) {
+    return bytes.empty() ? nullptr : bytes.data() + i * adamcore::dtype_size(dtype);
+  }
+  const void* at(std::size_t i) const {
+    return bytes.empty() ? nullptr : bytes.data() + i * adamcore::dtype_size(dtype);
+  }
+};
+
+Typed encode(const std::vector<float>& values, adamcore::DType dtype) {
+  Typed out;
+  out.dtype = dtype;
+  if (dtype == adamcore::DType::none) return out;
+  out.bytes.resize(values.size() * adamcore::dtype_size(dtype));
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    unsigned char* to = out.bytes.data() + i * adamcore::dtype_size(dtype);
+    if (dtype == adamcore::DType::float32) {
+      std::memcpy(to, &values[i], 4);
+    } else if (dtype == adamcore::DType::float64) {
+      const double d = static_cast<double>(values[i]) * (1.0 + 1e-12);  // use the extra bits
+      std::memcpy(to, &d, 8);
+    } else {
+      const std::uint16_t h = dtype == adamcore::DType::bfloat16
+                                  ? adamcore::testconv::float_to_bf16(values[i])
+                                  : adamcore::testconv::float_to_f16(values[i]);
+      std::memcpy(to, &h, 2);
+    }
+  }
+  return out;
+}
+
+// Element i as a double (exact for every dtype).
+double decode(const Typed& b, std::size_t i) {
+  const unsigned char* from = b.bytes.data() + i * adamcore::dtype_size(b.dtype);
+  switch (b.dtype) {
+    case adamcore::DType::float32: { float f; std::memcpy(&f, from, 4); return f; }
+    case adamcore::DType::float64: { double d; std::memcpy(&d, from, 8); return d; }
+    default: {
+      std::uint16_t h;
+      std::memcpy(&h, from, 2);
+      return b.dtype == adamcore::DType::bfloat16 ? adamcore::testconv::bf16_to_float(h)
+                                                  : adamcore::testconv::f16_to_float(h);
+    }
+  }
+}
+
+// Index of the first element whose bits differ (any NaN equals any NaN), or -1.
+long first_mismatch(const Typed& a, const Typed& b) {
+  if (a.dtype != b.dtype || a.bytes.size() != b.bytes.size()) return 0;
+  const std::size_t item = adamcore::dtype_size(a.dtype);
+  for (std::size_t i = 0; item && i < a.bytes.size() / item; ++i) {
+    const bool nan_a = std::isnan(decode(a, i)), nan_b = std::isnan(decode(b, i));
+    if (nan_a && nan_b) continue;
+    if (nan_a != nan_b || std::memcmp(&a.bytes[i * item], &b.bytes[i * item], item) != 0) {
+      return static_cast<long>(i);
+    }
+  }
+  return -1;
+}
+
+struct LayoutState {
+  Typed p, m, v, vmax, copy;
+};
+
+std::string describe(const adamcore::Layout& l) {
+  return std::string("params ") + adamcore::dtype_name(l.param) + ", grads " +
+         adamcore::dtype_name(l.grad) + ", copy " + adamcore::dtype_name(l.param_copy);
+}
+
+// Every accepted layout: every ISA gives the scalar ISA's bits (params, state, the
+// param copy, Γ statistics), for Adam's option families and AdaGrad, many sizes and
+// unaligned starts, with special values in the gradients.
+void test_layouts_isas_match_scalar() {
+  std::mt19937 rng(2024);
+  const std::vector<std::size_t> sizes = {0, 1, 5, 17, 33, 64, 131};
+  std::vector<adamcore::AdamHyper> hypers;
+  for (const auto& h : adam_variants()) {
+    if (h.bias_correction && (h.maximize == h.amsgrad)) hypers.push_back(h);  // 12 of 48
+  }
+  for (const adamcore::Layout& layout : adamcore::detail::kLayouts) {
+    check(adamcore::check_layout(layout).empty(), describe(layout) + ": accepted");
+    for (std::size_t n : sizes) {
+      for (std::size_t offset : {0, 1, 3}) {
+        const std::size_t total = n + offset;
+        const AdamState start = make_state(rng, total);
+        std::vector<Typed> grads;
+        for (int t = 0; t < 6; ++t) grads.push_back(encode(make_values(rng, total, true, 1.0f), layout.grad));
+        LayoutState init{encode(start.p, layout.param), encode(start.m, layout.state),
+                         encode(start.v, layout.state), encode(start.vmax, layout.state),
+                         encode(std::vector<float>(total, NAN), layout.param_copy)};
+        const auto run_adam_layout = [&](const adamcore::AdamHyper& h,
+                                         std::vector<adamcore::GammaStats>* stats) {
+          LayoutState s = init;
+          for (std::size_t t = 0; t < grads.size(); ++t) {
+            adamcore::AdamBuffers b{s.p.at(offset), grads[t].at(offset), s.m.at(offset),
+                                    s.v.at(offset), h.amsgrad ? s.vmax.at(offset) : nullptr, n,
+                                    s.copy.at(offset)};
+            adamcore::GammaStats g;
+            adamcore::adam_step(&b, 1, static_cast<std::int64_t>(t + 1), h, &g, -1.0, layout);
+            stats->push_back(g);
+          }
+          return s;
+        };
+        const auto run_adagrad_layout = [&](std::vector<adamcore::GammaStats>* stats) {
+          LayoutState s = init;
+          adamcore::AdagradHyper h;
+          h.lr = 0.05;
+          h.lr_decay = 0.01;
+          h.weight_decay = 0.01;
+          for (std::size_t t = 0; t < grads.size(); ++t) {
+            adamcore::AdagradBuffers b{s.p.at(offset), grads[t].at(offset), s.v.at(offset), n,
+                                       s.copy.at(offset)};
+            adamcore::GammaStats g;
+            adamcore::adagrad_step(&b, 1, static_cast<std::int64_t>(t + 1), h, &g, -1.0, layout);
+            stats->push_back(g);
+          }
+          return s;
+        };
+        const auto compare = [&](const LayoutState& got, const LayoutState& ref,
+                                 const std::vector<adamcore::GammaStats>& stats,
+                                 const std::vector<adamcore::GammaStats>& ref_stats,
+                                 const std::string& what) {
+          check(first_mismatch(got.p, ref.p) < 0, what + ": param");
+          check(first_mismatch(got.m, ref.m) < 0, what + ": exp_avg");
+          check(first_mismatch(got.v, ref.v) < 0, what + ": exp_avg_sq / sum");
+          check(first_mismatch(got.vmax, ref.vmax) < 0, what + ": max_exp_avg_sq");
+          check(first_mismatch(got.copy, ref.copy) < 0, what + ": param_copy");
+          bool equal = stats.size() == ref_stats.size();
+          for (std::size_t t = 0; equal && t < stats.size(); ++t) equal = same_stats(stats[t], ref_stats[t]);
+          check(equal, what + ": gamma statistics");
+        };
+        for (const auto& h : hypers) {
+          adamcore::set_isa(adamcore::Isa::scalar);
+          std::vector<adamcore::GammaStats> ref_stats;
+          const LayoutState ref = run_adam_layout(h, &ref_stats);
+          if (layout.param_copy != adamcore::DType::none && n > 0) {
+            // The copy is the updated params rounded: check it against the scalar
+            // conversion of the float32 params.
+            bool copy_ok = true;
+            for (std::size_t i = offset; i < total; ++i) {
+              const auto rounded = encode({static_cast<float>(decode(ref.p, i))}, layout.param_copy);
+              copy_ok = copy_ok && std::memcmp(rounded.bytes.data(), ref.copy.at(i), 2) == 0;
+            }
+            check(copy_ok, describe(layout) + ": param_copy is the rounded params");
+          }
+          for (adamcore::Isa isa : supported_isas()) {
+            if (isa == adamcore::Isa::scalar) continue;
+            adamcore::set_isa(isa);
+            std::vector<adamcore::GammaStats> stats;
+            compare(run_adam_layout(h, &stats), ref, stats, ref_stats,
+                    std::string(adamcore::isa_name(isa)) + " adam " + describe(layout) + " " +
+                        describe(h) + " n=" + std::to_string(n) + " offset=" + std::to_string(offset));
+          }
+        }
+        adamcore::set_isa(adamcore::Isa::scalar);
+        std::vector<adamcore::GammaStats> ref_stats;
+        const LayoutState ref = run_adagrad_layout(&ref_stats);
+        for (adamcore::Isa isa : supported_isas()) {
+          adamcore::set_isa(isa);
+          std::vector<adamcore::GammaStats> stats;
+          compare(run_adagrad_layout(&stats), ref, stats, ref_stats,
+                  std::string(adamcore::isa_name(isa)) + " adagrad " + describe(layout) +
+                      " n=" + std::to_string(n) + " offset=" + std::to_string(offset));
+        }
+      }
+    }
+  }
+  adamcore::set_isa(adamcore::best_isa());
+}
+
+// Every 16-bit value survives a load and a store on every ISA (the vector body's
+// widening and rounding are exact inverses), and every ISA rounds arbitrary float32
+// bit patterns (ties, overflow, subnormals, NaN, Inf) into a param copy exactly as
+// the scalar conversion does.
+void test_conversions_on_every_isa() {
+  adamcore::AdagradHyper still;  // lr = 0 and g = 0: the params come out as they went in
+  still.lr = 0.0;
+  still.eps = 1e-3;  // (float16's eps would round 1e-10 to 0, and -0/0 is NaN)
+  for (adamcore::DType half : {adamcore::DType::bfloat16, adamcore::DType::float16}) {
+    std::vector<std::uint16_t> all(65536), zeros(65536, 0), sums(65536, 0);
+    for (std::size_t i = 0; i < all.size(); ++i) all[i] = static_cast<std::uint16_t>(i);
+    const adamcore::Layout layout{half, half, half, adamcore::DType::none};
+    for (adamcore::Isa isa : supported_isas()) {
+      adamcore::set_isa(isa);
+      std::vector<std::uint16_t> p = all;
+      adamcore::AdagradBuffers b{p.data(), zeros.data(), sums.data(), p.size(), nullptr};
+      adamcore::adagrad_step(&b, 1, 1, still, nullptr, -1.0, layout);
+      bool same_bits = true;
+      for (std::size_t i = 0; i < all.size(); ++i) {
+        const float x = half == adamcore::DType::bfloat16 ? adamcore::testconv::bf16_to_float(all[i])
+                                                          : adamcore::testconv::f16_to_float(all[i]);
+        same_bits = same_bits && (std::isnan(x) || p[i] == all[i]);
+      }
+      check(same_bits, std::string(adamcore::isa_name(isa)) + " " + adamcore::dtype_name(half) +
+                           ": every value loads and stores unchanged");
+    }
+    std::mt19937 rng(3);
+    std::vector<float> values(100003);
+    for (auto& x : values) {
+      std::uint32_t bits = rng();
+      if (rng() % 4 == 0) bits = (bits & 0xFFFF0000u) | 0x8000u;           // bf16 ties
+      if (rng() % 4 == 0) bits = (bits & 0xFFFFE000u) | 0x1000u;           // fp16 ties
+      if (rng() % 8 == 0) bits = 0x33000000u + (rng() % 0x5800000u);       // fp16 subnormals
+      std::memcpy(&x, &bits, 4);
+    }
+    const adamcore::Layout copy_layout{adamcore::DType::float32, adamcore::DType::float32,
+                                       adamcore::DType::float32, half};
+    std::vector<std::uint16_t> ref;
+    for (adamcore::Isa isa : supported_isas()) {
+      adamcore::set_isa(isa);
+      std::vector<float> p = values, g(values.size(), 0.0f), s(values.size(), 0.0f);
+      std::vector<std::uint16_t> copy(values.size(), 0);
+      adamcore::AdagradBuffers b{p.data(), g.data(), s.data(), p.size(), copy.data()};
+      adamcore::adagrad_step(&b, 1, 1, still, nullptr, -1.0, copy_layout);
+      bool as_scalar = true;
+      for (std::size_t i = 0; i < values.size(); ++i) {
+        const std::uint16_t want = half == adamcore::DType::bfloat16
+                                       ? adamcore::testconv::float_to_bf16(values[i])
+                                       : adamcore::testconv::float_to_f16(values[i]);
+        const bool nan = std::isnan(values[i]);
+        // NaN: a quiet NaN of the same sign (payload bits are not part of the contract)
+        const std::uint16_t exp_mask = half == adamcore::DType::bfloat16 ? 0x7F80 : 0x7C00;
+        as_scalar = as_scalar && (nan ? ((copy[i] & exp_mask) == exp_mask &&
+                                         (copy[i] & ~exp_mask & 0x7FFF) != 0 &&
+                                         (copy[i] & 0x8000) == (want & 0x8000))
+                                      : copy[i] == want);
+      }
+      check(as_scalar, std::string(adamcore::isa_name(isa)) + " " + adamcore::dtype_name(half) +
+                           ": param copy rounds as the scalar conversion");
+    }
+  }
+  // The scalar conversions against values worked out by hand.
+  using adamcore::testconv::float_to_bf16;
+  using adamcore::testconv::float_to_f16;
+  check(float_to_bf16(1.00390625f) == 0x3F80, "bf16: tie to even (down)");
+  check(float_to_bf16(1.01171875f) == 0x3F82, "bf16: tie to even (up)");
+  check(float_to_bf16(3.4e38f) == 0x7F80, "bf16: overflow to Inf");
+  check(float_to_f16(65519.0f) == 0x7BFF && float_to_f16(65520.0f) == 0x7C00, "fp16: overflow edge");
+  check(float_to_f16(0x1p-25f) == 0x0000 && float_to_f16(0x1.000002p-25f) == 0x0001,
+        "fp16: smallest subnormal edge");
+  check(float_to_f16(0x1.8p-24f) == 0x0002 && float_to_f16(0x1.4p-23f) == 0x0002,
+        "fp16: subnormal ties to even");
+  check(float_to_f16(1.0f + 0x1p-11f) == 0x3C00 && float_to_f16(1.0f + 0x3p-11f) == 0x3C02,
+        "fp16: normal ties to even");
+  adamcore::set_isa(adamcore::best_isa());
+}
+
+void test_layout_checks() {
+  using adamcore::DType;
+  check(!adamcore::check_layout({DType::bfloat16, DType::float32, DType::float32, DType::none}).empty(),
+        "bf16 params with float32 grads and state refused");
+  check(!adamcore::check_layout({DType::float32, DType::bfloat16, DType::float32, DType::float16}).empty(),
+        "a float16 copy with bfloat16 grads refused");
+  check(!adamcore::check_layout({DType::float64, DType::float64, DType::float64, DType::bfloat16}).empty(),
+        "a copy of float64 params refused");
+  check(adamcore::check_layout({DType::float32, DType::float32, DType::float32, DType::float16}).empty(),
+        "a float16 copy of float32 params accepted");
+  check(!adamcore::check_layout({DType::float32, DType::float64, DType::float32, DType::none}).empty(),
+        "float64 grads for float32 params refused");
+  check(adamcore::check_layout({DType::none}).find("Accepted: one dtype") != std::string::npos,
+        "the refusal names the accepted layouts");
+}
+
 void test_isa_control() {
   adamcore::Isa isa;
   check(adamcore::isa_from_name("avx2", &isa) && isa == adamcore::Isa::avx2, "parse avx2");
@@ -529,6 +802,9 @@ int main() {
   test_scalar_matches_plain_recipe();
   test_adam_isas_match_scalar();
   test_adagrad_isas_match_scalar();
+  test_layout_checks();
+  test_conversions_on_every_isa();
+  test_layouts_isas_match_scalar();
   test_threads_do_not_change_bits();
   test_concurrent_callers();
   test_floating_point_mode_reaches_helpers();

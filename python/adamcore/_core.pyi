@@ -6,7 +6,9 @@ import numpy as np
 import numpy.typing as npt
 
 Float32Array = npt.NDArray[np.float32]
-Buffer = Union[Float32Array, Sequence[Float32Array]]
+# float32, float64, float16 or ml_dtypes.bfloat16, in one of the accepted layouts
+FloatArray = npt.NDArray[np.generic]
+Buffer = Union[FloatArray, Sequence[FloatArray]]
 IsaName = Literal["scalar", "avx2", "avx512", "neon"]
 
 __version__: str
@@ -37,25 +39,29 @@ def adam_step(param: Buffer, grad: Buffer, exp_avg: Buffer, exp_avg_sq: Buffer, 
               weight_decay: float = 0.0, amsgrad: bool = False,
               max_exp_avg_sq: Buffer | None = None, maximize: bool = False,
               bias_correction: bool = True, diagnostics: bool = False,
-              prev_lr: float | None = None, check_only: bool = False) -> GammaStats | None: ...
+              prev_lr: float | None = None, check_only: bool = False,
+              param_copy: Buffer | None = None) -> GammaStats | None: ...
 def adamw_step(param: Buffer, grad: Buffer, exp_avg: Buffer, exp_avg_sq: Buffer, *, step: int,
                lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
                weight_decay: float = 1e-2, amsgrad: bool = False,
                max_exp_avg_sq: Buffer | None = None, maximize: bool = False,
                bias_correction: bool = True, diagnostics: bool = False,
-               prev_lr: float | None = None, check_only: bool = False) -> GammaStats | None: ...
+               prev_lr: float | None = None, check_only: bool = False,
+               param_copy: Buffer | None = None) -> GammaStats | None: ...
 def adagrad_step(param: Buffer, grad: Buffer, state_sum: Buffer, *, step: int, lr: float = 1e-2,
                  lr_decay: float = 0.0, weight_decay: float = 0.0, eps: float = 1e-10,
                  maximize: bool = False, diagnostics: bool = False,
-                 prev_lr: float | None = None, check_only: bool = False) -> GammaStats | None: ...
+                 prev_lr: float | None = None, check_only: bool = False,
+                 param_copy: Buffer | None = None) -> GammaStats | None: ...
 
 class AdamGroup:
     """A parameter group's Adam state, validated once and held."""
 
-    def __init__(self, params: Sequence[Float32Array], exp_avgs: Sequence[Float32Array],
-                 exp_avg_sqs: Sequence[Float32Array],
-                 max_exp_avg_sqs: Sequence[Float32Array] | None = None) -> None: ...
-    def step(self, grads: Sequence[Float32Array], *, step: int, lr: float = 1e-3,
+    def __init__(self, params: Sequence[FloatArray], exp_avgs: Sequence[FloatArray],
+                 exp_avg_sqs: Sequence[FloatArray],
+                 max_exp_avg_sqs: Sequence[FloatArray] | None = None,
+                 param_copies: Sequence[FloatArray] | None = None) -> None: ...
+    def step(self, grads: Sequence[FloatArray], *, step: int, lr: float = 1e-3,
              beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
              weight_decay: float = 0.0, decoupled: bool = False, maximize: bool = False,
              bias_correction: bool = True, diagnostics: bool = False,
@@ -71,9 +77,9 @@ class AdamGroup:
 class AdagradGroup:
     """A parameter group's AdaGrad state, validated once and held."""
 
-    def __init__(self, params: Sequence[Float32Array],
-                 state_sums: Sequence[Float32Array]) -> None: ...
-    def step(self, grads: Sequence[Float32Array], *, step: int, lr: float = 1e-2,
+    def __init__(self, params: Sequence[FloatArray], state_sums: Sequence[FloatArray],
+                 param_copies: Sequence[FloatArray] | None = None) -> None: ...
+    def step(self, grads: Sequence[FloatArray], *, step: int, lr: float = 1e-2,
              lr_decay: float = 0.0, weight_decay: float = 0.0, eps: float = 1e-10,
              maximize: bool = False, diagnostics: bool = False,
              prev_lr: float | None = None, check_only: bool = False) -> GammaStats | None: ...

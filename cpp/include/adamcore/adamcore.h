@@ -77,22 +77,46 @@ std::string check_adam_hyper(const AdamHyper& h, std::int64_t step);
 std::string check_adagrad_hyper(const AdagradHyper& h, std::int64_t step);
 
 // ---------------------------------------------------------------- buffers
-// One tensor's buffers, each `size` contiguous floats. max_exp_avg_sq is used only
-// (and then required) with amsgrad.
+// Element types of the buffers. bfloat16 and float16 are stored as their 16 bits.
+enum class DType : int { none = 0, float32 = 1, float64 = 2, bfloat16 = 3, float16 = 4 };
+const char* dtype_name(DType dtype);  // "float32", "bfloat16", ...; "none"
+
+// The dtypes of a call's buffers: params, grads, every state buffer (exp_avg,
+// exp_avg_sq, max_exp_avg_sq; AdaGrad's sum), and the optional low-precision copy of
+// the updated params (none: not written). Accepted:
+//   - one dtype everywhere: float32, float64, bfloat16 or float16 (16-bit: float32
+//     arithmetic; float64: double arithmetic), no copy;
+//   - float32 master weights: float32 params, grads and state with a bfloat16 or
+//     float16 param_copy.
+struct Layout {
+  DType param = DType::float32;
+  DType grad = DType::float32;
+  DType state = DType::float32;
+  DType param_copy = DType::none;
+};
+// Empty when `layout` is accepted, else a message naming the accepted layouts.
+std::string check_layout(const Layout& layout);
+std::size_t dtype_size(DType dtype);  // bytes per element; 0 for none
+
+// One tensor's buffers, each `size` contiguous elements of the call's Layout.
+// max_exp_avg_sq is used only (and then required) with amsgrad; param_copy only (and
+// then required) when the layout has one.
 struct AdamBuffers {
-  float* param = nullptr;
-  const float* grad = nullptr;
-  float* exp_avg = nullptr;
-  float* exp_avg_sq = nullptr;
-  float* max_exp_avg_sq = nullptr;
+  void* param = nullptr;
+  const void* grad = nullptr;
+  void* exp_avg = nullptr;
+  void* exp_avg_sq = nullptr;
+  void* max_exp_avg_sq = nullptr;
   std::size_t size = 0;
+  void* param_copy = nullptr;
 };
 
 struct AdagradBuffers {
-  float* param = nullptr;
-  const float* grad = nullptr;
-  float* state_sum = nullptr;
+  void* param = nullptr;
+  const void* grad = nullptr;
+  void* state_sum = nullptr;
   std::size_t size = 0;
+  void* param_copy = nullptr;
 };
 
 // ---------------------------------------------------------------- diagnostics
@@ -115,14 +139,15 @@ struct GammaStats {
 
 // ---------------------------------------------------------------- steps
 // Updates `count` tensors in place; `step` is the step number after incrementing
-// (1 on the first step). Hyperparameters must pass check_*_hyper and buffers must
-// not overlap: the callers (bindings, tests) validate before calling.
-// With `diag` non-null the Γ statistics over all tensors are written there;
-// `prev_lr` is the learning rate of the previous step (negative: same as lr).
+// (1 on the first step). Hyperparameters must pass check_*_hyper, the layout
+// check_layout, and buffers must not overlap: the callers (bindings, tests) validate
+// before calling. With `diag` non-null the Γ statistics over all tensors are written
+// there; `prev_lr` is the learning rate of the previous step (negative: same as lr).
 void adam_step(const AdamBuffers* tensors, std::size_t count, std::int64_t step,
-               const AdamHyper& hyper, GammaStats* diag = nullptr, double prev_lr = -1.0);
+               const AdamHyper& hyper, GammaStats* diag = nullptr, double prev_lr = -1.0,
+               const Layout& layout = Layout{});
 void adagrad_step(const AdagradBuffers* tensors, std::size_t count, std::int64_t step,
                   const AdagradHyper& hyper, GammaStats* diag = nullptr,
-                  double prev_lr = -1.0);
+                  double prev_lr = -1.0, const Layout& layout = Layout{});
 
 }  // namespace adamcore

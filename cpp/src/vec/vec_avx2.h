@@ -1,4 +1,4 @@
-// AVX2 + FMA: 8 lanes. See vec_scalar.h for what each operation must mean.
+// AVX2 + FMA + F16C: 8 floats (4 doubles). See vec_scalar.h for what each operation must mean.
 #pragma once
 
 #include <immintrin.h>
@@ -6,16 +6,44 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernel_api.h"
+
 namespace adamcore::ADAMCORE_NS {
 
 struct VecAvx2 {
   static constexpr std::size_t kLanes = 8;
   __m256 r;
   static VecAvx2 load(const float* p) { return {_mm256_loadu_ps(p)}; }
+  // bfloat16 -> float32: the 16 bits become the top half (exact).
+  static VecAvx2 load(const detail::Bf16* p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))};
+  }
+  static VecAvx2 load(const detail::F16* p) {  // F16C, exact
+    return {_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))};
+  }
   static VecAvx2 set1(float v) { return {_mm256_set1_ps(v)}; }
 };
 
 inline void store(float* p, VecAvx2 a) { _mm256_storeu_ps(p, a.r); }
+// float32 -> bfloat16, round to nearest even by integer arithmetic; NaN stays a
+// quiet NaN (vec_scalar.h's float_to_bf16, eight at a time).
+inline void store(detail::Bf16* p, VecAvx2 a) {
+  const __m256i b = _mm256_castps_si256(a.r);
+  const __m256i high = _mm256_srli_epi32(b, 16);
+  const __m256i odd = _mm256_and_si256(high, _mm256_set1_epi32(1));
+  const __m256i rounded =
+      _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7FFF)), odd), 16);
+  const __m256i quiet_nan = _mm256_or_si256(high, _mm256_set1_epi32(0x40));
+  const __m256i is_nan = _mm256_castps_si256(_mm256_cmp_ps(a.r, a.r, _CMP_UNORD_Q));
+  const __m256i h = _mm256_blendv_epi8(rounded, quiet_nan, is_nan);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                   _mm_packus_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
+}
+inline void store(detail::F16* p, VecAvx2 a) {  // F16C, round to nearest even
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                   _mm256_cvtps_ph(a.r, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
 inline VecAvx2 add(VecAvx2 a, VecAvx2 b) { return {_mm256_add_ps(a.r, b.r)}; }
 inline VecAvx2 sub(VecAvx2 a, VecAvx2 b) { return {_mm256_sub_ps(a.r, b.r)}; }
 inline VecAvx2 mul(VecAvx2 a, VecAvx2 b) { return {_mm256_mul_ps(a.r, b.r)}; }
@@ -56,6 +84,60 @@ inline float reduce_max(VecAvx2 a) {
   _mm256_store_ps(lanes, a.r);
   float m = lanes[0];
   for (float x : lanes) m = x > m ? x : m;
+  return m;
+}
+
+// Four doubles: the float64 layout.
+struct VecAvx2F64 {
+  static constexpr std::size_t kLanes = 4;
+  __m256d r;
+  static VecAvx2F64 load(const double* p) { return {_mm256_loadu_pd(p)}; }
+  static VecAvx2F64 set1(double v) { return {_mm256_set1_pd(v)}; }
+};
+
+inline void store(double* p, VecAvx2F64 a) { _mm256_storeu_pd(p, a.r); }
+inline VecAvx2F64 add(VecAvx2F64 a, VecAvx2F64 b) { return {_mm256_add_pd(a.r, b.r)}; }
+inline VecAvx2F64 sub(VecAvx2F64 a, VecAvx2F64 b) { return {_mm256_sub_pd(a.r, b.r)}; }
+inline VecAvx2F64 mul(VecAvx2F64 a, VecAvx2F64 b) { return {_mm256_mul_pd(a.r, b.r)}; }
+inline VecAvx2F64 div(VecAvx2F64 a, VecAvx2F64 b) { return {_mm256_div_pd(a.r, b.r)}; }
+inline VecAvx2F64 sqrt(VecAvx2F64 a) { return {_mm256_sqrt_pd(a.r)}; }
+inline VecAvx2F64 fma(VecAvx2F64 a, VecAvx2F64 b, VecAvx2F64 c) {
+  return {_mm256_fmadd_pd(a.r, b.r, c.r)};
+}
+inline VecAvx2F64 flip_sign(VecAvx2F64 a, std::uint32_t mask) {
+  const __m256i m = _mm256_set1_epi64x(static_cast<long long>(std::uint64_t{mask} << 32));
+  return {_mm256_xor_pd(a.r, _mm256_castsi256_pd(m))};
+}
+inline VecAvx2F64 maximum(VecAvx2F64 a, VecAvx2F64 b) {
+  const __m256d larger = _mm256_blendv_pd(b.r, a.r, _mm256_cmp_pd(a.r, b.r, _CMP_GT_OQ));
+  return {_mm256_or_pd(larger, _mm256_cmp_pd(a.r, b.r, _CMP_UNORD_Q))};
+}
+inline VecAvx2F64 keep_min(VecAvx2F64 acc, VecAvx2F64 x) {
+  return {_mm256_blendv_pd(acc.r, x.r, _mm256_cmp_pd(x.r, acc.r, _CMP_LT_OQ))};
+}
+inline VecAvx2F64 keep_max(VecAvx2F64 acc, VecAvx2F64 x) {
+  return {_mm256_blendv_pd(acc.r, x.r, _mm256_cmp_pd(x.r, acc.r, _CMP_GT_OQ))};
+}
+inline std::uint32_t count_negative(VecAvx2F64 a) {
+  const int bits = _mm256_movemask_pd(_mm256_cmp_pd(a.r, _mm256_setzero_pd(), _CMP_LT_OQ));
+  return static_cast<std::uint32_t>(__builtin_popcount(static_cast<unsigned>(bits)));
+}
+inline std::uint32_t count_nan(VecAvx2F64 a) {
+  const int bits = _mm256_movemask_pd(_mm256_cmp_pd(a.r, a.r, _CMP_UNORD_Q));
+  return static_cast<std::uint32_t>(__builtin_popcount(static_cast<unsigned>(bits)));
+}
+inline double reduce_min(VecAvx2F64 a) {
+  alignas(32) double lanes[4];
+  _mm256_store_pd(lanes, a.r);
+  double m = lanes[0];
+  for (double x : lanes) m = x < m ? x : m;
+  return m;
+}
+inline double reduce_max(VecAvx2F64 a) {
+  alignas(32) double lanes[4];
+  _mm256_store_pd(lanes, a.r);
+  double m = lanes[0];
+  for (double x : lanes) m = x > m ? x : m;
   return m;
 }
 

@@ -1,4 +1,4 @@
-// AVX-512 (F): 16 lanes. See vec_scalar.h for what each operation must mean.
+// AVX-512 (F, VL, BW, DQ): 16 floats (8 doubles). See vec_scalar.h for what each operation must mean.
 #pragma once
 
 #include <immintrin.h>
@@ -6,16 +6,42 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernel_api.h"
+
 namespace adamcore::ADAMCORE_NS {
 
 struct VecAvx512 {
   static constexpr std::size_t kLanes = 16;
   __m512 r;
   static VecAvx512 load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  static VecAvx512 load(const detail::Bf16* p) {  // exact: the bits become the top half
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))};
+  }
+  static VecAvx512 load(const detail::F16* p) {  // exact
+    return {_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))};
+  }
   static VecAvx512 set1(float v) { return {_mm512_set1_ps(v)}; }
 };
 
 inline void store(float* p, VecAvx512 a) { _mm512_storeu_ps(p, a.r); }
+// Round to nearest even by integer arithmetic, NaN kept quiet: vec_scalar.h's
+// float_to_bf16, sixteen at a time.
+inline void store(detail::Bf16* p, VecAvx512 a) {
+  const __m512i b = _mm512_castps_si512(a.r);
+  const __m512i high = _mm512_srli_epi32(b, 16);
+  const __m512i odd = _mm512_and_si512(high, _mm512_set1_epi32(1));
+  const __m512i rounded =
+      _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF)), odd), 16);
+  const __m512i quiet_nan = _mm512_or_si512(high, _mm512_set1_epi32(0x40));
+  const __mmask16 is_nan = _mm512_cmp_ps_mask(a.r, a.r, _CMP_UNORD_Q);
+  const __m512i h = _mm512_mask_blend_epi32(is_nan, rounded, quiet_nan);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(h));
+}
+inline void store(detail::F16* p, VecAvx512 a) {  // round to nearest even
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                      _mm512_cvtps_ph(a.r, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
 inline VecAvx512 add(VecAvx512 a, VecAvx512 b) { return {_mm512_add_ps(a.r, b.r)}; }
 inline VecAvx512 sub(VecAvx512 a, VecAvx512 b) { return {_mm512_sub_ps(a.r, b.r)}; }
 inline VecAvx512 mul(VecAvx512 a, VecAvx512 b) { return {_mm512_mul_ps(a.r, b.r)}; }
@@ -60,6 +86,62 @@ inline float reduce_max(VecAvx512 a) {
   _mm512_store_ps(lanes, a.r);
   float m = lanes[0];
   for (float x : lanes) m = x > m ? x : m;
+  return m;
+}
+
+// Eight doubles: the float64 layout.
+struct VecAvx512F64 {
+  static constexpr std::size_t kLanes = 8;
+  __m512d r;
+  static VecAvx512F64 load(const double* p) { return {_mm512_loadu_pd(p)}; }
+  static VecAvx512F64 set1(double v) { return {_mm512_set1_pd(v)}; }
+};
+
+inline void store(double* p, VecAvx512F64 a) { _mm512_storeu_pd(p, a.r); }
+inline VecAvx512F64 add(VecAvx512F64 a, VecAvx512F64 b) { return {_mm512_add_pd(a.r, b.r)}; }
+inline VecAvx512F64 sub(VecAvx512F64 a, VecAvx512F64 b) { return {_mm512_sub_pd(a.r, b.r)}; }
+inline VecAvx512F64 mul(VecAvx512F64 a, VecAvx512F64 b) { return {_mm512_mul_pd(a.r, b.r)}; }
+inline VecAvx512F64 div(VecAvx512F64 a, VecAvx512F64 b) { return {_mm512_div_pd(a.r, b.r)}; }
+inline VecAvx512F64 sqrt(VecAvx512F64 a) { return {_mm512_sqrt_pd(a.r)}; }
+inline VecAvx512F64 fma(VecAvx512F64 a, VecAvx512F64 b, VecAvx512F64 c) {
+  return {_mm512_fmadd_pd(a.r, b.r, c.r)};
+}
+inline VecAvx512F64 flip_sign(VecAvx512F64 a, std::uint32_t mask) {
+  const __m512i m = _mm512_set1_epi64(static_cast<long long>(std::uint64_t{mask} << 32));
+  return {_mm512_castsi512_pd(_mm512_xor_si512(_mm512_castpd_si512(a.r), m))};
+}
+inline VecAvx512F64 maximum(VecAvx512F64 a, VecAvx512F64 b) {
+  const __m512d larger = _mm512_mask_blend_pd(_mm512_cmp_pd_mask(a.r, b.r, _CMP_GT_OQ), b.r, a.r);
+  const __mmask8 unordered = _mm512_cmp_pd_mask(a.r, b.r, _CMP_UNORD_Q);
+  const __m512d nan = _mm512_castsi512_pd(_mm512_set1_epi64(-1));
+  return {_mm512_mask_blend_pd(unordered, larger, nan)};
+}
+inline VecAvx512F64 keep_min(VecAvx512F64 acc, VecAvx512F64 x) {
+  return {_mm512_mask_blend_pd(_mm512_cmp_pd_mask(x.r, acc.r, _CMP_LT_OQ), acc.r, x.r)};
+}
+inline VecAvx512F64 keep_max(VecAvx512F64 acc, VecAvx512F64 x) {
+  return {_mm512_mask_blend_pd(_mm512_cmp_pd_mask(x.r, acc.r, _CMP_GT_OQ), acc.r, x.r)};
+}
+inline std::uint32_t count_negative(VecAvx512F64 a) {
+  const __mmask8 m = _mm512_cmp_pd_mask(a.r, _mm512_setzero_pd(), _CMP_LT_OQ);
+  return static_cast<std::uint32_t>(__builtin_popcount(static_cast<unsigned>(m)));
+}
+inline std::uint32_t count_nan(VecAvx512F64 a) {
+  const __mmask8 m = _mm512_cmp_pd_mask(a.r, a.r, _CMP_UNORD_Q);
+  return static_cast<std::uint32_t>(__builtin_popcount(static_cast<unsigned>(m)));
+}
+inline double reduce_min(VecAvx512F64 a) {
+  alignas(64) double lanes[8];
+  _mm512_store_pd(lanes, a.r);
+  double m = lanes[0];
+  for (double x : lanes) m = x < m ? x : m;
+  return m;
+}
+inline double reduce_max(VecAvx512F64 a) {
+  alignas(64) double lanes[8];
+  _mm512_store_pd(lanes, a.r);
+  double m = lanes[0];
+  for (double x : lanes) m = x > m ? x : m;
   return m;
 }
 

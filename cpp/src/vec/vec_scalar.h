@@ -9,16 +9,75 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernel_api.h"
+
 namespace adamcore::ADAMCORE_NS {
+
+// ---- 16-bit <-> float32 conversions in integer arithmetic (no F16C, no FP mode).
+// Round to nearest even; a NaN stays a quiet NaN of the same sign (payloads are not
+// part of the contract). The SIMD types implement exactly these functions.
+inline std::uint32_t float_bits(float x) {
+  std::uint32_t b;
+  std::memcpy(&b, &x, 4);
+  return b;
+}
+inline float float_from_bits(std::uint32_t b) {
+  float x;
+  std::memcpy(&x, &b, 4);
+  return x;
+}
+inline float bf16_to_float(std::uint16_t h) { return float_from_bits(std::uint32_t{h} << 16); }
+inline std::uint16_t float_to_bf16(float x) {
+  const std::uint32_t b = float_bits(x);
+  if ((b & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<std::uint16_t>((b >> 16) | 0x40u);
+  return static_cast<std::uint16_t>((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);
+}
+inline float f16_to_float(std::uint16_t h) {
+  const std::uint32_t sign = std::uint32_t{h & 0x8000u} << 16;
+  const std::uint32_t exponent = (h >> 10) & 0x1Fu;
+  const std::uint32_t mantissa = h & 0x3FFu;
+  if (exponent == 0x1F) {  // Inf, or a NaN made quiet (as F16C and NEON do)
+    return float_from_bits(sign | 0x7F800000u | (mantissa << 13) | (mantissa ? 0x400000u : 0u));
+  }
+  if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24, exact in float32
+    const float magnitude = static_cast<float>(mantissa) * 0x1p-24f;
+    return sign ? -magnitude : magnitude;
+  }
+  return float_from_bits(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+}
+inline std::uint16_t float_to_f16(float x) {
+  const std::uint32_t b = float_bits(x);
+  const std::uint32_t sign = (b >> 16) & 0x8000u;
+  const std::uint32_t a = b & 0x7FFFFFFFu;
+  if (a > 0x7F800000u) return static_cast<std::uint16_t>(sign | 0x7E00u | ((a >> 13) & 0x3FFu));
+  if (a >= 0x477FF000u) return static_cast<std::uint16_t>(sign | 0x7C00u);  // >= 65520: Inf
+  if (a >= 0x38800000u) {  // a normal half: rebias the exponent, round at bit 13
+    const std::uint32_t r = a - (112u << 23);
+    return static_cast<std::uint16_t>(sign | ((r + 0xFFFu + ((r >> 13) & 1u)) >> 13));
+  }
+  if (a <= 0x33000000u) return static_cast<std::uint16_t>(sign);  // <= 2^-25: rounds to 0
+  // A subnormal half: the value in units of 2^-24, rounded to nearest even.
+  const std::uint32_t mantissa = (a & 0x7FFFFFu) | 0x800000u;
+  const std::uint32_t shift = 126u - (a >> 23);  // 14..24
+  std::uint32_t q = mantissa >> shift;
+  const std::uint32_t rest = mantissa & ((1u << shift) - 1u);
+  const std::uint32_t half = 1u << (shift - 1u);
+  if (rest > half || (rest == half && (q & 1u))) ++q;
+  return static_cast<std::uint16_t>(sign | q);
+}
 
 struct VecScalar {
   static constexpr std::size_t kLanes = 1;
   float x;
   static VecScalar load(const float* p) { return {*p}; }
+  static VecScalar load(const detail::Bf16* p) { return {bf16_to_float(p->bits)}; }
+  static VecScalar load(const detail::F16* p) { return {f16_to_float(p->bits)}; }
   static VecScalar set1(float v) { return {v}; }
 };
 
 inline void store(float* p, VecScalar a) { *p = a.x; }
+inline void store(detail::Bf16* p, VecScalar a) { p->bits = float_to_bf16(a.x); }
+inline void store(detail::F16* p, VecScalar a) { p->bits = float_to_f16(a.x); }
 inline VecScalar add(VecScalar a, VecScalar b) { return {a.x + b.x}; }
 inline VecScalar sub(VecScalar a, VecScalar b) { return {a.x - b.x}; }
 inline VecScalar mul(VecScalar a, VecScalar b) { return {a.x * b.x}; }
@@ -53,5 +112,46 @@ inline std::uint32_t count_negative(VecScalar a) { return a.x < 0.0f ? 1u : 0u; 
 inline std::uint32_t count_nan(VecScalar a) { return a.x != a.x ? 1u : 0u; }
 inline float reduce_min(VecScalar a) { return a.x; }
 inline float reduce_max(VecScalar a) { return a.x; }
+
+// The same operations on one double: the float64 layout's scalar ISA and tail.
+struct VecScalarF64 {
+  static constexpr std::size_t kLanes = 1;
+  double x;
+  static VecScalarF64 load(const double* p) { return {*p}; }
+  static VecScalarF64 set1(double v) { return {v}; }
+};
+
+inline void store(double* p, VecScalarF64 a) { *p = a.x; }
+inline VecScalarF64 add(VecScalarF64 a, VecScalarF64 b) { return {a.x + b.x}; }
+inline VecScalarF64 sub(VecScalarF64 a, VecScalarF64 b) { return {a.x - b.x}; }
+inline VecScalarF64 mul(VecScalarF64 a, VecScalarF64 b) { return {a.x * b.x}; }
+inline VecScalarF64 div(VecScalarF64 a, VecScalarF64 b) { return {a.x / b.x}; }
+inline VecScalarF64 sqrt(VecScalarF64 a) { return {__builtin_sqrt(a.x)}; }
+inline VecScalarF64 fma(VecScalarF64 a, VecScalarF64 b, VecScalarF64 c) {
+  return {__builtin_fma(a.x, b.x, c.x)};
+}
+// mask is the sign word of a float (0x80000000 or 0); a double's sign is bit 63.
+inline VecScalarF64 flip_sign(VecScalarF64 a, std::uint32_t mask) {
+  std::uint64_t bits;
+  std::memcpy(&bits, &a.x, 8);
+  bits ^= std::uint64_t{mask} << 32;
+  std::memcpy(&a.x, &bits, 8);
+  return a;
+}
+inline VecScalarF64 maximum(VecScalarF64 a, VecScalarF64 b) {
+  if (a.x != a.x || b.x != b.x) {
+    const std::uint64_t nan_bits = ~std::uint64_t{0};
+    double nan;
+    std::memcpy(&nan, &nan_bits, 8);
+    return {nan};
+  }
+  return {a.x > b.x ? a.x : b.x};
+}
+inline VecScalarF64 keep_min(VecScalarF64 acc, VecScalarF64 x) { return {x.x < acc.x ? x.x : acc.x}; }
+inline VecScalarF64 keep_max(VecScalarF64 acc, VecScalarF64 x) { return {x.x > acc.x ? x.x : acc.x}; }
+inline std::uint32_t count_negative(VecScalarF64 a) { return a.x < 0.0 ? 1u : 0u; }
+inline std::uint32_t count_nan(VecScalarF64 a) { return a.x != a.x ? 1u : 0u; }
+inline double reduce_min(VecScalarF64 a) { return a.x; }
+inline double reduce_max(VecScalarF64 a) { return a.x; }
 
 }  // namespace adamcore::ADAMCORE_NS
