@@ -19,8 +19,12 @@ Per case the ``.npz`` holds (float32 values stored as their ``uint32`` bits):
 ``initial_<key>``      (n,)        the state before the first step
 ``lrs``                (N,)        float64 learning rate of every step
 ``torch_<key>``        (C, n)      torch's state after each checkpoint step (``checkpoints``)
-``torch_tail_<key>``   (N, n%16)   torch's last n % 16 elements after *every* step, so the
-                                   scalar tail can be checked one step at a time
+``torch_tail_<key>``   (N, n%16)   torch's last n % 16 elements (its scalar tail) after
+                                   *every* step
+``torch_tailbody_<key>`` (N, n%16) what torch's *vector body* computes for those elements
+                                   in that step from the state before it (the elements
+                                   placed at the front of a 16-element tensor, zeros
+                                   behind them): adamcore's contract for every element
 ``reference_<key>``    (n,)        float64 reference state after the last step
 
 The gradients are not stored: :func:`gradients` derives them from the case's seed with
@@ -268,11 +272,59 @@ def _torch_trajectory(spec: dict, initial: dict, grads: np.ndarray, lrs: np.ndar
             tails[key][k] = now[key][n - tail:]
             if k + 1 in spec["checkpoints"]:
                 full[key].append(now[key])
+    # Step k's tail again, from torch's tail state before it, in torch's vector body.
+    before = {key: np.concatenate([initial[key][None, n - tail:], tails[key][:-1]])
+              for key in keys}
+    bodies = _torch_body_steps(spec, keys, names, before, grads[:, n - tail:], lrs)
     expected_steps = spec["first_step"] - 1 + spec["steps"]
     if float(opt.state[param]["step"]) != expected_steps:
         raise RuntimeError(f"{spec['name']}: torch counted {float(opt.state[param]['step'])} "
                            f"steps, expected {expected_steps}")
-    return {k: np.stack(v) for k, v in full.items()}, tails
+    return {k: np.stack(v) for k, v in full.items()}, tails, bodies
+
+
+def _torch_body_steps(spec, keys, names, before, grads, lrs):
+    """For every step k: torch fused's result for the elements ``before[key][k]`` with
+    gradient ``grads[k]`` and learning rate ``lrs[k]``, computed in its vector body (the
+    elements at the front of a 16-element tensor, zeros behind them: a zero gradient on
+    zero state moves nothing). One parameter group per step, one optimizer step."""
+    import torch
+
+    h = spec["hyper"]
+    steps, count = grads.shape
+
+    def padded(values):
+        out = np.zeros(VECTOR, dtype=np.float32)
+        out[:count] = values
+        return torch.from_numpy(out)
+
+    params = [torch.nn.Parameter(padded(before["param"][k])) for k in range(steps)]
+    groups = [{"params": [params[k]], "lr": float(lrs[k])} for k in range(steps)]
+    if spec["optimizer"] == "adagrad":
+        opt = torch.optim.Adagrad(groups, lr_decay=h["lr_decay"],
+                                  weight_decay=h["weight_decay"], eps=h["eps"],
+                                  maximize=h["maximize"], fused=True)
+        for k, p in enumerate(params):
+            opt.state[p]["sum"].copy_(padded(before["state_sum"][k]))
+            opt.state[p]["step"].fill_(float(spec["first_step"] - 1 + k))
+    else:
+        cls = torch.optim.AdamW if spec["optimizer"] == "adamw" else torch.optim.Adam
+        opt = cls(groups, betas=(h["beta1"], h["beta2"]), eps=h["eps"],
+                  weight_decay=h["weight_decay"], amsgrad=h["amsgrad"],
+                  maximize=h["maximize"], fused=True)
+        for k, p in enumerate(params):
+            opt.state[p] = {
+                "step": torch.tensor(float(spec["first_step"] - 1 + k), dtype=torch.float32),
+                **{names[key]: padded(before[key][k]) for key in keys[1:]}}
+    for k, p in enumerate(params):
+        p.grad = padded(grads[k])
+    opt.step()
+    out = {key: np.empty((steps, count), dtype=np.float32) for key in keys}
+    for k, p in enumerate(params):
+        for key in keys:
+            value = p.detach() if names[key] is None else opt.state[p][names[key]]
+            out[key][k] = value.numpy()[:count]
+    return out
 
 
 def _reference_final(spec: dict, initial: dict, grads: np.ndarray, lrs: np.ndarray):
@@ -323,12 +375,7 @@ def write_npz(path: str, arrays: Dict[str, np.ndarray]) -> bytes:
     return data
 
 
-def build(out_dir: str) -> dict:
-    """Compute every case with the peers and write the set into ``out_dir``."""
-    import torch
-    import adamcore
-
-    os.makedirs(out_dir, exist_ok=True)
+def _build_cases(out_dir: str) -> List[dict]:
     entries = []
     for spec in build_specs():
         initial, grads, lrs = inputs(spec)
@@ -337,10 +384,11 @@ def build(out_dir: str) -> dict:
         for key in keys:
             arrays[f"initial_{key}"] = _bits(initial[key])
         if spec["source"] == "torch-fused":
-            full, tails = _torch_trajectory(spec, initial, grads, lrs)
+            full, tails, bodies = _torch_trajectory(spec, initial, grads, lrs)
             for key in keys:
                 arrays[f"torch_{key}"] = _bits(full[key])
                 arrays[f"torch_tail_{key}"] = _bits(tails[key])
+                arrays[f"torch_tailbody_{key}"] = _bits(bodies[key])
         ref = _reference_final(spec, initial, grads, lrs)
         for key in keys:
             arrays[f"reference_{key}"] = ref[key]
@@ -349,6 +397,21 @@ def build(out_dir: str) -> dict:
         entries.append({**spec, "file": file_name, "sha256": sha256_bytes(data),
                         "grads_sha256": sha256_bytes(_bits(grads).tobytes()),
                         "keys": list(keys)})
+    return entries
+
+
+def build(out_dir: str) -> dict:
+    """Compute every case with the peers and write the set into ``out_dir``."""
+    import torch
+    import adamcore
+
+    os.makedirs(out_dir, exist_ok=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # (tensors this small run in one chunk anyway: same bits)
+    try:
+        entries = _build_cases(out_dir)
+    finally:
+        torch.set_num_threads(threads)
     manifest = {
         "format_version": FORMAT_VERSION,
         "description": "adamcore golden trajectories from torch fused and the float64 "
