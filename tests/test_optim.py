@@ -215,6 +215,9 @@ def _bad_grads(params):
     yield "dtype", [good[0].astype(np.float64)] + good[1:], TypeError, r"grads?\[0\].*float32"
     yield "strided", good[:1] + [np.ones(96, np.float32)[::2]] + good[2:], ValueError, r"grads\[1\] must be C-contiguous"
     yield "shape", good[:2] + [good[2].reshape(8, 16)], ValueError, r"grads\[2\] has shape \(8, 16\)"
+    # A vector of the wrong length: named by Python's shape check or the extension's size check.
+    yield "length", good[:1] + [np.ones(47, np.float32)] + good[2:], ValueError, (
+        r"grads\[1\] has (shape \(47,\) but parameter|47 elements but) param_groups\[\d\]\['params'\]\[\d\]")
     yield "type", good[:2] + [[1.0] * 128], TypeError, r"grads\[2\] must be a numpy.ndarray of float32"
     yield "single array", good[0], TypeError, "wrap it in a list"
 
@@ -237,6 +240,26 @@ def test_bad_gradients_raise_and_change_nothing(groups):
             for n, x in s.items():
                 if n != "step":
                     assert_same_bits(x, state_before[k][n], f"{name}: {n} changed")
+
+
+@pytest.mark.parametrize("bad", [(2, 8), (16,), (1, 16)])
+def test_gradient_shapes_are_checked_when_most_parameters_are_vectors(bad):
+    """Where most parameters have at most one dimension, a gradient's ndim settles its
+    shape (the extension checks sizes); a matrix parameter's gradient is still checked
+    in full."""
+    params = _params(21, shapes=[(16,), (32,), (4, 4)]) + [np.array(0.5, np.float32)]
+    opt = adamcore.AdamW(params, lr=1e-2)
+    good = [np.ones_like(p) for p in params]
+    opt.step(good)
+    before = [p.copy() for p in params]
+    with pytest.raises(ValueError, match=rf"grads\[2\] has shape \({bad[0]},{' ' + str(bad[1]) if len(bad) > 1 else ''}\)"):
+        opt.step(good[:2] + [np.ones(bad, np.float32)] + good[3:])
+    for p, b in zip(params, before):
+        assert_same_bits(p, b, "a parameter changed")
+    with pytest.raises(ValueError, match=r"grads\[3\] has shape \(1,\) but parameter .* has shape \(\)"):
+        opt.step(good[:3] + [np.ones(1, np.float32)])
+    opt.step(good)
+    assert all(opt.state[k]["step"] == 2 for k in range(4))
 
 
 @pytest.mark.parametrize("make, error, message", [

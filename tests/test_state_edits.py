@@ -403,6 +403,94 @@ def test_numpy_parameters_gain_and_lose_gradients_in_two_groups():
     _run_numpy("AMSGrad", {3: edit}, grads, groups=[{"params": [0, 2]}, {"params": [1], "lr": 3e-3}])
 
 
+@pytest.mark.parametrize("how", ["assign", "del", "pop", "update", "ior", "setdefault"])
+@pytest.mark.parametrize("case", ["AdamW", "AMSGrad"])
+def test_numpy_edits_of_the_state_mapping_itself_are_honoured(case, how):
+    """optimizer.state counts its own edits (a step that sees no counted edit anywhere
+    does not look at the state dicts): each way of putting a state dict in or taking
+    one out takes effect at the next step."""
+    def edit(run):
+        i, t = run.index[1], run.tensors[1]
+        mine, theirs = run.state(1)
+        fresh_mine = dict(mine, exp_avg=np.full(SHAPES[1], 0.25, np.float32), step=3)
+        fresh_theirs = dict(theirs, exp_avg=torch.full(SHAPES[1], 0.25), step=torch.tensor(3.0))
+        if how == "assign":
+            run.opt.state[i] = fresh_mine
+        elif how == "update":
+            run.opt.state.update({i: fresh_mine})
+        elif how == "ior":
+            run.opt.state |= {i: fresh_mine}
+        else:
+            if how == "del":
+                del run.opt.state[i]
+            else:
+                run.opt.state.pop(i)
+            if how == "setdefault":
+                run.opt.state.setdefault(i, fresh_mine)
+        if how in ("del", "pop"):
+            del run.ref.state[t]
+        else:
+            run.ref.state[t] = fresh_theirs
+
+    _run_numpy(case, {3: edit, 5: edit})
+
+
+def _cached_and_rebuilt(monkeypatch, run):
+    """``run()`` -> arrays, once as it is and once with every step gathering its state
+    and native groups afresh: the caching must not change a bit."""
+    cached = run()
+    with monkeypatch.context() as patch:
+        patch.setattr(adamcore._engine.Plan, "matches", lambda *args, **kwargs: False)
+        rebuilt = run()
+    assert len(cached) == len(rebuilt)
+    for k, (a, b) in enumerate(zip(cached, rebuilt)):
+        assert_same_bits(a, b, f"array {k}")
+
+
+def _arrays_and_state(opt, params):
+    out = [np.copy(p) for p in params]
+    for index in sorted(opt.state):
+        for name, value in sorted(opt.state[index].items()):
+            out.append(np.array([value], np.float32) if name == "step" else np.copy(value))
+    return out
+
+
+def test_numpy_group_whose_indices_moved_reads_the_state_at_its_new_indices(monkeypatch):
+    """A parameter appended to the first group moves the second group's parameters to
+    new indices in optimizer.state (which is keyed by index, and was not edited)."""
+    def run():
+        params = [f32(np.linspace(-1, 1, 32) * (k + 1)) for k in range(3)]
+        opt = adamcore.AdamW([{"params": [params[0]]}, {"params": [params[2]], "lr": 3e-3}], lr=1e-2)
+        for t, grads in enumerate(_gradients(steps=6, seed=3)):
+            if t == 3:
+                opt.param_groups[0]["params"].append(params[1])
+            g = [f32(x.reshape(-1)[:32]) for x in grads]
+            opt.step([g[0], g[1], g[2]] if t >= 3 else [g[0], g[2]])
+        return _arrays_and_state(opt, params)
+
+    _cached_and_rebuilt(monkeypatch, run)
+
+
+def test_numpy_state_edited_by_a_schedule_during_a_step_is_read_at_the_next(monkeypatch):
+    """An edit made while a step runs (here by a callable lr) happened after the step
+    gathered its state; the next step must still see it."""
+    def run():
+        params = _initial()
+        opt = adamcore.AdamW(params, lr=1e-2)
+
+        def lr(step):
+            if step == 3:
+                opt.state[1]["exp_avg"] = np.full(SHAPES[1], 0.5, np.float32)
+            return 1e-2
+
+        opt.param_groups[0]["lr"] = lr
+        for grads in _gradients():
+            opt.step(grads)
+        return _arrays_and_state(opt, params)
+
+    _cached_and_rebuilt(monkeypatch, run)
+
+
 # ------------------------------------------------------------- checked before written
 
 

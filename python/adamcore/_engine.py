@@ -253,46 +253,60 @@ _EMPTY_ADAGRAD = _core.AdagradGroup([], [])
 # ------------------------------------------------------------------------ state dicts
 
 
-class TrackedState(dict):
-    """A parameter's state dict that counts every edit made through the dict interface
-    (in ``edits``, shared by all of them), so that a step can tell at once that no state
-    entry was replaced, added or removed since it last looked. The NumPy front-end writes
-    step counts through ``dict.update`` called on the dict itself, which is not counted."""
+class _EditCounting(dict):
+    """A dict that counts every edit made through the dict interface in ``edits`` (one
+    count shared by every such dict), so that a step can tell at once that nothing was
+    replaced, added or removed since it last looked. The engine's own step-count writes
+    go through ``dict.update`` called on the dict itself, which is not counted."""
 
     __slots__ = ()
     edits = 0
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        TrackedState.edits += 1
+        _EditCounting.edits += 1
         dict.__setitem__(self, key, value)
 
     def __delitem__(self, key: Any) -> None:
-        TrackedState.edits += 1
+        _EditCounting.edits += 1
         dict.__delitem__(self, key)
 
-    def __ior__(self, other: Any) -> "TrackedState":
-        TrackedState.edits += 1
+    def __ior__(self, other: Any) -> "_EditCounting":
+        _EditCounting.edits += 1
         return dict.__ior__(self, other)
 
     def clear(self) -> None:
-        TrackedState.edits += 1
+        _EditCounting.edits += 1
         dict.clear(self)
 
     def pop(self, *args: Any) -> Any:
-        TrackedState.edits += 1
+        _EditCounting.edits += 1
         return dict.pop(self, *args)
 
     def popitem(self) -> Tuple[Any, Any]:
-        TrackedState.edits += 1
+        _EditCounting.edits += 1
         return dict.popitem(self)
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
-        TrackedState.edits += 1
+        _EditCounting.edits += 1
         return dict.setdefault(self, key, default)
 
     def update(self, *args: Any, **kwargs: Any) -> None:
-        TrackedState.edits += 1
+        _EditCounting.edits += 1
         dict.update(self, *args, **kwargs)
+
+
+class TrackedState(_EditCounting):
+    """A parameter's state dict (NumPy front-end) that counts its edits."""
+
+    __slots__ = ()
+
+
+class TrackedStates(_EditCounting):
+    """The NumPy front-end's ``optimizer.state`` (index -> state dict), counting its edits
+    in the same count: while the count stands, every parameter still has the state dict
+    a step last saw there."""
+
+    __slots__ = ()
 
 
 # -------------------------------------------------------------------------- front-ends
@@ -325,6 +339,15 @@ class Frontend:
         """Store a new state dict for a parameter that had none."""
         raise NotImplementedError
 
+    def state_source(self, g: int) -> Any:
+        """Where ``states(g, ...)`` reads, when that counts its edits (a TrackedStates) so
+        that an unchanged edit count means unchanged state dicts; None otherwise."""
+        return None
+
+    def same_source(self, g: int, source: Any) -> bool:
+        """Whether ``states(g, ...)`` still reads from ``source`` (from ``state_source``)."""
+        return False
+
     def array(self, name: str, obj: Any) -> Any:
         """A NumPy view sharing ``obj``'s memory (the extension checks it), or a clear
         error for an object that has no such view."""
@@ -334,6 +357,14 @@ class Frontend:
         """Arrays for the gradients of the plan's active parameters, after checking what
         the extension cannot (their shapes, where the front-end does not ensure them)."""
         raise NotImplementedError
+
+    def grad_check(self, shapes: List[Any]) -> Optional[Callable[[List[Any]], bool]]:
+        """For the active parameters of a plan (of these shapes): a function
+        ``check(grads)`` that is True when ``grads`` can go to the extension as they are
+        (every one present and passing what ``grad_arrays`` checks; it may raise
+        AttributeError instead of returning False). None: ``grad_arrays`` is always
+        called, and gradients are checked for None one by one."""
+        return None
 
     def new_state_dict(self) -> Dict[str, Any]:
         """An empty state dict for a parameter that has none."""
@@ -398,41 +429,69 @@ class Plan:
     parameter objects (and memory), the same parameters with gradients, the same state
     dicts holding the same buffers (and memory), the same step counts and buffer names."""
 
-    __slots__ = ("names", "params", "param_pointers", "active", "members", "states", "entries",
-                 "entry_pointers", "counters", "counter_key", "done", "shapes", "calls",
-                 "pending", "tracked", "edits")
+    __slots__ = ("names", "params", "param_pointers", "active", "all_active", "members", "states",
+                 "entries", "entry_pointers", "counters", "counter_key", "shapes", "grad_check",
+                 "calls", "pending", "tracked", "source", "edits")
 
     def __init__(self) -> None:
         self.names: Tuple[str, ...] = ()
         self.params: List[Any] = []
         self.param_pointers: Optional[List[int]] = None
         self.active: List[bool] = []
+        self.all_active = False
         self.members: List[int] = []             # positions of the active parameters
         self.states: List[Dict[str, Any]] = []   # their state dicts
         self.entries: Dict[str, List[Any]] = {}  # state entry -> objects, tracked by identity
         self.entry_pointers: Dict[str, List[int]] = {}
         self.counters: List[Any] = []            # where each step count is written
         self.counter_key: Any = None
-        self.done: List[int] = []                # each active parameter's step count
         self.shapes: List[Any] = []              # the active parameters' shapes
+        self.grad_check: Optional[Callable[[List[Any]], bool]] = None  # Frontend.grad_check
         self.calls: List[_Call] = []
         # (state, new entries, insert as (g, k, param) or None): applied after the step.
         self.pending: List[Tuple[Dict[str, Any], Dict[str, Any], Any]] = []
-        # All states are TrackedState and their step counts plain values: while no
-        # TrackedState was edited (TrackedState.edits == edits), their entries still hold.
+        # All states are TrackedState and their step counts plain values: while nothing
+        # counted an edit (_EditCounting.edits == edits), their entries and step counts still hold.
         self.tracked = False
+        # frontend.state_source(): while it is still the source and nothing counted an
+        # edit, the states are still the dicts in ``states`` (not even looked up).
+        self.source: Any = None
         self.edits = -1
 
-    def matches(self, frontend: Frontend, params: List[Any], active: List[bool],
-                states: List[Any], names: Tuple[str, ...]) -> bool:
-        if not (names == self.names and active == self.active and len(params) == len(self.params)
+    def counts(self) -> List[int]:
+        """Each active parameter's step count as this plan last left it."""
+        if len(self.calls) == 1:
+            return [self.calls[0].done] * len(self.states)
+        counts = [0] * len(self.states)
+        for call in self.calls:
+            for i in call.positions:
+                counts[i] = call.done
+        return counts
+
+    def matches(self, frontend: Frontend, g: int, params: List[Any], grads: List[Any],
+                names: Tuple[str, ...], fitted: bool = False) -> bool:
+        """Whether this plan still describes group ``g``'s step with ``grads``: every
+        cached object is still where the plan found it (see the class docstring).
+        ``fitted``: the plan's ``grad_check`` passed (so every gradient is present)."""
+        if not (names == self.names and len(params) == len(self.params)
                 and all(map(is_, params, self.params))):
+            return False
+        if self.all_active:
+            if not (fitted or all(map(is_not, grads, repeat(None)))):
+                return False
+        elif list(map(is_not, grads, repeat(None))) != self.active:
             return False
         if frontend.movable and frontend.pointers(params) != self.param_pointers:
             return False
+        unedited = self.tracked and _EditCounting.edits == self.edits
+        if unedited and self.source is not None and frontend.same_source(g, self.source):
+            return True
+        states = frontend.states(g, params)
+        if not self.all_active:
+            states = list(compress(states, self.active))
         if not all(map(is_, states, self.states)):
             return False
-        if self.tracked and TrackedState.edits == self.edits:
+        if unedited:
             return True
         try:
             for entry, objects in self.entries.items():
@@ -441,7 +500,7 @@ class Plan:
                     return False
                 if frontend.movable and frontend.pointers(current) != self.entry_pointers[entry]:
                     return False
-            return list(map(getitem, self.counters, repeat(self.counter_key))) == self.done
+            return list(map(getitem, self.counters, repeat(self.counter_key))) == self.counts()
         except (KeyError, TypeError):  # an entry deleted, a state no longer a dict
             return False
 
@@ -514,14 +573,19 @@ class Engine:
         """One step of every group: ``grads[g]`` holds one gradient per parameter of
         group ``g`` (None: not updated this step). Everything is checked before any
         array is written. Returns each group's GammaStats (with ``diagnostics``) or None."""
-        work = [self._prepare(g, group, grads[g], diagnostics) for g, group in enumerate(groups)]
-        calls = [call for _, _, group_calls in work for call in group_calls]
-        if len(calls) > 1:  # a single call checks everything itself before writing
-            for where, call, call_grads, kwargs, hyper_names in calls:
-                try:
-                    call.native.step(call_grads, check_only=True, **kwargs)
-                except (TypeError, ValueError) as err:
-                    _reraise(err, where, call.label, hyper_names)
+        work = []
+        count = 0
+        for g, group in enumerate(groups):
+            prepared = self._prepare(g, group, grads[g], diagnostics)
+            work.append(prepared)
+            count += len(prepared[2])
+        if count > 1:  # a single call checks everything itself before writing
+            for _, _, group_calls in work:
+                for where, call, call_grads, kwargs, hyper_names in group_calls:
+                    try:
+                        call.native.step(call_grads, check_only=True, **kwargs)
+                    except (TypeError, ValueError) as err:
+                        _reraise(err, where, call.label, hyper_names)
         results: List[Any] = [None] * len(work)
         for g, plan, group_calls in work:
             for where, call, call_grads, kwargs, hyper_names in group_calls:
@@ -538,27 +602,41 @@ class Engine:
                  diagnostics: bool) -> Tuple[int, Plan, List[Tuple[Any, ...]]]:
         """Everything about group ``g``'s step short of writing: its plan (cached, or
         gathered afresh) and the arguments of each native call."""
-        frontend = self.frontend
-        options, where = self._checked_options(g, group)
+        checked = self._checked.get(g)  # the settings' last check, while none was replaced
+        if (checked is not None and checked[2] is not None
+                and all(map(is_, group.values(), checked[1])) and tuple(group) == checked[0]):
+            options, where = checked[2], checked[3]
+        else:
+            options, where = self._checked_options(g, group)
         names = self.family.buffers(group)
         params = group["params"]
         if len(grads) != len(params):
             raise ValueError(f"{where} has {len(params)} parameters but {len(grads)} gradients were given")
-        active = list(map(is_not, grads, repeat(None)))
-        states = frontend.states(g, params)
-        if not all(active):
-            states = list(compress(states, active))
-            grads = list(compress(grads, active))
+        seen = _EditCounting.edits  # before any user code (a callable lr) runs in this step
         plan = self._plans.get(g)
-        if plan is None or not plan.matches(frontend, params, active, states, names):
+        fitted = False
+        if plan is not None and plan.all_active and plan.grad_check is not None:
+            try:
+                fitted = plan.grad_check(grads)
+            except AttributeError:  # None, or not an array: the front-end looks closer
+                pass
+        if plan is None or not plan.matches(self.frontend, g, params, grads, names, fitted):
             self._plans.pop(g, None)
-            plan = self._build(g, group, params, active, names)
-        calls: List[Tuple[Any, ...]] = []
+            plan = self._build(g, group, params, list(map(is_not, grads, repeat(None))), names)
+            fitted = False
+        plan.edits = seen
         if not plan.calls:
-            return g, plan, calls
-        arrays = frontend.grad_arrays(g, plan, grads)
+            return g, plan, []
+        if not plan.all_active:
+            grads = list(compress(grads, plan.active))
+        arrays = grads if fitted else self.frontend.grad_arrays(g, plan, grads)
         lr = group["lr"]
-        scheduled = frontend.callable_lr and callable(lr)
+        if len(plan.calls) == 1 and not (diagnostics is not False or self.frontend.callable_lr and callable(lr)):
+            call = plan.calls[0]
+            kwargs = dict(options, step=call.done + 1, lr=lr)
+            return g, plan, [(where, call, arrays, kwargs, None)]
+        calls: List[Tuple[Any, ...]] = []
+        scheduled = self.frontend.callable_lr and callable(lr)
         for call in plan.calls:
             step = call.done + 1
             hyper_names = None
@@ -588,6 +666,7 @@ class Engine:
         frontend, family = self.frontend, self.family
         plan = Plan()
         plan.names, plan.params, plan.active = names, list(params), active
+        plan.all_active = all(active)
         plan.members = [k for k, has_grad in enumerate(active) if has_grad]
         tracked = names + ("step",) if frontend.step_is_object else names
         plan.entries = {entry: [] for entry in tracked}
@@ -615,7 +694,6 @@ class Engine:
                 additions["step"] = view["step"] = replacement
             plan.counters.append(container)
             plan.counter_key = key
-            plan.done.append(count)
             plan.states.append(state)
             if additions or insert:
                 plan.pending.append((state, additions, insert))
@@ -640,6 +718,8 @@ class Engine:
                                    for entry, objects in plan.entries.items()}
         plan.tracked = not (frontend.movable or frontend.step_is_object) and all(
             type(state) is TrackedState for state in plan.states)
+        plan.source = frontend.state_source(g)
+        plan.grad_check = frontend.grad_check(plan.shapes)
         return plan
 
     def _complete(self, g: int, k: int, param: Any, state: Dict[str, Any], names: Tuple[str, ...],
@@ -663,19 +743,21 @@ class Engine:
 
     def _commit(self, g: int, plan: Plan, calls: List[Tuple[Any, ...]]) -> None:
         """After the step ran: store new state, write the step counts, keep the plan."""
-        for state, additions, insert in plan.pending:
-            state.update(additions)
-            if insert is not None:
-                self.frontend.put_state(*insert, state)
-        plan.pending = []
-        if plan.calls:
-            if len(plan.calls) == 1:
-                plan.done = [plan.calls[0].done + 1] * len(plan.done)
-            else:
-                plan.done = [count + 1 for count in plan.done]
+        # plan.edits is the count the plan was checked against. Edits counted since then
+        # were made while this step ran (by a callable lr, or by new state another group
+        # stored): the next step looks at every state again.
+        ours = _EditCounting.edits == plan.edits
+        if plan.pending:
+            for state, additions, insert in plan.pending:
+                state.update(additions)
+                if insert is not None:
+                    self.frontend.put_state(*insert, state)
+            plan.pending = []
+        if calls:
             for call in plan.calls:
                 call.done += 1
                 self.frontend.write_steps(call.counters, plan.counter_key, call.done)
             self._last_lr[g] = calls[-1][3]["lr"]
-        plan.edits = TrackedState.edits  # after the new state went in: those edits are ours
+        # The new state that went in is counted too: those edits are ours.
+        plan.edits = _EditCounting.edits if ours else -1
         self._plans[g] = plan

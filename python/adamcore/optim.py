@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections import deque
 from itertools import repeat
 from operator import attrgetter, itemgetter
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -36,7 +35,7 @@ import numpy as np
 
 from . import _engine, checkpoint
 from ._engine import (ADAGRAD, ADAGRAD_FAMILY, ADAM, ADAM_FAMILY, ADAMW_WEIGHT_DECAY, Engine, Family,
-                      TrackedState)
+                      TrackedState, TrackedStates)
 from .checkpoint import FORMAT_VERSION, CheckpointError
 
 __all__ = [
@@ -54,6 +53,25 @@ LearningRate = Union[float, Callable[[int], float]]
 
 
 _SHAPE = attrgetter("shape")
+_FIRST_ONLY = (0,)  # the offsets of a single group
+_NDIM = attrgetter("ndim")
+
+
+def _shape_check(shapes: List[Tuple[int, ...]]) -> Callable[[List[Any]], bool]:
+    """``check(grads)``: whether each gradient has its parameter's shape, as far as the
+    extension does not check it. The extension checks sizes, so for a parameter of at
+    most one dimension the gradient's ndim settles its shape (an int read, where a
+    shape is a new tuple): used when that is the case for most parameters."""
+    wide = [k for k, shape in enumerate(shapes) if len(shape) > 1]
+    if 2 * len(wide) > len(shapes):
+        return lambda grads: list(map(_SHAPE, grads)) == shapes
+    ndims = list(map(len, shapes))
+    wide_shapes = [shapes[k] for k in wide]
+
+    def check(grads: List[Any]) -> bool:
+        return list(map(_NDIM, grads)) == ndims and (
+            not wide or list(map(_SHAPE, map(grads.__getitem__, wide))) == wide_shapes)
+    return check
 
 
 class _ArrayFrontend(_engine.Frontend):
@@ -65,7 +83,7 @@ class _ArrayFrontend(_engine.Frontend):
     def __init__(self, optimizer: "Optimizer") -> None:
         self._optimizer = weakref.ref(optimizer)  # no cycle: the optimizer owns the engine
         #: Index of each group's first parameter, set by Optimizer.step.
-        self.offsets: List[int] = []
+        self.offsets: Sequence[int] = ()
         self._getters: Dict[Tuple[int, int], Callable[[Any], Any]] = {}
 
     def states(self, g: int, params: Sequence[Any]) -> Sequence[Optional[Dict[str, Any]]]:
@@ -84,14 +102,27 @@ class _ArrayFrontend(_engine.Frontend):
     def put_state(self, g: int, k: int, param: Any, state: Dict[str, Any]) -> None:
         self._optimizer().state[self.offsets[g] + k] = state
 
+    def state_source(self, g: int) -> Any:
+        state = self._optimizer().state
+        return (state, self.offsets[g]) if type(state) is TrackedStates else None
+
+    def same_source(self, g: int, source: Any) -> bool:
+        # The same counting mapping, and the group's parameters at the same indices in it.
+        return self._optimizer().state is source[0] and self.offsets[g] == source[1]
+
     def array(self, name: str, obj: Any) -> Any:
         return obj  # the extension checks it is an array it can update in place
 
+    def grad_check(self, shapes: List[Any]) -> Callable[[List[Any]], bool]:
+        # Shapes are the one thing Python checks; None has no shape (nor ndim), so a
+        # passed check also means every gradient is there.
+        return _shape_check(shapes)
+
     def grad_arrays(self, g: int, plan: _engine.Plan, grads: List[Any]) -> List[Any]:
         try:
-            if list(map(_SHAPE, grads)) == plan.shapes:
+            if plan.grad_check(grads):
                 return grads
-        except AttributeError:  # not an array: the extension names it
+        except AttributeError:  # None, or not an array: named below or by the extension
             pass
         for k, grad in zip(plan.members, grads):
             param = plan.params[k]
@@ -106,7 +137,7 @@ class _ArrayFrontend(_engine.Frontend):
     def write_steps(self, counters: List[Any], key: Any, count: int) -> None:
         # Our own writes, not the user's edits: past TrackedState's counting (dict.update
         # with one shared dict is the cheapest such write).
-        deque(map(dict.update, counters, repeat({key: count})), maxlen=0)
+        any(map(dict.update, counters, repeat({key: count})))  # update returns None: runs them all
 
     def new_buffer(self, param: Any, fill: float) -> Any:
         return np.zeros_like(param) if fill == 0 else np.full_like(param, fill)
@@ -137,7 +168,7 @@ class Optimizer:
         self.defaults: Dict[str, Any] = dict(defaults)
         self.param_groups: List[Dict[str, Any]] = []
         #: Per-parameter state keyed by the parameter's index across all groups.
-        self.state: Dict[int, Dict[str, Any]] = {}
+        self.state: Dict[int, Dict[str, Any]] = TrackedStates()
         self._attach_engine()
         if isinstance(params, np.ndarray):
             raise TypeError("params must be a list of arrays or of param-group dicts, "
@@ -221,17 +252,21 @@ class Optimizer:
         if isinstance(grads, np.ndarray):
             raise TypeError("grads must be a sequence with one array per parameter, got a single "
                             "array (wrap it in a list)")
-        grads = list(grads)
-        per_group, offsets, total = [], [], 0
-        for group in self.param_groups:
-            count = len(group["params"])
-            per_group.append(grads[total:total + count])
-            offsets.append(total)
-            total += count
+        grads = list(grads)  # ours: the caller's sequence may change while we step
+        groups = self.param_groups
+        if len(groups) == 1:
+            per_group, offsets, total = [grads], _FIRST_ONLY, len(groups[0]["params"])
+        else:
+            per_group, offsets, total = [], [], 0
+            for group in groups:
+                count = len(group["params"])
+                per_group.append(grads[total:total + count])
+                offsets.append(total)
+                total += count
         if len(grads) != total:
             raise ValueError(f"grads has {len(grads)} entries but the optimizer has {total} parameters")
         self._frontend.offsets = offsets
-        results = self._engine.step(self.param_groups, per_group, diagnostics=diagnostics)
+        results = self._engine.step(groups, per_group, diagnostics)
         return results if diagnostics else None
 
     # -- state dicts ----------------------------------------------------------------
@@ -302,7 +337,7 @@ class Optimizer:
         for group, fresh in zip(self.param_groups, new_groups):
             group.clear()
             group.update(fresh)
-        self.state = new_state
+        self.state = TrackedStates(new_state)
         self._engine.forget()  # drop the old state's views now rather than at the next step
 
     def _loaded_state(self, where: str, saved: Any, param: np.ndarray, owned: bool) -> Dict[str, Any]:
