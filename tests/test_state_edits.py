@@ -14,6 +14,7 @@ with one set of rules for both front-ends.
 
 from __future__ import annotations
 
+import collections
 import copy
 
 import numpy as np
@@ -136,6 +137,33 @@ def test_torch_adagrad_cleared_state_restarts_from_its_initial_state():
             _set_grads(ps, g)
             o.step()
     _assert_torch_same((opt, params), (fresh, fresh_params), "cleared AdaGrad vs fresh")
+
+
+@pytest.mark.parametrize("how", ["assign", "del", "pop", "update", "setdefault", "new mapping"])
+def test_torch_edits_of_the_state_mapping_itself_are_honoured(how):
+    """adamcore.torch's optimizer.state counts its own edits (a step that sees none takes
+    the state dicts it last saw instead of looking them up): each way of putting a state
+    dict in or taking one out, or a whole new mapping, takes effect at the next step."""
+    def edit(opt, params):
+        p = params[1]
+        fresh = dict(opt.state[p], exp_avg=torch.full_like(p, 0.25), step=torch.tensor(3.0))
+        if how == "assign":
+            opt.state[p] = fresh
+        elif how == "update":
+            opt.state.update({p: fresh})
+        elif how == "new mapping":
+            state = collections.defaultdict(dict, opt.state)
+            state[p] = fresh
+            opt.state = state
+        else:
+            if how == "del":
+                del opt.state[p]
+            else:
+                opt.state.pop(p)
+            if how == "setdefault":
+                opt.state.setdefault(p, fresh)
+
+    _run_torch("AdamW", {3: edit, 5: edit})
 
 
 @pytest.mark.parametrize("edit", ["reassigned", "zeroed in place", "set in place"])

@@ -340,8 +340,9 @@ class Frontend:
         raise NotImplementedError
 
     def state_source(self, g: int) -> Any:
-        """Where ``states(g, ...)`` reads, when that counts its edits (a TrackedStates) so
-        that an unchanged edit count means unchanged state dicts; None otherwise."""
+        """Where ``states(g, ...)`` reads, when that counts its edits in
+        ``_EditCounting.edits`` so that an unchanged count means the same state dicts;
+        None otherwise."""
         return None
 
     def same_source(self, g: int, source: Any) -> bool:
@@ -483,16 +484,20 @@ class Plan:
             return False
         if frontend.movable and frontend.pointers(params) != self.param_pointers:
             return False
-        unedited = self.tracked and _EditCounting.edits == self.edits
+        unedited = _EditCounting.edits == self.edits
         if unedited and self.source is not None and frontend.same_source(g, self.source):
-            return True
-        states = frontend.states(g, params)
-        if not self.all_active:
-            states = list(compress(states, self.active))
-        if not all(map(is_, states, self.states)):
-            return False
-        if unedited:
-            return True
+            # The state mapping is as the plan saw it: the same state dicts.
+            if self.tracked:
+                return True
+            states = self.states
+        else:
+            states = frontend.states(g, params)
+            if not self.all_active:
+                states = list(compress(states, self.active))
+            if not all(map(is_, states, self.states)):
+                return False
+            if self.tracked and unedited:
+                return True
         try:
             for entry, objects in self.entries.items():
                 current = list(map(getitem, states, repeat(entry)))

@@ -27,6 +27,7 @@ This module imports torch; ``import adamcore`` alone never does.
 from __future__ import annotations
 
 import weakref
+from collections import defaultdict
 from operator import attrgetter
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -41,6 +42,20 @@ __all__ = ["Adam", "AdamW", "Adagrad", "to_torch_state_dict"]
 _GRAD = attrgetter("grad")
 _DATA_PTR = torch.Tensor.data_ptr
 _NUMPY = torch.Tensor.numpy
+
+
+class _TrackedStates(_engine._EditCounting, defaultdict):  # type: ignore[misc]
+    """torch.optim's ``optimizer.state`` (a ``defaultdict(dict)`` keyed by parameter)
+    that counts its edits like the NumPy front-end's: while nothing counted an edit, a
+    step takes the state dicts it last saw instead of looking each up (hashing a tensor
+    runs Python code). The state dicts themselves are torch's plain dicts, read at every
+    step."""
+
+    __slots__ = ()
+
+
+def _tracked(state: Any) -> Any:
+    return state if type(state) is _TrackedStates else _TrackedStates(dict, state)
 
 
 def _unusable(name: str, obj: Any, err: Optional[Exception] = None) -> TypeError:
@@ -74,6 +89,13 @@ class _TensorFrontend(_engine.Frontend):
 
     def put_state(self, g: int, k: int, param: Any, state: Dict[str, Any]) -> None:
         self._optimizer().state[param] = state
+
+    def state_source(self, g: int) -> Any:
+        state = self._optimizer().state
+        return state if type(state) is _TrackedStates else None
+
+    def same_source(self, g: int, source: Any) -> bool:
+        return self._optimizer().state is source
 
     def array(self, name: str, obj: Any) -> Any:
         if isinstance(obj, torch.Tensor):
@@ -127,6 +149,7 @@ class _KernelOptimizer(torch.optim.Optimizer):
         self._check_torch_settings("defaults", defaults)
         self._engine.check_settings("defaults", defaults)
         super().__init__(params, defaults)
+        self.state = _tracked(self.state)
 
     def _attach_engine(self) -> None:
         self._engine = Engine(self._family, _TensorFrontend(self))
@@ -162,6 +185,7 @@ class _KernelOptimizer(torch.optim.Optimizer):
     def __setstate__(self, state: Dict[str, Any]) -> None:
         # Called by load_state_dict and unpickling: the groups and state are new.
         super().__setstate__(state)
+        self.state = _tracked(self.state)
         for group in self.param_groups:
             for key, value in self._group_fallbacks.items():
                 group.setdefault(key, value)
