@@ -70,14 +70,14 @@ def cpuinfo() -> dict | None:
 def expected_isas_from_cpuinfo(info: dict, compiled: list) -> tuple[list, str]:
     """(ISAs this CPU should support, the ISA dispatch should pick) from /proc/cpuinfo.
 
-    The rule of cpp/src/cpu_features.cpp and dispatch.cpp, restated: AVX2 needs avx, avx2
-    and fma; AVX-512 also avx512f, avx512vl, avx512bw and avx512dq (Linux lists them only
-    when the OS saves the registers); NEON on aarch64 ('asimd'). The widest wins, except
-    that AMD family 19h (25) prefers AVX2 to AVX-512.
+    The rule of cpp/src/cpu_features.cpp and dispatch.cpp, restated: AVX2 needs avx, avx2,
+    fma and f16c (float16 buffers); AVX-512 also avx512f, avx512vl, avx512bw and avx512dq
+    (Linux lists them only when the OS saves the registers); NEON on aarch64 ('asimd').
+    The widest wins, except that AMD family 19h (25) prefers AVX2 to AVX-512.
     """
     flags = info.get("flags", set())
     supported = ["scalar"]
-    avx2 = {"avx", "avx2", "fma"} <= flags
+    avx2 = {"avx", "avx2", "fma", "f16c"} <= flags
     if "avx2" in compiled and avx2:
         supported.append("avx2")
     if "avx512" in compiled and avx2 and {"avx512f", "avx512vl", "avx512bw",

@@ -83,8 +83,8 @@ def test_every_compiled_isa_is_exercised_or_reported(name):
 
 
 INTEL_SKX = {"vendor_id": "GenuineIntel", "cpu family": "6",
-             "flags": {"fpu", "sse2", "avx", "avx2", "fma", "avx512f", "avx512vl", "avx512bw",
-                       "avx512dq", "avx512cd"}}
+             "flags": {"fpu", "sse2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512vl",
+                       "avx512bw", "avx512dq", "avx512cd"}}
 
 
 @pytest.mark.parametrize("info, compiled, supported, best", [
@@ -93,12 +93,15 @@ INTEL_SKX = {"vendor_id": "GenuineIntel", "cpu family": "6",
     ({**INTEL_SKX, "vendor_id": "AuthenticAMD", "cpu family": "25"},
      ["scalar", "avx2", "avx512"], ["scalar", "avx2", "avx512"], "avx2"),
     # Zen 3: family 19h without AVX-512 (this project's CI machine).
-    ({"vendor_id": "AuthenticAMD", "cpu family": "25", "flags": {"avx", "avx2", "fma"}},
+    ({"vendor_id": "AuthenticAMD", "cpu family": "25",
+      "flags": {"avx", "avx2", "fma", "f16c"}},
      ["scalar", "avx2", "avx512"], ["scalar", "avx2"], "avx2"),
-    # AVX-512 without VL, or AVX2 without FMA, does not count.
+    # AVX-512 without VL, or AVX2 without FMA or F16C, does not count.
     ({**INTEL_SKX, "flags": INTEL_SKX["flags"] - {"avx512vl"}},
      ["scalar", "avx2", "avx512"], ["scalar", "avx2"], "avx2"),
-    ({"vendor_id": "GenuineIntel", "cpu family": "6", "flags": {"avx", "avx2"}},
+    ({"vendor_id": "GenuineIntel", "cpu family": "6", "flags": {"avx", "avx2", "f16c"}},
+     ["scalar", "avx2", "avx512"], ["scalar"], "scalar"),
+    ({**INTEL_SKX, "flags": INTEL_SKX["flags"] - {"f16c"}},
      ["scalar", "avx2", "avx512"], ["scalar"], "scalar"),
     ({"Features": {"fp", "asimd"}}, ["scalar", "neon"], ["scalar", "neon"], "neon"),
     (INTEL_SKX, ["scalar"], ["scalar"], "scalar"),
