@@ -520,9 +520,11 @@ class Engine:
         self.family = family
         self.frontend = frontend
         self._plans: Dict[int, Plan] = {}
-        # g -> (setting names, setting objects, native call options, group name) as last
-        # checked; a group whose settings are still those objects is not checked again.
-        self._checked: Dict[int, Tuple[Tuple[Any, ...], Tuple[Any, ...], Optional[Dict[str, Any]], str]] = {}
+        # g -> (setting names, setting objects, native call options, group name, buffer
+        # names) as last checked; a group whose settings are still those objects is not
+        # checked again.
+        self._checked: Dict[int, Tuple[Tuple[Any, ...], Tuple[Any, ...], Optional[Dict[str, Any]], str,
+                                       Tuple[str, ...]]] = {}
         self._last_lr: Dict[int, Any] = {}
 
     def forget(self) -> None:
@@ -543,24 +545,26 @@ class Engine:
             lr = 0.0  # checked at each step, on the value it returns
         self.family.check_settings(where, group, lr)
 
-    def _checked_options(self, g: int, group: Dict[str, Any]) -> Tuple[Dict[str, Any], str]:
-        """Group ``g``'s native call options and name, its settings checked again when
-        any was replaced since the last step."""
+    def _checked_options(self, g: int, group: Dict[str, Any]) -> Tuple[Dict[str, Any], str, Tuple[str, ...]]:
+        """Group ``g``'s native call options, name and state buffers, its settings checked
+        again when any was replaced since the last step."""
         keys, values = tuple(group), tuple(group.values())
         seen = self._checked.get(g)
         if seen is not None and keys == seen[0] and all(map(is_, values, seen[1])):
             options, where = seen[2], seen[3]
             if options is not None:
-                return options, where
-            return self.family.options(where, group), where
+                return options, where, seen[4]
+            return self.family.options(where, group), where, seen[4]
         where = self.frontend.group_name(g)
         self.check_settings(g, group)
         options = self.family.options(where, group)
         # Options hold the settings' own objects, except betas, unpacked: a list may change
         # in place, so its options are made afresh at every step.
         reusable = not isinstance(group.get("betas"), list)
-        self._checked[g] = (keys, values, options if reusable else None, where)
-        return options, where
+        # The buffers follow amsgrad, a bool (checked): the same object, the same buffers.
+        names = self.family.buffers(group)
+        self._checked[g] = (keys, values, options if reusable else None, where, names)
+        return options, where, names
 
     def new_state(self, g: int, k: int, param: Any, group: Dict[str, Any]) -> Dict[str, Any]:
         """A parameter's state before its first step: step 0 and fresh buffers."""
@@ -578,13 +582,22 @@ class Engine:
         """One step of every group: ``grads[g]`` holds one gradient per parameter of
         group ``g`` (None: not updated this step). Everything is checked before any
         array is written. Returns each group's GammaStats (with ``diagnostics``) or None."""
-        work = []
-        count = 0
-        for g, group in enumerate(groups):
-            prepared = self._prepare(g, group, grads[g], diagnostics)
-            work.append(prepared)
-            count += len(prepared[2])
-        if count > 1:  # a single call checks everything itself before writing
+        if len(groups) == 1:
+            plan, calls = self._prepare(0, groups[0], grads[0], diagnostics)[1:]
+            if len(calls) == 1:  # the common case, without the bookkeeping of several calls
+                where, call, call_grads, kwargs, hyper_names = calls[0]
+                try:
+                    stats = call.native.step(call_grads, **kwargs)
+                except (TypeError, ValueError) as err:
+                    _reraise(err, where, call.label, hyper_names)
+                self._commit(0, plan, calls)
+                return [stats]
+            work = [(0, plan, calls)]
+        else:
+            work = [self._prepare(g, group, grads[g], diagnostics) for g, group in enumerate(groups)]
+        if sum(len(group_calls) for _, _, group_calls in work) > 1:
+            # A single call checks everything itself before writing; several are all
+            # checked before the first writes.
             for _, _, group_calls in work:
                 for where, call, call_grads, kwargs, hyper_names in group_calls:
                     try:
@@ -610,10 +623,9 @@ class Engine:
         checked = self._checked.get(g)  # the settings' last check, while none was replaced
         if (checked is not None and checked[2] is not None
                 and all(map(is_, group.values(), checked[1])) and tuple(group) == checked[0]):
-            options, where = checked[2], checked[3]
+            options, where, names = checked[2], checked[3], checked[4]
         else:
-            options, where = self._checked_options(g, group)
-        names = self.family.buffers(group)
+            options, where, names = self._checked_options(g, group)
         params = group["params"]
         if len(grads) != len(params):
             raise ValueError(f"{where} has {len(params)} parameters but {len(grads)} gradients were given")
