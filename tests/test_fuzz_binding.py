@@ -1,7 +1,8 @@
 """Adversarial fuzzing of the native binding with Hypothesis.
 
-Random mixes of dtypes (float32/float64/float16/int32, big-endian float32), shapes,
-0-size arrays, views (strided, reversed, Fortran order, offset slices, misaligned bytes),
+Random mixes of dtypes (float32, float64, float16, bfloat16, int32, big-endian float32, in
+and out of the layouts this build takes: one dtype per call, or float32 with a 16-bit
+``param_copy``; probed at import), shapes, 0-size arrays, views (strided, reversed, Fortran order, offset slices, misaligned bytes),
 read-only arrays, aliased and overlapping buffers (and disjoint views of one buffer, which
 are fine), lists, tuples and their subclasses (one with a lying ``__len__``), mismatched
 list lengths, and objects in numeric positions whose ``__float__``/``__index__`` return a
@@ -46,20 +47,30 @@ KNOWN_BUGS: set = set()
 EXPECTED_ERRORS = (TypeError, ValueError)
 
 
-def _other_dtypes() -> set:
-    """Dtypes besides float32 this build of the extension takes for a whole call."""
-    found = set()
-    for dtype in (np.float64, np.float16):
-        arrays = [np.zeros(4, dtype) for _ in range(4)]
-        try:
-            adamcore.adam_step(*arrays, step=1, check_only=True)
-        except (TypeError, ValueError):
-            continue
-        found.add(np.dtype(dtype))
-    return found
+try:
+    from ml_dtypes import bfloat16 as _bfloat16
+except ImportError:  # an optional extra
+    _bfloat16 = None
+_CANDIDATES = [np.dtype(np.float64), np.dtype(np.float16)] + (
+    [np.dtype(_bfloat16)] if _bfloat16 is not None else [])
 
 
-OTHER_DTYPES = _other_dtypes()
+def _accepted(dtype, **extra) -> bool:
+    """Whether adam_step takes four buffers of ``dtype`` (and ``extra`` keywords)."""
+    try:
+        adamcore.adam_step(*[np.zeros(4, dtype) for _ in range(4)], step=1, check_only=True,
+                           **extra)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+# The layouts this build of the extension takes (adam_step's docstring): one dtype for
+# every buffer, float32 or any of OTHER_DTYPES; or float32 with a param_copy of a
+# COPY_DTYPES dtype. Probed, so the model also fits a build without them.
+OTHER_DTYPES = {d for d in _CANDIDATES if _accepted(d)}
+COPY_DTYPES = {d for d in _CANDIDATES
+               if d.itemsize == 2 and _accepted(np.float32, param_copy=np.zeros(4, d))}
 CALL_DTYPES = ["float32"] * 4 + sorted(d.name for d in OTHER_DTYPES)
 SIZES = [0, 1, 3, 5, 16, 17, 33]
 
@@ -176,7 +187,7 @@ class Pool:
 
     def _fill(self, arr: np.ndarray) -> np.ndarray:
         """Moderate values of the array's own dtype (the backing's bytes are float32's)."""
-        if arr.dtype.kind == "f" and arr.size:
+        if (arr.dtype.kind == "f" or arr.dtype.name == "bfloat16") and arr.size:
             arr[...] = (np.abs(self.rng.standard_normal(arr.shape)) * 0.5 + 0.01)
         return arr
 
@@ -344,13 +355,9 @@ def check_array(v: Verdict, obj, label: str, written: bool) -> Optional[np.ndarr
     if not isinstance(obj, np.ndarray):
         v.bad(f"{label} is not an array")
         return None
-    if obj.dtype != np.dtype(np.float32):
-        if obj.dtype not in OTHER_DTYPES:
-            v.bad(f"{label} dtype {obj.dtype}")
-            return None
-        # The extension takes this dtype in some layouts (which combinations is its
-        # business): either outcome is allowed, and a step must match clean copies.
-        v.ambiguous.append(f"{label} dtype {obj.dtype}")
+    if obj.dtype != np.dtype(np.float32) and obj.dtype not in OTHER_DTYPES | COPY_DTYPES:
+        v.bad(f"{label} dtype {obj.dtype}")
+        return None
     if not obj.flags.c_contiguous:
         v.bad(f"{label} not C-contiguous")
         return None
@@ -380,6 +387,21 @@ def check_disjoint(v: Verdict, arrays: List[tuple], outside: List[tuple] = ()):
         for b0, e0, l0 in held:
             if a.ctypes.data < e0 and b0 < a.ctypes.data + a.nbytes:
                 v.bad(f"{label} and {l0} overlap")
+
+
+def check_layout(v: Verdict, arrays: List[tuple], grads_dtype=None):
+    """One layout per call: every buffer one accepted dtype, or float32 buffers with a
+    16-bit param_copy. ``grads_dtype``: a group's step, whose grads must be that dtype."""
+    copies = {a.dtype for label, a in arrays if label.startswith("param_cop")}
+    main = {a.dtype for label, a in arrays if not label.startswith("param_cop")}
+    if copies:
+        if not (main <= {np.dtype(np.float32)} and copies <= COPY_DTYPES and len(copies) == 1):
+            v.bad(f"layout: {sorted(map(str, main))} with param_copy "
+                  f"{sorted(map(str, copies))}")
+    elif len(main) > 1 or not main <= OTHER_DTYPES | {np.dtype(np.float32)}:
+        v.bad(f"layout: mixed dtypes {sorted(map(str, main))}")
+    if grads_dtype is not None and arrays and arrays[0][1].dtype != grads_dtype:
+        v.bad(f"grads dtype {arrays[0][1].dtype}, the group holds {grads_dtype}")
 
 
 HYPER_RULES = {  # name: (low, high, high inclusive)
@@ -534,7 +556,16 @@ def draw_prev_lr(data, inner, chaos: Chaos):
 ADAM_BUFFERS = ["param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"]
 ADAGRAD_BUFFERS = ["param", "grad", "state_sum"]
 WRITTEN = {"param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "state_sum", "params",
-           "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "state_sums"}
+           "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "state_sums", "param_copy",
+           "param_copies"}
+KEYWORD_BUFFERS = {"max_exp_avg_sq", "param_copy"}
+
+
+def copy_dtype(data, pool: Pool, chaos: Chaos):
+    """The dtype of a param_copy: a 16-bit one, or (a defect) the call's own."""
+    if chaos.bad("param_copy dtype") or not COPY_DTYPES:
+        return pool.dt
+    return data.draw(st.sampled_from(sorted(COPY_DTYPES, key=str)), label="param_copy dtype")
 
 
 def clean_copy(obj):
@@ -634,18 +665,23 @@ def test_step_functions_step_correctly_or_raise_cleanly(data, seed):
     op = data.draw(st.sampled_from(["adam", "adamw", "adagrad"]), label="function")
     fn = {"adam": adamcore.adam_step, "adamw": adamcore.adamw_step,
           "adagrad": adamcore.adagrad_step}[op]
-    names = ADAGRAD_BUFFERS if op == "adagrad" else ADAM_BUFFERS
+    names = (ADAGRAD_BUFFERS if op == "adagrad" else ADAM_BUFFERS) + ["param_copy"]
     pool = Pool(seed, data.draw(st.sampled_from(CALL_DTYPES), label="dtype"))
+    main_dtype = pool.dt
     chaos = Chaos(data)
     form = data.draw(st.sampled_from(["single"] * 3 + CONTAINERS), label="form")
     count = 1 if form == "single" else data.draw(st.integers(0, 3), label="tensors")
     sizes = [data.draw(st.sampled_from(SIZES), label="size") for _ in range(count)]
     amsgrad_buffer = op != "adagrad" and data.draw(st.booleans(), label="max_exp_avg_sq given")
+    copy_given = bool(COPY_DTYPES) and data.draw(st.integers(0, 3), label="param_copy") == 0
     buffers: Dict[str, Any] = {}
     items: Dict[str, List[Item]] = {}
     for name in names:
         if name == "max_exp_avg_sq" and not amsgrad_buffer:
             continue
+        if name == "param_copy" and not copy_given:
+            continue
+        pool.dt = copy_dtype(data, pool, chaos) if name == "param_copy" else main_dtype
         its = [draw_item(data, pool, n, chaos, name in WRITTEN) for n in sizes]
         n_items = count
         if form != "single" and chaos.bad("list length"):
@@ -660,6 +696,7 @@ def test_step_functions_step_correctly_or_raise_cleanly(data, seed):
             buffers[name] = replacement.obj
         else:
             buffers[name] = container(data, form, [i.obj for i in its])
+    pool.dt = main_dtype
 
     # Re-entrant numbers: a step on arrays of their own, or on this call's own buffers.
     mode = data.draw(st.sampled_from(["none", "none", "private", "same"]), label="reentry")
@@ -673,8 +710,10 @@ def test_step_functions_step_correctly_or_raise_cleanly(data, seed):
         re.inner = Inner(lambda: fn(*plist, step=1))
     elif mode == "same":
         vmax = buffers.get("max_exp_avg_sq")
-        positional = [buffers[k] for k in names if k != "max_exp_avg_sq"]
+        positional = [buffers[k] for k in names if k not in KEYWORD_BUFFERS and k in buffers]
         kw = {} if op == "adagrad" else {"amsgrad": vmax is not None, "max_exp_avg_sq": vmax}
+        if "param_copy" in buffers:
+            kw["param_copy"] = buffers["param_copy"]
         re.inner = Inner(lambda: fn(*positional, step=1, **kw))
 
     kwargs: Dict[str, Any] = {}
@@ -697,9 +736,11 @@ def test_step_functions_step_correctly_or_raise_cleanly(data, seed):
         kwargs["prev_lr"] = draw_prev_lr(data, re.inner, chaos)
     if op != "adagrad" and "max_exp_avg_sq" in buffers:
         kwargs["max_exp_avg_sq"] = buffers["max_exp_avg_sq"]
+    if "param_copy" in buffers:
+        kwargs["param_copy"] = buffers["param_copy"]
     extra = (data.draw(st.sampled_from(["unknown_kw", "positional", "duplicate"]),
                        label="extra") if chaos.bad("extra argument") else "none")
-    args = [buffers[k] for k in names if k != "max_exp_avg_sq"]
+    args = [buffers[k] for k in names if k not in KEYWORD_BUFFERS]
     if extra == "unknown_kw":
         kwargs["betas"] = (0.9, 0.99)
     elif extra == "positional":
@@ -762,6 +803,7 @@ def test_step_functions_step_correctly_or_raise_cleanly(data, seed):
             if a.size != by_tensor[t]:
                 v.bad(f"{label} has {a.size} elements")
         check_disjoint(v, arrays)
+        check_layout(v, arrays)
 
     note(f"{op}{' list form ' + form if form != 'single' else ''} sizes={sizes} "
          f"kinds={ {k: [i.kind for i in its] for k, its in items.items()} } reentry={mode} "
@@ -773,6 +815,7 @@ def test_step_functions_step_correctly_or_raise_cleanly(data, seed):
     outcome, result, error = call(fn, args, kwargs)
     note(f"outcome {outcome}: {type(error).__name__ if error else result!r} {error or ''}")
     event(f"model: {v.errors[0].split()[0] if v.errors else v.outcome}")
+    event(f"{outcome}: {main_dtype}" + (" with param_copy" if copy_given else ""))
     event(f"{outcome}" + (f" {type(error).__name__}" if error else "")
           + (f", re-entrant steps ran" if re.inner is not None and re.inner.done else ""))
     outcome_matches(v, outcome, error)
@@ -789,6 +832,8 @@ def test_step_functions_step_correctly_or_raise_cleanly(data, seed):
         def clean_call(**kw):
             lists = {k: [c[k] for c in clean] for k in present}
             vm = lists.get("max_exp_avg_sq")
+            if "param_copy" in lists:
+                kw["param_copy"] = lists["param_copy"]
             if op == "adagrad":
                 return fn(lists["param"], lists["grad"], lists["state_sum"], **kw)
             return fn(lists["param"], lists["grad"], lists["exp_avg"], lists["exp_avg_sq"],
@@ -837,6 +882,7 @@ def test_groups_step_correctly_or_raise_cleanly(data, seed):
     adagrad = data.draw(st.booleans(), label="AdagradGroup")
     cls = adamcore.AdagradGroup if adagrad else adamcore.AdamGroup
     pool = Pool(seed, data.draw(st.sampled_from(CALL_DTYPES), label="dtype"))
+    main_dtype = pool.dt
     chaos = Chaos(data)
     form = data.draw(st.sampled_from(CONTAINERS), label="form")
     count = data.draw(st.integers(0, 3), label="tensors")
@@ -845,9 +891,12 @@ def test_groups_step_correctly_or_raise_cleanly(data, seed):
     amsgrad = not adagrad and data.draw(st.booleans(), label="amsgrad")
     if amsgrad:
         held_names.append("max_exp_avg_sqs")
+    if COPY_DTYPES and data.draw(st.integers(0, 3), label="param_copies") == 0:
+        held_names.append("param_copies")
     items: Dict[str, List[Item]] = {}
     held: Dict[str, Any] = {}
     for name in held_names:
+        pool.dt = copy_dtype(data, pool, chaos) if name == "param_copies" else main_dtype
         its = [draw_item(data, pool, n, chaos, True) for n in sizes]
         if chaos.bad("list length"):
             its = its[:-1] if its else [pool.make(3, "good")]
@@ -857,6 +906,7 @@ def test_groups_step_correctly_or_raise_cleanly(data, seed):
             held[name] = items[name][0].obj
         else:
             held[name] = container(data, form, [i.obj for i in its])
+    pool.dt = main_dtype
 
     v = Verdict()
     checked = []
@@ -880,11 +930,14 @@ def test_groups_step_correctly_or_raise_cleanly(data, seed):
             if a.size != size:
                 v.bad(f"{label} has {a.size} elements but params has {size}")
         check_disjoint(v, arrays)
+        check_layout(v, arrays)
     note(f"{cls.__name__}({form}) sizes={sizes} kinds="
          f"{ {k: [i.kind for i in its] for k, its in items.items()} } verdict={v.outcome} "
          f"{v.errors}")
     before = pool.snapshot()
-    outcome, group, error = call(cls, [held[n] for n in held_names], {})
+    outcome, group, error = call(cls, [held[n] for n in held_names if n != "param_copies"],
+                                 {"param_copies": held["param_copies"]}
+                                 if "param_copies" in held else {})
     outcome_matches(v, outcome, error)
     assert_backings(pool, before, "constructing a group")
     if outcome != "ok":
@@ -892,6 +945,7 @@ def test_groups_step_correctly_or_raise_cleanly(data, seed):
     count = real_len(held["params"])
     assert len(group) == count
     sizes = [a.size for a in real_items(held["params"])]
+    param_dtype = real_items(held["params"])[0].dtype if count else None
 
     # The group's state, as clean copies.
     clean = [{n: clean_copy(items[n][t].obj) for n in held_names} for t in range(count)]
@@ -960,6 +1014,8 @@ def test_groups_step_correctly_or_raise_cleanly(data, seed):
             for t, (label, a) in enumerate(gchecked):
                 if a is not None and a.size != sizes[t]:
                     gv.bad(f"{label} has {a.size} elements")
+                if a is not None and a.dtype != param_dtype:
+                    gv.bad(f"{label} has dtype {a.dtype}, params {param_dtype}")
             # grads may share memory with each other (they are only read), not with the
             # state the group holds
             for label, a in gchecked:
@@ -981,6 +1037,8 @@ def test_groups_step_correctly_or_raise_cleanly(data, seed):
 
         def clean_call(**kw):
             lists = {n: [c[n] for c in clean] for n in held_names}
+            if "param_copies" in lists:
+                kw["param_copy"] = lists["param_copies"]
             if adagrad:
                 kw.pop("decoupled", None)
                 return adamcore.adagrad_step(lists["params"], clean_grads,
