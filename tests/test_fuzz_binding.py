@@ -1,13 +1,14 @@
 """Adversarial fuzzing of the native binding with Hypothesis.
 
-Random mixes of dtypes (float32, float64, float16, bfloat16, int32, big-endian float32, in
-and out of the layouts this build takes: one dtype per call, or float32 with a 16-bit
-``param_copy``; probed at import), shapes, 0-size arrays, views (strided, reversed, Fortran order, offset slices, misaligned bytes),
-read-only arrays, aliased and overlapping buffers (and disjoint views of one buffer, which
-are fine), lists, tuples and their subclasses (one with a lying ``__len__``), mismatched
-list lengths, and objects in numeric positions whose ``__float__``/``__index__`` return a
-value, return NaN, raise, or run an adamcore step themselves (re-entrancy, on arrays of
-their own or on the outer call's), over ``adam_step``, ``adamw_step``, ``adagrad_step``,
+Random mixes of dtypes (float32, float64, float16, bfloat16, int32, big-endian float32,
+in and out of the layouts this build takes: one dtype per call, or float32 with a 16-bit
+``param_copy``; probed at import), shapes, 0-size arrays, views (strided, reversed,
+Fortran order, offset slices, misaligned bytes), read-only arrays, aliased and
+overlapping buffers (and disjoint views of one buffer, which are fine), lists, tuples
+and their subclasses (one with a lying ``__len__``), mismatched list lengths, and
+objects in numeric positions whose ``__float__``/``__index__`` return a value, return
+NaN, raise, or run an adamcore step themselves (re-entrancy, on arrays of their own or
+on the outer call's), over ``adam_step``, ``adamw_step``, ``adagrad_step``,
 ``AdamGroup`` and ``AdagradGroup``; with and without ``check_only=True``.
 
 Every call must either step correctly or raise TypeError/ValueError (or the exception a
