@@ -9,7 +9,10 @@ engine does the rest, the same way for both:
   or a changed group setting is used as it is now. What a step gathers is cached under
   a key that covers every object it cached (identity, the data pointer where memory can
   move under the same object, the step counts and the settings that select buffers),
-  so an unchanged step costs a few list comparisons.
+  so an unchanged step costs a few list comparisons. State mappings and dicts that
+  count their edits (``_EditCounting``: the NumPy front-end's state and state dicts,
+  adamcore.torch's state mapping) let a step skip what no counted edit can have
+  changed; anything else (a plain dict of the user's) is read at every step.
 * Validation is done once and in one place. The native extension checks every buffer
   and hyperparameter (``check_only=True`` runs exactly the checks of a real call);
   Python checks only what the extension cannot know: group structure, shapes against

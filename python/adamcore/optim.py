@@ -137,7 +137,12 @@ class _ArrayFrontend(_engine.Frontend):
     def write_steps(self, counters: List[Any], key: Any, count: int) -> None:
         # Our own writes, not the user's edits: past TrackedState's counting (dict.update
         # with one shared dict is the cheapest such write).
-        any(map(dict.update, counters, repeat({key: count})))  # update returns None: runs them all
+        entry = {key: count}
+        if len(counters) > 4:
+            any(map(dict.update, counters, repeat(entry)))  # update returns None: runs them all
+        else:  # cheaper than setting up the map for a few
+            for counter in counters:
+                dict.update(counter, entry)
 
     def new_buffer(self, param: Any, fill: float) -> Any:
         return np.zeros_like(param) if fill == 0 else np.full_like(param, fill)
