@@ -768,9 +768,11 @@ def test_step_functions_step_correctly_or_raise_cleanly(data, seed):
     if extra != "none":
         v.bad(f"extra argument ({extra})")
     if op != "adagrad" and flags.get("amsgrad", False) is not None:
-        if bool(flags.get("amsgrad", False)) != ("max_exp_avg_sq" in buffers):
+        if bool(flags.get("amsgrad", False)) != (buffers.get("max_exp_avg_sq") is not None):
             v.bad("amsgrad and max_exp_avg_sq disagree")
-    present = [k for k in names if k in buffers]
+    # A keyword buffer passed as None is absent.
+    present = [k for k in names
+               if k in buffers and not (k in KEYWORD_BUFFERS and buffers[k] is None)]
     checked = []
     if not isinstance(buffers["param"], (list, tuple)):  # one array per argument
         for k in present:
@@ -795,14 +797,15 @@ def test_step_functions_step_correctly_or_raise_cleanly(data, seed):
                         checked.append((f"{k}[{t}]", check_array(v, obj, f"{k}[{t}]",
                                                                  k in WRITTEN)))
     arrays = [(label, a) for label, a in checked if a is not None]
+    # sizes: every buffer of tensor t as large as param[t] (among the buffers that are
+    # arrays at all, so that the list of defects is complete)
+    sizes_of = {(label.split("[")[1] if "[" in label else ""): a.size
+                for label, a in arrays if label.split("[")[0] == "param"}
+    for label, a in arrays:
+        t = label.split("[")[1] if "[" in label else ""
+        if t in sizes_of and a.size != sizes_of[t]:
+            v.bad(f"{label} has {a.size} elements")
     if len(checked) == len(arrays):
-        # sizes: every buffer of tensor t as large as param[t]
-        by_tensor: Dict[str, int] = {}
-        for label, a in arrays:
-            t = label.split("[")[1] if "[" in label else ""
-            by_tensor.setdefault(t, a.size)
-            if a.size != by_tensor[t]:
-                v.bad(f"{label} has {a.size} elements")
         check_disjoint(v, arrays)
         check_layout(v, arrays)
 
@@ -924,12 +927,12 @@ def test_groups_step_correctly_or_raise_cleanly(data, seed):
             for t, obj in enumerate(real_items(held[name])):
                 checked.append((f"{name}[{t}]", check_array(v, obj, f"{name}[{t}]", True)))
     arrays = [(label, a) for label, a in checked if a is not None]
+    first = dict(arrays)
+    for label, a in arrays:  # (complete: every array's size is checked)
+        param = first.get("params" + label[label.index("["):])
+        if param is not None and a.size != param.size:
+            v.bad(f"{label} has {a.size} elements but params has {param.size}")
     if not v.errors and len(arrays) == len(checked):
-        first = dict(arrays)
-        for label, a in arrays:
-            size = first["params" + label[label.index("["):]].size
-            if a.size != size:
-                v.bad(f"{label} has {a.size} elements but params has {size}")
         check_disjoint(v, arrays)
         check_layout(v, arrays)
     note(f"{cls.__name__}({form}) sizes={sizes} kinds="
