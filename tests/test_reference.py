@@ -47,6 +47,9 @@ def test_adam_family_close_to_float64(isa, case, report):
     m_err = float(np.abs(m - M).max())
     assert p_err <= PARAM_TOL and v_err <= SECOND_MOMENT_RTOL and m_err <= EXP_AVG_ATOL, (
         p_err, v_err, m_err)
+    if ams:  # the running maximum is state too: it must follow the reference's
+        vm_err = float((np.abs(vm - VM) / VM).max())
+        assert vm_err <= SECOND_MOMENT_RTOL and np.all(vm >= v), vm_err
     # The reference is a different computation: it must not be bit-identical by accident.
     assert p_err > 0
     if isa == adamcore.available_isas()[-1]:

@@ -48,6 +48,11 @@ def test_thread_count_does_not_change_bits(isa, threads, many_threads_small_thre
         group.step(grads, step=step, weight_decay=1e-2, decoupled=True)
     for a, b in zip(sum(got[:4], []), sum(want[:4], [])):
         assert_same_bits(a, b, f"{threads} threads")
+    # Equal to the one-thread run, and that run really stepped every element (a kernel
+    # that skipped elements on every thread count would otherwise pass).
+    start = _group(1, SIZES)
+    for before, after in zip(start[0] + start[1], got[0] + got[1]):
+        assert np.count_nonzero(before == after) <= after.size // 1000  # (a rare no-op element)
 
 
 def test_concurrent_python_threads_match_serial(isa):
@@ -76,3 +81,6 @@ def test_concurrent_python_threads_match_serial(isa):
     for want, got in zip(serial, results):
         for a, b in zip(got, want):
             assert_same_bits(a, b, "concurrent vs serial")
+    start = _group(0, sizes)
+    for before, after in zip(start[0], serial[0][:len(sizes)]):
+        assert np.count_nonzero(before == after) <= after.size // 1000  # the reference moved
