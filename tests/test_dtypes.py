@@ -3,8 +3,8 @@
 - One dtype everywhere (bfloat16, float16, float64): bit-identical to torch 2.13's
   ``fused=True`` Adam/AdamW/Adagrad on every element of its vector body over 1,000
   steps; its scalar tail step by step from identical state within a stated bound.
-- float32 master weights: float32 params, grads and state with a 16-bit ``param_copy``
-  written in the same pass, equal to ``param.astype``.
+- float32 master weights: float32 params and state with bfloat16/float16 grads, and/or
+  a 16-bit ``param_copy`` written in the same pass, equal to ``param.astype``.
 - Every ISA of this machine gives the same bits for every layout (the C++ tests do the
   same for every compiled ISA, NEON under qemu).
 - Any other combination raises a TypeError naming the accepted layouts, writing nothing.
@@ -312,6 +312,39 @@ def test_param_copy_is_the_float32_step_rounded(isa, family, copy_dtype):
         assert_same_bits(a, b, f"{family} state")
 
 
+@pytest.mark.parametrize("grad_dtype", [BF16, F16], ids=["bf16-grads", "fp16-grads"])
+@pytest.mark.parametrize("family", ["adam", "adamw-amsgrad", "adagrad"])
+def test_16_bit_grads_equal_the_float32_step_on_widened_grads(isa, family, grad_dtype):
+    """16-bit grads are widened exactly, so the step equals the float32 step (which is
+    torch fused's float32 step) on grad.astype(float32); a copy of the grads' dtype
+    equals param.astype, over many steps."""
+    rng = np.random.default_rng(5)
+    n = 1000
+    p = rng.standard_normal(n).astype(np.float32)
+    ref_p = p.copy()
+    k = 1 if family == "adagrad" else 3 if family.endswith("amsgrad") else 2
+    state = [np.zeros(n, np.float32) for _ in range(k)]
+    ref_state = [np.zeros(n, np.float32) for _ in range(k)]
+    copy = np.full(n, np.nan, grad_dtype)
+    for step in range(1, 101):
+        g = _gradient(rng, n, grad_dtype)
+        if family == "adagrad":
+            kw = dict(step=step, lr_decay=0.01, weight_decay=0.01)
+            adamcore.adagrad_step(p, g, state[0], param_copy=copy, **kw)
+            adamcore.adagrad_step(ref_p, g.astype(np.float32), ref_state[0], **kw)
+        else:
+            ams = family.endswith("amsgrad")
+            kw = dict(step=step, lr=1e-2, amsgrad=ams)
+            adamcore.adamw_step(p, g, state[0], state[1], max_exp_avg_sq=state[2] if ams else None,
+                                param_copy=copy, **kw)
+            adamcore.adamw_step(ref_p, g.astype(np.float32), ref_state[0], ref_state[1],
+                                max_exp_avg_sq=ref_state[2] if ams else None, **kw)
+        assert_same_bits(copy, p.astype(grad_dtype), f"{family} param_copy at step {step}")
+    assert_same_bits(p, ref_p, f"{family} param")
+    for a, b in zip(state, ref_state):
+        assert_same_bits(a, b, f"{family} state")
+
+
 @pytest.mark.parametrize("copy_dtype", [BF16, F16], ids=["bf16-copy", "fp16-copy"])
 def test_param_copy_rounds_to_nearest_even_on_awkward_values(isa, copy_dtype):
     """Values that sit on rounding ties, overflow the 16-bit range, are subnormal there,
@@ -353,7 +386,7 @@ def test_groups_take_every_layout(isa):
     sums = [np.zeros(k, np.float32) for k in sizes]
     copies = [np.empty(k, BF16) for k in sizes]
     group = adamcore.AdagradGroup(ps, sums, param_copies=copies)
-    group.step([_gradient(rng, k, np.dtype(np.float32)) for k in sizes], step=1)
+    group.step([_gradient(rng, k, BF16) for k in sizes], step=1)
     for p, c in zip(ps, copies):
         assert_same_bits(c, p.astype(BF16), "AdagradGroup param_copies")
 
@@ -365,6 +398,8 @@ LAYOUTS = {
     "float64": (F64, F64, F64, None),
     "f32+bf16-copy": (np.float32, np.float32, np.float32, BF16),
     "f32+fp16-copy": (np.float32, np.float32, np.float32, F16),
+    "f32+bf16-grads+bf16-copy": (np.float32, BF16, np.float32, BF16),
+    "f32+fp16-grads": (np.float32, F16, np.float32, None),
 }
 
 
@@ -414,7 +449,7 @@ REFUSED = {
     "fp16 grads for bf16 params": ((BF16, F16, BF16, BF16), None, "grad", "bfloat16"),
     "copy for bf16 params": ((BF16, BF16, BF16, BF16), BF16, "param", "float32"),
     "float32 copy": ((np.float32, np.float32, np.float32, np.float32), np.float32, "param_copy", "bfloat16"),
-    "bf16 grads for float32 params": ((np.float32, BF16, np.float32, np.float32), None, "grad", "float32"),
+    "fp16 copy for bf16 grads": ((np.float32, BF16, np.float32, np.float32), F16, "grad", "float32"),
 }
 
 

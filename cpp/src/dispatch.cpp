@@ -194,8 +194,9 @@ std::string check_layout(const Layout& layout) {
       << dtype_name(layout.grad) << ", state " << dtype_name(layout.state) << ", param_copy "
       << dtype_name(layout.param_copy)
       << ". Accepted: one dtype for params, grads and state (float32, float64, bfloat16 or "
-         "float16) and no param_copy; or float32 params, grads and state with a bfloat16 "
-         "or float16 param_copy";
+         "float16) and no param_copy; or float32 params and state with bfloat16 or float16 "
+         "grads and optionally a param_copy of the grads' dtype; or float32 params, grads "
+         "and state with a bfloat16 or float16 param_copy";
   return out.str();
 }
 

@@ -70,9 +70,14 @@ inline constexpr Layout kLayouts[] = {
     {DType::float64, DType::float64, DType::float64, DType::none},
     {DType::bfloat16, DType::bfloat16, DType::bfloat16, DType::none},
     {DType::float16, DType::float16, DType::float16, DType::none},
-    // float32 master weights: a 16-bit copy of the updated params
+    // float32 master weights: 16-bit grads and/or a 16-bit copy of the updated
+    // params (with 16-bit grads, a copy of the grads' dtype)
     {DType::float32, DType::float32, DType::float32, DType::bfloat16},
     {DType::float32, DType::float32, DType::float32, DType::float16},
+    {DType::float32, DType::bfloat16, DType::float32, DType::none},
+    {DType::float32, DType::float16, DType::float32, DType::none},
+    {DType::float32, DType::bfloat16, DType::float32, DType::bfloat16},
+    {DType::float32, DType::float16, DType::float32, DType::float16},
 };
 inline constexpr std::size_t kLayoutCount = sizeof(kLayouts) / sizeof(kLayouts[0]);
 

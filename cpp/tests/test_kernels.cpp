@@ -772,6 +772,8 @@ void test_layout_checks() {
         "a copy of float64 params refused");
   check(adamcore::check_layout({DType::float32, DType::float32, DType::float32, DType::float16}).empty(),
         "a float16 copy of float32 params accepted");
+  check(adamcore::check_layout({DType::float32, DType::float16, DType::float32, DType::none}).empty(),
+        "float16 grads for float32 params accepted");
   check(!adamcore::check_layout({DType::float32, DType::float64, DType::float32, DType::none}).empty(),
         "float64 grads for float32 params refused");
   check(adamcore::check_layout({DType::none}).find("Accepted: one dtype") != std::string::npos,

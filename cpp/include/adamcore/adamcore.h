@@ -86,8 +86,9 @@ const char* dtype_name(DType dtype);  // "float32", "bfloat16", ...; "none"
 // the updated params (none: not written). Accepted:
 //   - one dtype everywhere: float32, float64, bfloat16 or float16 (16-bit: float32
 //     arithmetic; float64: double arithmetic), no copy;
-//   - float32 master weights: float32 params, grads and state with a bfloat16 or
-//     float16 param_copy.
+//   - float32 master weights: float32 params and state with bfloat16 or float16
+//     grads, optionally a param_copy of the grads' dtype; or float32 grads with a
+//     bfloat16 or float16 param_copy.
 struct Layout {
   DType param = DType::float32;
   DType grad = DType::float32;
