@@ -72,6 +72,16 @@ def _accepted(dtype, **extra) -> bool:
 OTHER_DTYPES = {d for d in _CANDIDATES if _accepted(d)}
 COPY_DTYPES = {d for d in _CANDIDATES
                if d.itemsize == 2 and _accepted(np.float32, param_copy=np.zeros(4, d))}
+# float32 params and state with 16-bit grads (master weights), optionally with a
+# param_copy of the grads' dtype.
+GRAD_DTYPES = set()
+for _d in _CANDIDATES:
+    try:
+        adamcore.adam_step(np.zeros(4, np.float32), np.zeros(4, _d), np.zeros(4, np.float32),
+                           np.zeros(4, np.float32), step=1, check_only=True)
+        GRAD_DTYPES.add(np.dtype(_d))
+    except (TypeError, ValueError):
+        pass
 CALL_DTYPES = ["float32"] * 4 + sorted(d.name for d in OTHER_DTYPES)
 SIZES = [0, 1, 3, 5, 16, 17, 33]
 
@@ -395,7 +405,14 @@ def check_layout(v: Verdict, arrays: List[tuple], grads_dtype=None):
     16-bit param_copy. ``grads_dtype``: a group's step, whose grads must be that dtype."""
     copies = {a.dtype for label, a in arrays if label.startswith("param_cop")}
     main = {a.dtype for label, a in arrays if not label.startswith("param_cop")}
-    if copies:
+    grads = {a.dtype for label, a in arrays if label.startswith("grad")}
+    rest = {a.dtype for label, a in arrays
+            if not label.startswith("param_cop") and not label.startswith("grad")}
+    if (rest <= {np.dtype(np.float32)} and len(grads) == 1 and grads <= GRAD_DTYPES):
+        if not copies <= grads:  # master weights: a copy, if any, in the grads' dtype
+            v.bad(f"layout: float32 with {sorted(map(str, grads))} grads and param_copy "
+                  f"{sorted(map(str, copies))}")
+    elif copies:
         if not (main <= {np.dtype(np.float32)} and copies <= COPY_DTYPES and len(copies) == 1):
             v.bad(f"layout: {sorted(map(str, main))} with param_copy "
                   f"{sorted(map(str, copies))}")
@@ -1015,10 +1032,19 @@ def test_groups_step_correctly_or_raise_cleanly(data, seed):
         else:
             gchecked = [(f"grads[{t}]", check_array(gv, obj, f"grads[{t}]", False))
                         for t, obj in enumerate(real_items(grads))]
+            # The group's dtype, or (float32 groups) one 16-bit grads dtype for all
+            # tensors, which must be the param_copies' dtype when the group has copies.
+            grad_dtypes = {a.dtype for _, a in gchecked if a is not None}
+            allowed = {np.dtype(param_dtype)}
+            if np.dtype(param_dtype) == np.float32 and len(grad_dtypes) == 1:
+                copy_dtypes = {c.dtype for c in held.get("param_copies", [])
+                               if isinstance(c, np.ndarray)}
+                allowed |= (grad_dtypes & GRAD_DTYPES) if not copy_dtypes else (
+                    grad_dtypes & GRAD_DTYPES & copy_dtypes)
             for t, (label, a) in enumerate(gchecked):
                 if a is not None and a.size != sizes[t]:
                     gv.bad(f"{label} has {a.size} elements")
-                if a is not None and a.dtype != param_dtype:
+                if a is not None and a.dtype not in allowed:
                     gv.bad(f"{label} has dtype {a.dtype}, params {param_dtype}")
             # grads may share memory with each other (they are only read), not with the
             # state the group holds

@@ -51,6 +51,8 @@ ADAM_FUNCS = [pytest.param(adamcore.adam_step, id="adam"),
 @pytest.mark.parametrize("name", ["param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float16, np.int32, np.int64])
 def test_wrong_dtype(fn, name, dtype):
+    if name == "grad" and dtype == np.float16:
+        pytest.skip("float32 params with float16 grads is an accepted layout (tests/test_dtypes.py)")
     arrays = _buffers(amsgrad=True)
     original = arrays[name]
     arrays[name] = original.astype(dtype)
