@@ -92,3 +92,25 @@ def expected_isas_from_cpuinfo(info: dict, compiled: list) -> tuple[list, str]:
     else:
         best = next((isa for isa in ("avx512", "avx2", "neon") if isa in supported), "scalar")
     return supported, best
+
+
+# The option families the torch parity suites run (float32 in test_parity_torch.py, the
+# other dtypes in test_dtypes.py). name: (torch class, adamcore function, options).
+ADAM_CASES = {
+    "adam": ("Adam", adamcore.adam_step, {}),
+    "adam-l2": ("Adam", adamcore.adam_step, {"weight_decay": 0.1}),
+    "adamw": ("AdamW", adamcore.adamw_step, {"weight_decay": 0.1}),
+    "adam-amsgrad": ("Adam", adamcore.adam_step, {"amsgrad": True}),
+    "adamw-amsgrad-l2": ("AdamW", adamcore.adamw_step, {"amsgrad": True, "weight_decay": 0.05}),
+    "adam-maximize": ("Adam", adamcore.adam_step, {"maximize": True, "weight_decay": 0.01}),
+    # 1 - beta1 >= 0.5: torch's lerp takes its other branch.
+    "adam-beta1-0.3": ("Adam", adamcore.adam_step, {"beta1": 0.3, "beta2": 0.99}),
+    "adamw-beta1-0.3-amsgrad-maximize": (
+        "AdamW", adamcore.adamw_step,
+        {"beta1": 0.3, "beta2": 0.9, "amsgrad": True, "maximize": True, "weight_decay": 0.2}),
+}
+ADAGRAD_CASES = {
+    "adagrad": {},
+    "adagrad-decay": {"lr_decay": 0.01, "weight_decay": 0.05},
+    "adagrad-maximize-init": {"maximize": True, "initial_accumulator_value": 0.3, "eps": 1e-6},
+}

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import adamcore
+from _util import ADAGRAD_CASES, ADAM_CASES
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -90,25 +91,8 @@ def to_numpy(t: "torch.Tensor") -> np.ndarray:
     return t.numpy().copy()
 
 
-# The float32 parity suite's option families (tests/test_parity_torch.py).
-ADAM_CASES = {
-    "adam": ("Adam", adamcore.adam_step, {}),
-    "adam-l2": ("Adam", adamcore.adam_step, {"weight_decay": 0.1}),
-    "adamw": ("AdamW", adamcore.adamw_step, {"weight_decay": 0.1}),
-    "adam-amsgrad": ("Adam", adamcore.adam_step, {"amsgrad": True}),
-    "adamw-amsgrad-l2": ("AdamW", adamcore.adamw_step, {"amsgrad": True, "weight_decay": 0.05}),
-    "adam-maximize": ("Adam", adamcore.adam_step, {"maximize": True, "weight_decay": 0.01}),
-    "adam-beta1-0.3": ("Adam", adamcore.adam_step, {"beta1": 0.3, "beta2": 0.99}),
-    "adamw-beta1-0.3-amsgrad-maximize": (
-        "AdamW", adamcore.adamw_step,
-        {"beta1": 0.3, "beta2": 0.9, "amsgrad": True, "maximize": True, "weight_decay": 0.2}),
-}
-ADAGRAD_CASES = {
-    "adagrad": {},
-    "adagrad-decay": {"lr_decay": 0.01, "weight_decay": 0.05},
-    "adagrad-maximize-init": {"maximize": True, "initial_accumulator_value": 0.3, "eps": 1e-6},
-}
-# (the tail test only: no weight decay, see TAIL_BOUND_ULPS)
+# (the parity option families are in _util; the tail test only: no weight decay, see
+# TAIL_BOUND_ULPS)
 ADAGRAD_TAIL_CASES = {"adagrad-lr-decay": {"lr_decay": 0.01, "maximize": True}}
 
 

@@ -121,38 +121,37 @@ class Inner:
         self.done += 1
 
 
-class FloatLike:
-    """Has __float__ only: returns ``value``, or raises ``raises``, after running ``inner``."""
+class _NumberLike:
+    """Returns ``value`` from its one conversion method, or raises ``raises``, after
+    running ``inner`` (a re-entrant step)."""
 
     def __init__(self, value, raises=None, inner: Optional[Inner] = None):
         self.value, self.raises, self.inner = value, raises, inner
 
-    def __float__(self):
+    def _convert(self, method: str):
         if self.inner is not None:
             self.inner()
         if self.raises is not None:
-            raise self.raises("raised by __float__")
-        return float(self.value)
-
-    def __repr__(self):
-        return f"FloatLike({self.value!r}, raises={self.raises}, inner={self.inner is not None})"
-
-
-class IndexLike:
-    """Has __index__ only (an integer-like step number)."""
-
-    def __init__(self, value, raises=None, inner: Optional[Inner] = None):
-        self.value, self.raises, self.inner = value, raises, inner
-
-    def __index__(self):
-        if self.inner is not None:
-            self.inner()
-        if self.raises is not None:
-            raise self.raises("raised by __index__")
+            raise self.raises(f"raised by {method}")
         return self.value
 
     def __repr__(self):
-        return f"IndexLike({self.value!r}, raises={self.raises}, inner={self.inner is not None})"
+        return (f"{type(self).__name__}({self.value!r}, raises={self.raises}, "
+                f"inner={self.inner is not None})")
+
+
+class FloatLike(_NumberLike):
+    """Has __float__ only."""
+
+    def __float__(self):
+        return float(self._convert("__float__"))
+
+
+class IndexLike(_NumberLike):
+    """Has __index__ only (an integer-like step number)."""
+
+    def __index__(self):
+        return self._convert("__index__")
 
 
 # ---------------------------------------------------------------- buffers

@@ -13,31 +13,10 @@ import numpy as np
 import pytest
 
 import adamcore
-from _util import assert_same_bits, f32
+from _util import ADAGRAD_CASES, ADAM_CASES, assert_same_bits, f32
 from adamcore.oracle import ulp_distance
 
 torch = pytest.importorskip("torch")
-
-# name: (torch class, adamcore function, options in adamcore's spelling)
-ADAM_CASES = {
-    "adam": ("Adam", adamcore.adam_step, {}),
-    "adam-l2": ("Adam", adamcore.adam_step, {"weight_decay": 0.1}),
-    "adamw": ("AdamW", adamcore.adamw_step, {"weight_decay": 0.1}),
-    "adam-amsgrad": ("Adam", adamcore.adam_step, {"amsgrad": True}),
-    "adamw-amsgrad-l2": ("AdamW", adamcore.adamw_step, {"amsgrad": True, "weight_decay": 0.05}),
-    "adam-maximize": ("Adam", adamcore.adam_step, {"maximize": True, "weight_decay": 0.01}),
-    # 1 - beta1 >= 0.5: torch's lerp takes its other branch.
-    "adam-beta1-0.3": ("Adam", adamcore.adam_step, {"beta1": 0.3, "beta2": 0.99}),
-    "adamw-beta1-0.3-amsgrad-maximize": (
-        "AdamW", adamcore.adamw_step,
-        {"beta1": 0.3, "beta2": 0.9, "amsgrad": True, "maximize": True, "weight_decay": 0.2}),
-}
-
-ADAGRAD_CASES = {
-    "adagrad": {},
-    "adagrad-decay": {"lr_decay": 0.01, "weight_decay": 0.05},
-    "adagrad-maximize-init": {"maximize": True, "initial_accumulator_value": 0.3, "eps": 1e-6},
-}
 
 
 def _torch_adam(cls_name: str, param: np.ndarray, opts: dict, lr: float):

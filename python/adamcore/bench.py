@@ -48,7 +48,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, List, Sequence
 
 import numpy as np
 
@@ -1266,10 +1266,9 @@ def _us(seconds: float) -> str:
     return f"{seconds * 1e6:,.1f}" if seconds < 0.1 else f"{seconds * 1e6:,.0f}"
 
 
-def format_contended(result: dict) -> str:
-    lines = [f"Contended case: {result['optimizer']} step, one step at a time "
-             f"(up to {result['steps_at_64k']} single steps per variant at 64K, fewer above); "
-             f"times in us; {_cpu_text(result)}; {result['elapsed_seconds']:.1f} s"]
+def _condition_lines(result: dict) -> List[str]:
+    """One line per condition: the load before it, its busy processes, the stalls."""
+    lines = []
     for info in result["conditions"]:
         spin = info.get("spinners")
         text = f"  {info['condition']}: load average {info['load_average_before']:.1f} before"
@@ -1279,6 +1278,14 @@ def format_contended(result: dict) -> str:
                      + (f" (each got {', '.join(f'{s:.0%}' for s in shares)} of a CPU)"
                         if shares else ""))
         lines.append(text + _stall_text(info))
+    return lines
+
+
+def format_contended(result: dict) -> str:
+    lines = [f"Contended case: {result['optimizer']} step, one step at a time "
+             f"(up to {result['steps_at_64k']} single steps per variant at 64K, fewer above); "
+             f"times in us; {_cpu_text(result)}; {result['elapsed_seconds']:.1f} s"]
+    lines += _condition_lines(result)
     header = (f"{'condition':<10} {'size':>5} {'implementation':<14} {'thr':>3} "
               f"{'median':>9} {'p90':>9} {'p99':>9} {'max':>9} {'steps':>6}")
     lines += [header, "-" * len(header)]
@@ -1552,15 +1559,7 @@ def format_train_loop(result: dict) -> str:
              f"{result['tensors']} tensors, batch {result['batch']}, torch threads "
              f"{result['torch_threads']}; times in us; {_cpu_text(result)}; "
              f"{result['elapsed_seconds']:.1f} s"]
-    for info in result["conditions"]:
-        spin = info.get("spinners")
-        text = f"  {info['condition']}: load average {info['load_average_before']:.1f} before"
-        if spin:
-            shares = spin.get("cpu_share_each")
-            text += (f"; {spin['count']} busy processes"
-                     + (f" (each got {', '.join(f'{s:.0%}' for s in shares)} of a CPU)"
-                        if shares else ""))
-        lines.append(text + _stall_text(info))
+    lines += _condition_lines(result)
     header = (f"{'condition':<10} {'optimizer':<31} {'ac thr':>6} {'step med':>9} "
               f"{'step p90':>9} {'iter med':>9} {'iter p90':>9} {'/fused':>7} {'iters':>6}")
     lines += [header, "-" * len(header)]
