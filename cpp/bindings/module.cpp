@@ -340,18 +340,21 @@ adamcore::Layout layout_of(const ArgList& args, std::ptrdiff_t index) {
   std::size_t best_distance = args.n + 1;
   for (DType param : floats) {
     for (DType grad : floats) {
-      for (DType copy : copies) {
-        const adamcore::Layout candidate{param, grad, param, copy};
-        if ((copy != DType::none) != has_copy || !adamcore::check_layout(candidate).empty()) {
-          continue;
-        }
-        std::size_t distance = 0;
-        for (std::size_t a = 0; a < args.n; ++a) {
-          distance += role_matches(args.roles[a], args.dtypes[a], candidate) ? 0 : 1;
-        }
-        if (distance < best_distance) {
-          best_distance = distance;
-          best = candidate;
+      for (DType state : floats) {
+        for (DType copy : copies) {
+          const adamcore::Layout candidate{param, grad, state, copy};
+          if ((copy != DType::none) != has_copy ||
+              !adamcore::check_layout(candidate).empty()) {
+            continue;
+          }
+          std::size_t distance = 0;
+          for (std::size_t a = 0; a < args.n; ++a) {
+            distance += role_matches(args.roles[a], args.dtypes[a], candidate) ? 0 : 1;
+          }
+          if (distance < best_distance) {
+            best_distance = distance;
+            best = candidate;
+          }
         }
       }
     }

@@ -194,9 +194,11 @@ std::string check_layout(const Layout& layout) {
       << dtype_name(layout.grad) << ", state " << dtype_name(layout.state) << ", param_copy "
       << dtype_name(layout.param_copy)
       << ". Accepted: one dtype for params, grads and state (float32, float64, bfloat16 or "
-         "float16) and no param_copy; or float32 params and state with bfloat16 or float16 "
-         "grads and optionally a param_copy of the grads' dtype; or float32 params, grads "
-         "and state with a bfloat16 or float16 param_copy";
+         "float16) and no param_copy; float32 params and state with bfloat16 or float16 "
+         "grads, optionally with a param_copy of the grads' dtype; float32 params, grads "
+         "and state with a bfloat16 or float16 param_copy; bfloat16 or float16 params and "
+         "grads with float32 state; float32 params with bfloat16 state, float32 or bfloat16 "
+         "grads and optionally a bfloat16 param_copy";
   return out.str();
 }
 
@@ -530,8 +532,10 @@ void adagrad_step(const AdagradBuffers* tensors, std::size_t count, std::int64_t
     prev_clr = lr0 / std::fma(static_cast<double>(step - 2), h.lr_decay, 1.0);
   }
   k.d = {-clr, h.weight_decay, h.eps, clr, prev_clr};
-  // torch's 16-bit AdaGrad rounds clr, weight_decay and eps to the param's dtype.
-  const DType round_to = layout.param;
+  // torch's 16-bit AdaGrad rounds clr, weight_decay and eps to the param's dtype; so
+  // does adamcore's same-dtype layout, to match it. Mixed layouts keep float32.
+  const bool one_dtype = layout.grad == layout.param && layout.state == layout.param;
+  const DType round_to = one_dtype ? layout.param : DType::float32;
   k.f.neg_clr = -round_through(round_to, static_cast<float>(clr));
   k.f.weight_decay = round_through(round_to, static_cast<float>(h.weight_decay));
   k.f.eps = round_through(round_to, static_cast<float>(h.eps));

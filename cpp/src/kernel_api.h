@@ -64,7 +64,7 @@ struct AdagradScalars {
 };
 
 // The buffer layouts the kernels are compiled for: index i of this table is the
-// kernels' layout index. Every entry has state of the param's dtype.
+// kernels' layout index.
 inline constexpr Layout kLayouts[] = {
     {DType::float32, DType::float32, DType::float32, DType::none},
     {DType::float64, DType::float64, DType::float64, DType::none},
@@ -78,6 +78,14 @@ inline constexpr Layout kLayouts[] = {
     {DType::float32, DType::float16, DType::float32, DType::none},
     {DType::float32, DType::bfloat16, DType::float32, DType::bfloat16},
     {DType::float32, DType::float16, DType::float32, DType::float16},
+    // 16-bit params and grads with float32 state (DeepSpeed's CPU Adam layout)
+    {DType::bfloat16, DType::bfloat16, DType::float32, DType::none},
+    {DType::float16, DType::float16, DType::float32, DType::none},
+    // bfloat16 state with float32 params: 8 fewer bytes per element for Adam
+    {DType::float32, DType::float32, DType::bfloat16, DType::none},
+    {DType::float32, DType::float32, DType::bfloat16, DType::bfloat16},
+    {DType::float32, DType::bfloat16, DType::bfloat16, DType::none},
+    {DType::float32, DType::bfloat16, DType::bfloat16, DType::bfloat16},
 };
 inline constexpr std::size_t kLayoutCount = sizeof(kLayouts) / sizeof(kLayouts[0]);
 

@@ -50,13 +50,12 @@ struct StorageOf<DType::float16> {
   using type = detail::F16;
 };
 
-// Layout L's element types and arithmetic: params and state are Param (the table
-// has no layout where they differ), grads Grad, the param copy Copy (void: none).
+// Layout L's element types and arithmetic: params Param, state State, grads Grad,
+// the param copy Copy (void: none). float64 is never mixed with another dtype.
 template <std::size_t L>
 struct LayoutTypes {
-  static_assert(detail::kLayouts[L].state == detail::kLayouts[L].param,
-                "the kernels read and write state in the param's dtype");
   using Param = typename StorageOf<detail::kLayouts[L].param>::type;
+  using State = typename StorageOf<detail::kLayouts[L].state>::type;
   using Grad = typename StorageOf<detail::kLayouts[L].grad>::type;
   using Copy = typename StorageOf<detail::kLayouts[L].param_copy>::type;
   static constexpr bool kDouble = std::is_same_v<Param, double>;
@@ -137,11 +136,12 @@ inline void store_copy([[maybe_unused]] C* copy_ptr, [[maybe_unused]] V p) {
   if constexpr (!std::is_void_v<C>) store(copy_ptr, p);
 }
 
-// One vector (or one element) of Adam / AdamW / AMSGrad. P: the params' and state's
-// storage type, G: the grads', C: the param copy's (void: none).
-template <class V, class P, class G, class C, WdMode Wd, bool LerpLow, bool Amsgrad, bool Diag>
+// One vector (or one element) of Adam / AdamW / AMSGrad. P: the params' storage type,
+// S: the state's, G: the grads', C: the param copy's (void: none).
+template <class V, class P, class S, class G, class C, WdMode Wd, bool LerpLow, bool Amsgrad,
+          bool Diag>
 inline void adam_lanes(const AdamConsts<V>& c, std::uint32_t sign_flip, bool gamma_defined,
-                       P* p_ptr, const G* g_ptr, P* m_ptr, P* v_ptr, P* vmax_ptr, C* copy_ptr,
+                       P* p_ptr, const G* g_ptr, S* m_ptr, S* v_ptr, S* vmax_ptr, C* copy_ptr,
                        DiagLanes<V>& diag) {
   V g = flip_sign(V::load(g_ptr), sign_flip);
   V p = V::load(p_ptr);
@@ -212,22 +212,23 @@ void adam_elements(const AdamScalars& k, const AdamBuffers& b, std::size_t from,
                    DiagAccum* acc) {
   using T = LayoutTypes<L>;
   using P = typename T::Param;
+  using S = typename T::State;
   using G = typename T::Grad;
   using C = typename T::Copy;
   if (from == to) return;
   // Locals, so the compiler need not reload them after every store.
   P* const param = static_cast<P*>(b.param);
   const G* const grad = static_cast<const G*>(b.grad);
-  P* const exp_avg = static_cast<P*>(b.exp_avg);
-  P* const exp_avg_sq = static_cast<P*>(b.exp_avg_sq);
-  P* const max_exp_avg_sq = static_cast<P*>(b.max_exp_avg_sq);
+  S* const exp_avg = static_cast<S*>(b.exp_avg);
+  S* const exp_avg_sq = static_cast<S*>(b.exp_avg_sq);
+  S* const max_exp_avg_sq = static_cast<S*>(b.max_exp_avg_sq);
   void* const param_copy = b.param_copy;
   const std::uint32_t sign_flip = k.sign_flip;
   const bool gamma_defined = k.gamma_defined;
   const AdamConsts<V> c(coeffs_for<typename T::Math>(k));
   DiagLanes<V> diag;
   for (std::size_t i = from; i < to; i += V::kLanes) {
-    adam_lanes<V, P, G, C, Wd, LerpLow, Amsgrad, Diag>(
+    adam_lanes<V, P, S, G, C, Wd, LerpLow, Amsgrad, Diag>(
         c, sign_flip, gamma_defined, param + i, grad + i, exp_avg + i, exp_avg_sq + i,
         Amsgrad ? max_exp_avg_sq + i : nullptr, offset_or_null<C>(param_copy, i), diag);
   }
@@ -256,9 +257,9 @@ struct AdagradConsts {
         clr(V::set1(c.clr)), clr_prev(V::set1(c.prev_clr)) {}
 };
 
-template <class V, class P, class G, class C, bool WeightDecay, bool Diag>
+template <class V, class P, class S, class G, class C, bool WeightDecay, bool Diag>
 inline void adagrad_lanes(const AdagradConsts<V>& c, std::uint32_t sign_flip,
-                          bool gamma_defined, P* p_ptr, const G* g_ptr, P* s_ptr, C* copy_ptr,
+                          bool gamma_defined, P* p_ptr, const G* g_ptr, S* s_ptr, C* copy_ptr,
                           DiagLanes<V>& diag) {
   V g = flip_sign(V::load(g_ptr), sign_flip);
   V p = V::load(p_ptr);
@@ -281,19 +282,20 @@ void adagrad_elements(const AdagradScalars& k, const AdagradBuffers& b, std::siz
                       std::size_t to, DiagAccum* acc) {
   using T = LayoutTypes<L>;
   using P = typename T::Param;
+  using S = typename T::State;
   using G = typename T::Grad;
   using C = typename T::Copy;
   if (from == to) return;
   P* const param = static_cast<P*>(b.param);
   const G* const grad = static_cast<const G*>(b.grad);
-  P* const state_sum = static_cast<P*>(b.state_sum);
+  S* const state_sum = static_cast<S*>(b.state_sum);
   void* const param_copy = b.param_copy;
   const std::uint32_t sign_flip = k.sign_flip;
   const bool gamma_defined = k.gamma_defined;
   const AdagradConsts<V> c(coeffs_for<typename T::Math>(k));
   DiagLanes<V> diag;
   for (std::size_t i = from; i < to; i += V::kLanes) {
-    adagrad_lanes<V, P, G, C, WeightDecay, Diag>(c, sign_flip, gamma_defined, param + i,
+    adagrad_lanes<V, P, S, G, C, WeightDecay, Diag>(c, sign_flip, gamma_defined, param + i,
                                                  grad + i, state_sum + i,
                                                  offset_or_null<C>(param_copy, i), diag);
   }

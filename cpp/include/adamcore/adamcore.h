@@ -88,7 +88,12 @@ const char* dtype_name(DType dtype);  // "float32", "bfloat16", ...; "none"
 //     arithmetic; float64: double arithmetic), no copy;
 //   - float32 master weights: float32 params and state with bfloat16 or float16
 //     grads, optionally a param_copy of the grads' dtype; or float32 grads with a
-//     bfloat16 or float16 param_copy.
+//     bfloat16 or float16 param_copy;
+//   - bfloat16 or float16 params and grads with float32 state (DeepSpeed's layout);
+//   - float32 params with bfloat16 state, float32 or bfloat16 grads, optionally a
+//     bfloat16 param_copy.
+// Mixed layouts compute in float32 on the exactly widened values and round each 16-bit
+// buffer once, to nearest even (check_layout's message lists the same).
 struct Layout {
   DType param = DType::float32;
   DType grad = DType::float32;
