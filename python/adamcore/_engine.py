@@ -370,6 +370,11 @@ class Frontend:
         called, and gradients are checked for None one by one."""
         return None
 
+    def call_key(self, param: Any) -> Any:
+        """Parameters of a group go to one native call per step count and per call key
+        (a call's buffers share one dtype layout; torch groups may mix dtypes)."""
+        return None
+
     def new_state_dict(self) -> Dict[str, Any]:
         """An empty state dict for a parameter that has none."""
         return {}
@@ -716,7 +721,7 @@ class Engine:
         tracked = names + ("step",) if frontend.step_is_object else names
         plan.entries = {entry: [] for entry in tracked}
         current = frontend.states(g, params)
-        by_count: Dict[int, List[int]] = {}
+        by_count: Dict[Tuple[int, Any], List[int]] = {}  # (count, frontend.call_key) -> positions
         for position, k in enumerate(plan.members):
             param = params[k]
             state = current[k]
@@ -745,9 +750,9 @@ class Engine:
             for entry in tracked:
                 plan.entries[entry].append(view[entry])
             plan.shapes.append(param.shape)
-            by_count.setdefault(count, []).append(position)
+            by_count.setdefault((count, frontend.call_key(param)), []).append(position)
         where = frontend.group_name(g)
-        for count, positions in by_count.items():
+        for (count, _), positions in by_count.items():
             members = [plan.members[i] for i in positions]
             columns = [[frontend.array(frontend.param_name(g, k), params[k]) for k in members]]
             for name in names:
