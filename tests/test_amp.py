@@ -182,3 +182,50 @@ def test_optimizer_classes_take_grad_scale_and_skip_on_found_inf():
         for a, b in zip(params, ref):
             assert_bits(a, b, f"step {step}")
     assert all(opt.state[i]["step"] == ref_opt.state[i]["step"] == 4 for i in range(2))
+
+
+# ---------------------------------------------------------------- torch.amp.GradScaler
+def _amp_run(make_opt, dtype, steps=12):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 16))
+    model = model.to(dtype)
+    opt = make_opt(model.parameters())
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**14, growth_interval=3)
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(1)).to(dtype)
+    y = torch.randn(64, 16, generator=torch.Generator().manual_seed(2)).to(dtype)
+    trace = []
+    for step in range(steps):
+        opt.zero_grad()
+        loss = ((model(x) - y) ** 2).float().mean()
+        if step in (4, 7):
+            loss = loss * float("inf")  # an overflow: the scaler must skip the step
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        trace.append((float(loss.detach()), float(scaler.get_scale())))
+    return trace, [p.detach().clone() for p in model.parameters()], opt
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32],
+                         ids=["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "Adagrad"])
+def test_grad_scaler_matches_torch_fused_bit_for_bit(dtype, name):
+    """adamcore.torch optimizers declare _step_supports_amp_scaling: GradScaler passes
+    grad_scale and found_inf, the step unscales in its pass and skips on overflow; the
+    losses, scales, parameters and state equal torch's fused optimizer's, skipped steps
+    (4 and 7) and scale growth included. Every tensor has a multiple of 16 elements, so
+    torch computes all of them in its vector body (docs/numerics.md: its scalar tail
+    rounds differently)."""
+    import adamcore.torch as act
+    ours = _amp_run(lambda ps: getattr(act, name)(ps, lr=1e-2), dtype)
+    theirs = _amp_run(lambda ps: getattr(torch.optim, name)(ps, lr=1e-2, fused=True), dtype)
+    assert ours[0] == theirs[0]
+    assert [s for _, s in ours[0]][4] < [s for _, s in ours[0]][3], "no step was skipped"
+    for a, b in zip(ours[1], theirs[1]):
+        assert torch.equal(a.view(torch.int16) if a.dtype != torch.float32 else a,
+                           b.view(torch.int16) if b.dtype != torch.float32 else b)
+    scales = [2.0**14] + [s for _, s in ours[0]]
+    skipped = sum(after < before for before, after in zip(scales, scales[1:]))
+    assert skipped >= 2
+    for pa, pb in zip(ours[2].state.values(), theirs[2].state.values()):
+        assert int(pa["step"]) == int(pb["step"]) == 12 - skipped

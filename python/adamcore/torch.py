@@ -277,8 +277,24 @@ def _check_params(names: List[str], arrays: List[Any]) -> None:
                                  "in place and may not share memory")
 
 
+def _amp_options(optimizer: Any) -> Optional[Dict[str, Any]]:
+    """The scale and inf flag torch.amp.GradScaler set on the optimizer for this step
+    (None when it did not)."""
+    grad_scale = getattr(optimizer, "grad_scale", None)
+    found_inf = getattr(optimizer, "found_inf", None)
+    if grad_scale is None and found_inf is None:
+        return None
+    return {"grad_scale": None if grad_scale is None else float(grad_scale),
+            "found_inf": None if found_inf is None else float(found_inf)}
+
+
 class _KernelOptimizer(torch.optim.Optimizer):
     """A torch.optim.Optimizer whose step is adamcore's group engine."""
+
+    #: torch.amp.GradScaler then hands the step its scale and inf flag (self.grad_scale,
+    #: self.found_inf) instead of unscaling the grads in a pass of its own: the step
+    #: unscales in its pass and skips on found_inf, as torch's fused optimizers do.
+    _step_supports_amp_scaling = True
 
     _family: Family = ADAM_FAMILY
     _frontend_class = _TensorFrontend
@@ -349,7 +365,7 @@ class _KernelOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         grads = [list(map(_GRAD, group["params"])) for group in self.param_groups]
-        self._engine.step(self.param_groups, grads)
+        self._engine.step(self.param_groups, grads, False, _amp_options(self))
         return loss
 
 
