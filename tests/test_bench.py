@@ -208,6 +208,43 @@ def test_unknown_implementation_is_named():
         bench.make_runner("adamcore", "sgd", buffers)
 
 
+_CPUINFO_UNTOUCHED_BY_IMPORT = """
+import cpuinfo
+before = cpuinfo.get_cpu_info
+import adamcore.bench
+import adamcore.bench.runners
+assert cpuinfo.get_cpu_info is before, cpuinfo.get_cpu_info
+"""
+
+
+def test_bench_leaves_cpuinfo_as_it_was(monkeypatch):
+    # DeepSpeed's constructors ask py-cpuinfo about the CPU (a second each); the harness
+    # caches the answer only while it builds DeepSpeed optimizers, never process-wide.
+    import subprocess
+    import sys
+
+    cpuinfo = pytest.importorskip("cpuinfo")
+    subprocess.run([sys.executable, "-c", _CPUINFO_UNTOUCHED_BY_IMPORT], check=True,
+                   timeout=120)
+    calls = []
+    original = cpuinfo.get_cpu_info
+
+    def counting():
+        calls.append(1)
+        return original()
+
+    monkeypatch.setattr(cpuinfo, "get_cpu_info", counting)
+    if "deepspeed" not in bench.available_implementations(["deepspeed"]):
+        assert cpuinfo.get_cpu_info is counting
+        pytest.skip("DeepSpeed's CPU op is not available here")
+    case = bench.Case("t", "sizes", [4096])
+    initial = bench.make_initial_state(case, "adamw")
+    for _ in range(2):
+        bench.make_runner("deepspeed", "adamw", initial.fresh_buffers("adamw")).run(1)
+        assert cpuinfo.get_cpu_info is counting
+    assert len(calls) <= 1  # asked at most once: the cache served the rest
+
+
 # ---------------------------------------------------------------- contended and train-loop
 
 

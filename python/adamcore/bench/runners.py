@@ -240,14 +240,37 @@ def _deepspeed_classes():
     except Exception:  # not installed, or its op does not build here
         return None
     logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
-    # Each DeepSpeed optimizer's constructor asks py-cpuinfo about the CPU, which runs
-    # subprocesses for about a second; the answer cannot change within this process.
-    with contextlib.suppress(ImportError):
-        import cpuinfo
-
-        if not hasattr(cpuinfo.get_cpu_info, "cache_info"):
-            cpuinfo.get_cpu_info = functools.lru_cache(maxsize=None)(cpuinfo.get_cpu_info)
     return DeepSpeedCPUAdam, DeepSpeedCPUAdagrad
+
+
+_CPU_INFO: list[dict] = []  # py-cpuinfo's answer, once asked inside _cpu_info_cached
+
+
+@contextlib.contextmanager
+def _cpu_info_cached():
+    """Within the block, py-cpuinfo's ``get_cpu_info`` answers from a cache. Each DeepSpeed
+    optimizer's constructor asks it about the CPU, which runs subprocesses for about a
+    second; the answer cannot change within this process. The module's own function is
+    put back on leaving: nothing else in the process ever sees the cache."""
+    try:
+        import cpuinfo
+    except ImportError:
+        cpuinfo = None
+    if cpuinfo is None:
+        yield
+        return
+    original = cpuinfo.get_cpu_info
+
+    def cached():
+        if not _CPU_INFO:
+            _CPU_INFO.append(original())
+        return _CPU_INFO[0]
+
+    cpuinfo.get_cpu_info = cached
+    try:
+        yield
+    finally:
+        cpuinfo.get_cpu_info = original
 
 
 class DeepSpeedRunner(Runner):
@@ -266,7 +289,8 @@ class DeepSpeedRunner(Runner):
             p.grad = torch.from_numpy(g)
         h = self.hyper
         sink = io.StringIO()
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
+                _cpu_info_cached():
             if optimizer == "adagrad":
                 self.api = "DeepSpeedCPUAdagrad"
                 self.opt = adagrad_cls(params, lr=h["lr"], eps=h["eps"],
@@ -305,7 +329,8 @@ def _deepspeed_works() -> bool:
     param.grad = torch.ones(16)
     sink = io.StringIO()
     try:
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
+                _cpu_info_cached():
             classes[0]([param]).step()
     except Exception as err:  # the op failed to build or load: leave DeepSpeed out
         print(f"note: DeepSpeed is installed but its CPU op does not load ({err}); "
