@@ -208,6 +208,89 @@ def test_unknown_implementation_is_named():
         bench.make_runner("adamcore", "sgd", buffers)
 
 
+# ---------------------------------------------------------------- layouts (issue 9)
+
+
+def test_layout_cases_are_built_per_layout_and_size():
+    quick = bench.build_cases(["layouts"], [], quick=True)
+    assert [(c.layout, c.sizes) for c in quick] == [
+        (name, [n]) for name in bench.LAYOUTS for n in bench.LAYOUT_QUICK_SIZES]
+    chosen = bench.build_cases(["layouts"], [], quick=False, layout_sizes=[4096],
+                               layouts=["all-bf16"])
+    assert [(c.name, c.kind, c.layout) for c in chosen] == [
+        ("all-bf16 N=4K", "layouts", "all-bf16")]
+    for layout in bench.LAYOUTS.values():  # bytes a step moves, from the dtypes
+        size = {"float32": 4, "bfloat16": 2}
+        moved = (2 * size[layout.param] + size[layout.grad] + 4 * size[layout.state]
+                 + (size[layout.param_copy] if layout.param_copy else 0))
+        assert layout.bytes_per_element == moved, layout.name
+
+
+@pytest.mark.parametrize("layout", ["all-bf16", "f32-master+bf16-copy",
+                                    "bf16-params+f32-state", "f32-params+bf16-state"])
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_timed_layout_runner_is_the_functional_step(layout, optimizer):
+    pytest.importorskip("ml_dtypes")
+    case = bench.Case("t", "layouts", [3000], layout=layout)
+    initial = bench.make_initial_state(case, optimizer)
+    spec = bench.LAYOUTS[layout]
+    timed = initial.fresh_buffers(optimizer)
+    expected = initial.fresh_buffers(optimizer)
+    for name, arrays in (("param", timed.params), ("grad", timed.grads),
+                         ("state", timed.states["exp_avg"])):
+        assert arrays[0].dtype == bench.numpy_dtype(getattr(spec, name))
+    runner = bench.make_runner("adamcore", optimizer, timed)
+    runner.run(2)
+    fn = adamcore.adamw_step if optimizer == "adamw" else adamcore.adam_step
+    s = expected.states
+    for t in (1, 2):
+        extra = {} if expected.param_copy is None else {"param_copy": expected.param_copy[0]}
+        fn(expected.params[0], expected.grads[0], s["exp_avg"][0], s["exp_avg_sq"][0],
+           step=t, **bench.HYPER[optimizer], **extra)
+    for got, want in zip(timed.writable(), expected.writable()):
+        np.testing.assert_array_equal(got, want)
+    if spec.param_copy:
+        np.testing.assert_array_equal(timed.param_copy[0],
+                                      timed.params[0].astype(timed.param_copy[0].dtype))
+    # The float32 reference steps the same values, all in float32.
+    wide = initial.fresh_buffers(optimizer, float32=True)
+    assert all(a.dtype == np.float32 for a in wide.writable() + wide.grads)
+    assert wide.param_copy is None
+    np.testing.assert_array_equal(wide.grads[0], initial.grads[0].astype(np.float32))
+
+
+def test_layouts_run_side_by_side_with_their_references(tmp_path, capsys):
+    pytest.importorskip("ml_dtypes")
+    data = run_bench(tmp_path, "--cases", "layouts", "--sizes", "4K", "--optimizers",
+                     "adamw", "adagrad", "--threads", "1", "--no-plot")
+    out = capsys.readouterr().out
+    installed = data["settings"]["implementations"]
+    assert "layouts: adamcore's functional API" in out
+    rows = data["results"]
+    assert {r["optimizer"] for r in rows} == {"adamw"}  # the layouts are Adam's
+    assert {r["case"] for r in rows} == {f"{name} N=4K" for name in bench.LAYOUTS}
+    for name, layout in bench.LAYOUTS.items():
+        group = {r["implementation"]: r for r in rows if r["case"] == f"{name} N=4K"}
+        peers = [p for p in layout.peers if p == bench.FLOAT32_STEP or p in installed]
+        assert list(group) == ["adamcore", *peers, "stream"]
+        assert group["adamcore"]["bytes_per_step"] == layout.bytes_per_element * 4096
+        if bench.FLOAT32_STEP in group:
+            assert group[bench.FLOAT32_STEP]["bytes_per_step"] == 28 * 4096
+        for peer in peers:
+            assert group[peer]["adamcore_speedup"] == pytest.approx(
+                group[peer]["median_seconds"] / group["adamcore"]["median_seconds"])
+    for check in data["first_step_checks"]:
+        for name, v in check["first_step"].items():
+            if name == "deepspeed":  # its own roundings (docs/usage.md): close, not bitwise
+                assert bench.first_step_agrees(v, "adamw")
+                continue
+            # torch fused bf16 and the float32 step (16-bit grads widened; 16-bit state
+            # rounded only when stored) give the same bits after one step.
+            assert v == {"param_max_ulp_vs_adamcore": 0, "param_max_abs_diff_vs_adamcore": 0.0,
+                         "params_changed": True}, (check["case"], name)
+    assert set(data["settings"]["layouts"]) == set(bench.LAYOUTS)
+
+
 _CPUINFO_UNTOUCHED_BY_IMPORT = """
 import cpuinfo
 before = cpuinfo.get_cpu_info

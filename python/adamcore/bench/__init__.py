@@ -36,20 +36,21 @@ Two cases measure threads under load (issue 8) and run by default:
 # under load) and ``cli``. Every public name is importable from ``adamcore.bench``.
 from .cases import (ALL_KINDS, BYTES_PER_ELEMENT, CASE_KINDS, CONDITIONS,
                     CONTENDED_IMPLEMENTATIONS, CONTENDED_SIZES, CONTENDED_TARGETS,
-                    FULL_SIZES, HYPER, OPTIMIZERS, QUICK_SIZES, SPECIAL_KINDS, STATE_NAMES,
-                    STREAM_BYTES_PER_ELEMENT, TRAIN_BATCH, TRAIN_DIMS, Buffers, Case,
-                    InitialState, build_cases, format_count, gpt2_small_sizes,
-                    make_initial_state)
+                    FLOAT32_STEP, FULL_SIZES, HYPER, LAYOUT_FULL_SIZES, LAYOUT_OPTIMIZERS,
+                    LAYOUT_QUICK_SIZES, LAYOUTS, OPTIMIZERS, QUICK_SIZES, SPECIAL_KINDS,
+                    STATE_NAMES, STREAM_BYTES_PER_ELEMENT, TRAIN_BATCH, TRAIN_DIMS, Buffers,
+                    Case, InitialState, Layout, build_cases, format_count, gpt2_small_sizes,
+                    make_initial_state, numpy_dtype)
 from .runners import (IMPLEMENTATIONS, PEERS, STREAM, AdamcoreRunner, DeepSpeedRunner,
                       NumpyRunner, Runner, StreamRunner, TorchRunner,
-                      available_implementations, make_runner, openmp_runtime_paths,
-                      set_all_threads, supports)
+                      available_implementations, case_implementations, make_runner,
+                      openmp_runtime_paths, set_all_threads, supports)
 from .checks import first_step_agrees, first_step_check, max_ulp_difference
 from .timing import (Measurement, latency_stats, make_progress, measure_case,
                      measure_thread_crossover)
-from .report import (cpu_identity, format_contended, format_table, format_time,
-                     format_train_loop, machine_cpus, machine_info, plot, stall_delta,
-                     summarize)
+from .report import (cpu_identity, format_contended, format_layout_legend, format_table,
+                     format_time, format_train_loop, machine_cpus, machine_info, plot,
+                     stall_delta, summarize)
 from .contended import (contended_ratios, contended_rounds, contended_steps,
                         measure_contended, threading_snapshot)
 from .train_loop import build_mlp, measure_train_loop, torch_available, train_rounds

@@ -34,10 +34,56 @@ STATE_NAMES = {
 
 QUICK_SIZES = (1 << 12, 1 << 16, 1 << 20, 1 << 24)
 FULL_SIZES = tuple(1 << k for k in range(12, 27, 2))  # 4K ... 64M
-CASE_KINDS = ("sizes", "gpt2", "small-tensors", "medium-tensors", "subnormal")
+CASE_KINDS = ("sizes", "gpt2", "small-tensors", "medium-tensors", "subnormal", "layouts")
 # Cases with their own measurement (single steps under load; a torch training loop).
 SPECIAL_KINDS = ("contended", "train-loop")
 ALL_KINDS = CASE_KINDS + SPECIAL_KINDS
+
+
+# ---------------------------------------------------------------- layouts (issue 9)
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """The dtypes of one precision layout's buffers, the bytes its step moves per element,
+    and what adamcore is timed against on it."""
+
+    name: str
+    param: str
+    grad: str
+    state: str                   # exp_avg and exp_avg_sq
+    param_copy: str | None       # the 16-bit copy of the updated params, if written
+    peers: tuple[str, ...]       # beside adamcore; FLOAT32_STEP: adamcore's float32 step
+    bytes_per_element: int
+    description: str
+
+
+# adamcore's float32 step on the same values (16-bit ones widened, exactly): the
+# reference for the layouts whose peer is "the float32 step".
+FLOAT32_STEP = "adamcore-f32"
+
+LAYOUTS = {layout.name: layout for layout in (
+    Layout("all-bf16", "bfloat16", "bfloat16", "bfloat16", None, ("torch-fused",), 14,
+           "bf16 params, grads, exp_avg, exp_avg_sq (torch fused's bf16 layout)"),
+    Layout("f32-master+bf16-copy", "float32", "bfloat16", "float32", "bfloat16",
+           (FLOAT32_STEP,), 28,
+           "float32 master params and state, bf16 grads, bf16 param_copy written in the pass"),
+    Layout("bf16-params+f32-state", "bfloat16", "bfloat16", "float32", None, ("deepspeed",),
+           22, "bf16 params and grads, float32 state (DeepSpeed's fp32_optimizer_states)"),
+    Layout("f32-params+bf16-state", "float32", "float32", "bfloat16", None, (FLOAT32_STEP,),
+           20, "float32 params and grads, bf16 exp_avg and exp_avg_sq"),
+)}
+LAYOUT_OPTIMIZERS = ("adam", "adamw")
+LAYOUT_QUICK_SIZES = (1 << 20, 1 << 24)
+LAYOUT_FULL_SIZES = (1 << 16, 1 << 20, 1 << 24, 1 << 26)  # 64K ... 64M
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """float32, or bfloat16 from ml_dtypes (an optional dependency: the layout cases
+    need it)."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
 
 
 # ---------------------------------------------------------------- cases
@@ -52,6 +98,7 @@ class Case:
     # Subnormal case: restore the initial state before every timed batch so the state
     # stays in the subnormal range however many steps are timed.
     restore_each_batch: bool = False
+    layout: str | None = None    # a key of LAYOUTS; None: every buffer float32
 
     @property
     def elements(self) -> int:
@@ -81,7 +128,9 @@ def gpt2_small_sizes(n_layer: int = 12, include_token_embedding: bool = True) ->
     return sizes
 
 
-def build_cases(kinds: Sequence[str], sizes: Sequence[int], quick: bool) -> list[Case]:
+def build_cases(kinds: Sequence[str], sizes: Sequence[int], quick: bool,
+                layout_sizes: Sequence[int] | None = None,
+                layouts: Sequence[str] | None = None) -> list[Case]:
     rng = np.random.default_rng(2024)
     cases: list[Case] = []
     for kind in kinds:
@@ -107,6 +156,12 @@ def build_cases(kinds: Sequence[str], sizes: Sequence[int], quick: bool) -> list
                 cases.append(Case(f"subnormal N={format_count(n)}", kind, [n],
                                   note="half the rows have zero gradient and subnormal m, v",
                                   restore_each_batch=True))
+        elif kind == "layouts":
+            chosen = LAYOUT_QUICK_SIZES if quick else LAYOUT_FULL_SIZES
+            for name in (layouts or LAYOUTS):
+                cases += [Case(f"{name} N={format_count(n)}", kind, [int(n)],
+                               layout=name)
+                          for n in (layout_sizes or chosen)]
         else:
             raise ValueError(f"cases: unknown case kind {kind!r}; choose from {CASE_KINDS}")
     return cases
@@ -120,12 +175,13 @@ class Buffers:
     params: list[np.ndarray]
     grads: list[np.ndarray]           # shared by all implementations, never written
     states: dict[str, list[np.ndarray]]
+    param_copy: list[np.ndarray] | None = None  # a layout's 16-bit copy of the params
 
     def writable(self) -> list[np.ndarray]:
         arrays = list(self.params)
         for name in self.states:
             arrays += self.states[name]
-        return arrays
+        return arrays + list(self.param_copy or [])
 
 
 @dataclasses.dataclass
@@ -133,22 +189,47 @@ class InitialState:
     params: list[np.ndarray]
     grads: list[np.ndarray]
     states: dict[str, list[np.ndarray]] | None  # None: every state starts at zero
+    layout: Layout | None = None  # None: every buffer float32
+    grads_float32: list[np.ndarray] | None = None  # a layout's grads widened, exactly
 
-    def fresh_buffers(self, optimizer: str) -> Buffers:
-        params = [p.copy() for p in self.params]
+    def fresh_buffers(self, optimizer: str, float32: bool = False) -> Buffers:
+        """Buffers in the case's layout, or (``float32``) all float32 with the same
+        values: the layout's 16-bit params and grads widened exactly."""
+        if self.layout is None or float32:
+            params = [p.astype(np.float32) for p in self.params]
+            grads = self.grads if self.layout is None else self._widened_grads()
+            state_dtype = np.dtype(np.float32)
+        else:
+            params = [p.copy() for p in self.params]
+            grads = self.grads
+            state_dtype = numpy_dtype(self.layout.state)
         states = {}
         for name in STATE_NAMES[optimizer]:
             if self.states is not None:
                 states[name] = [s.copy() for s in self.states[name]]
             else:
-                states[name] = [np.zeros_like(p) for p in self.params]
-        return Buffers(params, self.grads, states)
+                states[name] = [np.zeros(p.shape, state_dtype) for p in self.params]
+        copy = None
+        if self.layout is not None and self.layout.param_copy and not float32:
+            copy = [np.zeros(p.shape, numpy_dtype(self.layout.param_copy))
+                    for p in self.params]
+        return Buffers(params, grads, states, copy)
+
+    def _widened_grads(self) -> list[np.ndarray]:
+        if self.grads_float32 is None:
+            self.grads_float32 = [g.astype(np.float32) for g in self.grads]
+        return self.grads_float32
 
 
 def make_initial_state(case: Case, optimizer: str, seed: int = 0) -> InitialState:
     rng = np.random.default_rng(seed)
     params = [rng.standard_normal(n, dtype=np.float32) * np.float32(0.02) for n in case.sizes]
     grads = [rng.standard_normal(n, dtype=np.float32) * np.float32(1e-2) for n in case.sizes]
+    if case.layout is not None:
+        layout = LAYOUTS[case.layout]
+        param_dtype, grad_dtype = numpy_dtype(layout.param), numpy_dtype(layout.grad)
+        return InitialState([p.astype(param_dtype) for p in params],
+                            [g.astype(grad_dtype) for g in grads], None, layout)
     if case.kind != "subnormal":
         return InitialState(params, grads, None)
     # Rows of 1024 elements; every other row has zero gradient and state that has

@@ -15,7 +15,8 @@ from .runners import Runner
 
 # ---------------------------------------------------------------- checks
 def max_ulp_difference(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> int:
-    """Largest distance in float32 ulps between matching elements (NaN anywhere: -1)."""
+    """Largest distance in ulps between matching elements, of float32 (of bfloat16 for
+    bfloat16 arrays: see oracle.ulp_distance) (NaN anywhere: -1)."""
     worst = 0
     for x, y in zip(a, b):
         if x.size == 0:
@@ -35,8 +36,8 @@ def first_step_check(runners: dict[str, Runner], initial: InitialState) -> dict[
     for name, runner in runners.items():
         changed = any(not np.array_equal(p, q) for p, q in zip(runner.buffers.params,
                                                                initial.params))
-        abs_diff = max((float(np.abs(p - q).max()) for p, q in zip(runner.buffers.params,
-                                                                    reference) if p.size),
+        abs_diff = max((float(np.abs(_float32(p) - _float32(q)).max())
+                        for p, q in zip(runner.buffers.params, reference) if p.size),
                        default=0.0)
         # ulps say "bitwise" (0) or "a rounding apart"; near cancellation (p - update
         # close to 0) a one-ulp difference in the update is many ulps of the result, so
@@ -46,6 +47,11 @@ def first_step_check(runners: dict[str, Runner], initial: InitialState) -> dict[
                         "param_max_abs_diff_vs_adamcore": abs_diff,
                         "params_changed": changed}
     return report
+
+
+def _float32(a: np.ndarray) -> np.ndarray:
+    """16-bit params widened (exactly) so their difference is taken in float32."""
+    return a if a.dtype == np.float32 else a.astype(np.float32)
 
 
 def first_step_agrees(check: dict, optimizer: str) -> bool:

@@ -4,6 +4,8 @@ contended and train-loop cases, the table, the JSON and the plot."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import json
 import os
 import sys
@@ -15,13 +17,13 @@ import adamcore
 from adamcore import _bench_engine
 from adamcore._cli import positive_int
 
-from .cases import ALL_KINDS, CASE_KINDS, CONTENDED_IMPLEMENTATIONS, CONTENDED_SIZES, HYPER, \
-    OPTIMIZERS, QUICK_SIZES, FULL_SIZES, SPECIAL_KINDS, TRAIN_BATCH, TRAIN_DIMS, \
-    build_cases, format_count
+from .cases import ALL_KINDS, CASE_KINDS, CONTENDED_IMPLEMENTATIONS, CONTENDED_SIZES, \
+    FLOAT32_STEP, HYPER, LAYOUT_OPTIMIZERS, LAYOUTS, OPTIMIZERS, QUICK_SIZES, FULL_SIZES, \
+    SPECIAL_KINDS, TRAIN_BATCH, TRAIN_DIMS, build_cases, format_count
 from .checks import first_step_agrees
 from .contended import contended_rounds, measure_contended
-from .report import format_contended, format_table, format_time, format_train_loop, \
-    machine_info, plot, summarize
+from .report import format_contended, format_layout_legend, format_table, format_time, \
+    format_train_loop, machine_info, plot, summarize
 from .runners import PEERS, available_implementations, set_all_threads
 from .timing import Measurement, make_progress, measure_case, measure_thread_crossover
 from .train_loop import measure_train_loop, train_rounds
@@ -61,9 +63,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help="a short run (under a minute): fewer sizes, Adam only, a GPT-2 "
                              "subset, 200 medium tensors, fewer repeats; contended: 300 "
-                             "steps at 64K; train-loop: 40 iterations")
+                             "steps at 64K; train-loop: 40 iterations; layouts: 1M and 16M")
     parser.add_argument("--sizes", type=_size, nargs="+", metavar="N",
-                        help="single-tensor sizes (e.g. 4K 64K 1M 16M)")
+                        help="single-tensor sizes (e.g. 4K 64K 1M 16M), the layouts' too "
+                             "(default for layouts: 64K 1M 16M 64M; 1M 16M quick)")
     parser.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, metavar="OPT",
                         help=f"optimizers to run, from {', '.join(OPTIMIZERS)}")
     parser.add_argument("--threads", type=positive_int, nargs="+", metavar="T",
@@ -73,7 +76,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              f"contended: Adam single steps at 64K and 1M with 1 and 2 "
                              f"threads, idle and beside busy processes it starts itself; "
                              f"train-loop: an MLP's forward, backward and AdamW step "
-                             f"(needs torch), idle and contended")
+                             f"(needs torch), idle and contended; layouts: Adam/AdamW with "
+                             f"16-bit buffers (needs ml_dtypes), each against its reference")
+    parser.add_argument("--layouts", nargs="+", choices=tuple(LAYOUTS), metavar="LAYOUT",
+                        help=f"layouts for the layouts case, from {', '.join(LAYOUTS)} "
+                             f"(default: all)")
     parser.add_argument("--peers", nargs="+", choices=PEERS, metavar="PEER",
                         help=f"peers to run, from {', '.join(PEERS)} (default: every one "
                              f"installed)")
@@ -160,8 +167,17 @@ def run_cli(args: argparse.Namespace) -> int:
     implementations = ours + [p for p in PEERS if p in wanted and p in installed]
 
     machine = machine_info()  # before the run: its load average is the one that matters
-    cases = build_cases(kinds, sizes, quick)
-    groups = [(c, o) for c in cases for o in optimizers]
+    layout_notes = []
+    if "layouts" in kinds and not _have_ml_dtypes():
+        kinds = [k for k in kinds if k != "layouts"]
+        layout_notes.append("layouts: skipped (ml_dtypes is not installed)")
+    cases = build_cases(kinds, sizes, quick, layout_sizes=args.sizes, layouts=args.layouts)
+    # The layouts are Adam's and AdamW's (DeepSpeed's included).
+    groups = [(c, o) for c in cases for o in optimizers
+              if c.layout is None or o in LAYOUT_OPTIMIZERS]
+    if "layouts" in kinds and not any(c.layout for c, _ in groups):
+        layout_notes.append(f"layouts: skipped (they run for "
+                            f"{' and '.join(LAYOUT_OPTIMIZERS)} only)")
     contended_sizes = args.contended_sizes or CONTENDED_SIZES
     steps_at_64k = args.steps or (300 if quick else 1000)
     iterations = args.iterations or (40 if quick else 200)
@@ -211,7 +227,7 @@ def run_cli(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
 
     rows = summarize(measurements)
-    notes = [f"{c.name}: {c.note}" for c in cases if c.note]
+    notes = [f"{c.name}: {c.note}" for c in cases if c.note] + layout_notes
     if rows:
         print(format_table(rows))
         print()
@@ -220,6 +236,10 @@ def run_cli(args: argparse.Namespace) -> int:
               "%%bw: of the in-place stream (y += x, 12 B/element, same size and threads, "
               "same run; NumPy on 1 thread, torch add_ on more); "
               "adamcore x: this row's time / adamcore's. NumPy runs on one thread." % repeats)
+        ran = list(dict.fromkeys(r["case"].split(" N=")[0] for r in rows
+                                 if r["kind"] == "layouts"))
+        if ran:
+            print(format_layout_legend(ran))
     if contended is not None:
         print()
         print(format_contended(contended))
@@ -265,7 +285,9 @@ def run_cli(args: argparse.Namespace) -> int:
                            "threads without torch); each row's 'api' says which",
         "special_cases": special, "contended_sizes": list(contended_sizes),
         "steps_at_64k": steps_at_64k, "train_iterations": iterations,
-        "spinners": args.spinners},
+        "spinners": args.spinners,
+        **({"layouts": {name: dataclasses.asdict(layout) for name, layout in LAYOUTS.items()},
+            "layout_reference": FLOAT32_STEP} if "layouts" in kinds else {})},
         "notes": notes, "results": rows, "first_step_checks": checks,
         "contended": contended,
         "train_loop": (train_loop if train_loop is not None or "train-loop" not in special
@@ -279,6 +301,10 @@ def run_cli(args: argparse.Namespace) -> int:
         if plot(rows, png):
             print(f"wrote {png}")
     return 1 if bad else 0
+
+
+def _have_ml_dtypes() -> bool:
+    return importlib.util.find_spec("ml_dtypes") is not None
 
 
 def _run_crossover(args: argparse.Namespace, repeats: int, batch_seconds: float) -> int:

@@ -7,13 +7,13 @@ import contextlib
 import os
 import platform
 from pathlib import Path
-from typing import List
+from typing import List, Sequence
 
 import numpy as np
 
 import adamcore
 
-from .cases import BYTES_PER_ELEMENT, CONTENDED_TARGETS, OPTIMIZERS, \
+from .cases import BYTES_PER_ELEMENT, CONTENDED_TARGETS, FLOAT32_STEP, LAYOUTS, OPTIMIZERS, \
     STREAM_BYTES_PER_ELEMENT, format_count
 from .runners import STREAM
 from .timing import Measurement
@@ -73,6 +73,19 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"{r['case'][:34]:<34} {r['optimizer']:<8} {r['threads']:>3} "
                      f"{r['implementation']:<16} {format_time(r['median_seconds']):>11} "
                      f"{r['gbps']:>7.1f} {bw:>5} {speed:>10}")
+    return "\n".join(lines)
+
+
+def format_layout_legend(names: Sequence[str]) -> str:
+    """What the layout rows are: each layout's buffers, its bytes per element and its
+    reference (the table's GB/s use the layout's bytes; adamcore-f32's are 28)."""
+    lines = [f"layouts: adamcore's functional API on ml_dtypes.bfloat16 arrays; "
+             f"{FLOAT32_STEP}: adamcore's float32 step on the same values (28 B/element); "
+             f"adamcore x of a peer or of {FLOAT32_STEP}: its time / the layout's"]
+    for name in names:
+        layout = LAYOUTS[name]
+        lines.append(f"  {name}: {layout.description}; {layout.bytes_per_element} B/element; "
+                     f"against {', '.join(layout.peers)}")
     return "\n".join(lines)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 import adamcore
 
-from .cases import HYPER, OPTIMIZERS, Buffers
+from .cases import FLOAT32_STEP, HYPER, LAYOUTS, OPTIMIZERS, Buffers, Case
 
 
 PEERS = ("numpy", "torch-default", "torch-foreach", "torch-fused", "deepspeed")
@@ -80,7 +80,7 @@ class AdamcoreRunner(Runner):
         kwargs = dict(lr=h["lr"], beta1=h["beta1"], beta2=h["beta2"], eps=h["eps"],
                       weight_decay=h["weight_decay"])
         group_cls = getattr(core, "AdamGroup", None)
-        if group_cls is not None and not single:
+        if group_cls is not None and not single and b.param_copy is None:
             self.api = "AdamGroup.step"
             group = group_cls(b.params, b.states["exp_avg"], b.states["exp_avg_sq"],
                               b.states["max_exp_avg_sq"] if amsgrad else None)
@@ -89,6 +89,10 @@ class AdamcoreRunner(Runner):
         self.api = fn.__name__ + ("" if single else " (lists)")
         if amsgrad:
             kwargs.update(amsgrad=True, max_exp_avg_sq=arg(b.states["max_exp_avg_sq"]))
+        if b.param_copy is not None:
+            kwargs.update(param_copy=arg(b.param_copy))
+        if _dtype_names(b) != "float32":
+            self.api += f" ({_dtype_names(b)})"
         return functools.partial(fn, arg(b.params), arg(b.grads), arg(b.states["exp_avg"]),
                                  arg(b.states["exp_avg_sq"]), **kwargs)
 
@@ -179,8 +183,28 @@ class NumpyRunner(Runner):
             p += t1
 
 
+def _dtype_names(buffers: Buffers) -> str:
+    """'float32' when every buffer is; else each buffer's dtype, e.g. 'param bfloat16,
+    grad bfloat16, state float32'."""
+    state = next(iter(buffers.states.values()))[0]
+    parts = [("param", buffers.params[0]), ("grad", buffers.grads[0]), ("state", state)]
+    if buffers.param_copy is not None:
+        parts.append(("param_copy", buffers.param_copy[0]))
+    if all(a.dtype == np.float32 for _, a in parts):
+        return "float32"
+    return ", ".join(f"{name} {a.dtype.name}" for name, a in parts)
+
+
+def _as_tensor(torch, array: np.ndarray):
+    """A tensor sharing the array's memory; bfloat16 (ml_dtypes), which torch.from_numpy
+    does not take, through its bits."""
+    if array.dtype.name == "bfloat16":
+        return torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
 def _torch_state_tensors(torch, buffers: Buffers, index: int) -> dict[str, object]:
-    return {name: torch.from_numpy(arrays[index]) for name, arrays in buffers.states.items()}
+    return {name: _as_tensor(torch, arrays[index]) for name, arrays in buffers.states.items()}
 
 
 class TorchRunner(Runner):
@@ -197,9 +221,11 @@ class TorchRunner(Runner):
         flags = self.VARIANTS[variant]
         self.api = "torch.optim." + {"adamw": "AdamW", "adagrad": "Adagrad"}.get(optimizer, "Adam")
         self.api += "(" + ", ".join(f"{k}=True" for k in flags) + ")"
-        params = [torch.from_numpy(p) for p in buffers.params]
+        if _dtype_names(buffers) != "float32":
+            self.api += f" ({_dtype_names(buffers)})"
+        params = [_as_tensor(torch, p) for p in buffers.params]
         for p, g in zip(params, buffers.grads):
-            p.grad = torch.from_numpy(g)
+            p.grad = _as_tensor(torch, g)
         h = self.hyper
         if optimizer == "adagrad":
             self.opt = torch.optim.Adagrad(params, lr=h["lr"], lr_decay=h["lr_decay"],
@@ -284,9 +310,9 @@ class DeepSpeedRunner(Runner):
         if classes is None:
             raise RuntimeError("DeepSpeed is not importable")
         adam_cls, adagrad_cls = classes
-        params = [torch.from_numpy(p) for p in buffers.params]
+        params = [_as_tensor(torch, p) for p in buffers.params]
         for p, g in zip(params, buffers.grads):
-            p.grad = torch.from_numpy(g)
+            p.grad = _as_tensor(torch, g)
         h = self.hyper
         sink = io.StringIO()
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
@@ -297,9 +323,14 @@ class DeepSpeedRunner(Runner):
                                        weight_decay=h["weight_decay"])
             else:
                 self.api = "DeepSpeedCPUAdam(adamw_mode=%s)" % (optimizer == "adamw")
+                # 16-bit params with float32 state: DeepSpeed's own mixed layout.
+                mixed = {} if buffers.params[0].dtype == np.float32 else {
+                    "fp32_optimizer_states": True}
+                if mixed:
+                    self.api = self.api[:-1] + ", fp32_optimizer_states=True)"
                 self.opt = adam_cls(params, lr=h["lr"], betas=(h["beta1"], h["beta2"]),
                                     eps=h["eps"], weight_decay=h["weight_decay"],
-                                    adamw_mode=optimizer == "adamw")
+                                    adamw_mode=optimizer == "adamw", **mixed)
         ds_names = {"state_sum": "exp_avg_sq"}  # DeepSpeed's AdaGrad calls its sum that
         for i, p in enumerate(params):
             state = {ds_names.get(k, k): v
@@ -352,11 +383,26 @@ def available_implementations(candidates: Sequence[str] = PEERS) -> list[str]:
     return names
 
 
+def case_implementations(case: Case, implementations: Sequence[str]) -> list[str]:
+    """The implementations timed on ``case``: every one, or on a layout case adamcore (each
+    ISA asked for) and those of the layout's peers that are among ``implementations`` (its
+    float32 step always)."""
+    if case.layout is None:
+        return list(implementations)
+    ours = [i for i in implementations if i.startswith("adamcore")]
+    return ours + [p for p in LAYOUTS[case.layout].peers
+                   if p == FLOAT32_STEP or p in implementations]
+
+
 def make_runner(implementation: str, optimizer: str, buffers: Buffers) -> Runner:
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     if implementation == "adamcore":
         return AdamcoreRunner(optimizer, buffers)
+    if implementation == FLOAT32_STEP:  # a layout's reference: the float32 step
+        runner = AdamcoreRunner(optimizer, buffers)
+        runner.name = FLOAT32_STEP
+        return runner
     if implementation.startswith("adamcore[") and implementation.endswith("]"):
         return AdamcoreRunner(optimizer, buffers, isa=implementation[len("adamcore["):-1])
     if implementation == "numpy":

@@ -17,11 +17,11 @@ import numpy as np
 
 import adamcore
 
-from .cases import BYTES_PER_ELEMENT, STREAM_BYTES_PER_ELEMENT, Case, format_count, \
-    make_initial_state
+from .cases import BYTES_PER_ELEMENT, FLOAT32_STEP, LAYOUTS, STREAM_BYTES_PER_ELEMENT, Case, \
+    format_count, make_initial_state
 from .checks import first_step_check
-from .runners import STREAM, AdamcoreRunner, Runner, StreamRunner, make_runner, \
-    set_all_threads, supports
+from .runners import STREAM, AdamcoreRunner, Runner, StreamRunner, case_implementations, \
+    make_runner, set_all_threads, supports
 
 
 # ---------------------------------------------------------------- timing
@@ -86,9 +86,10 @@ def measure_case(case: Case, optimizer: str, thread_counts: Sequence[int],
     threaded peer stepping hundreds of tensors can take seconds per step."""
     initial = make_initial_state(case, optimizer)
     runners: dict[str, Runner] = {}
-    for name in implementations:
+    for name in case_implementations(case, implementations):
         if supports(name, optimizer):
-            runners[name] = make_runner(name, optimizer, initial.fresh_buffers(optimizer))
+            runners[name] = make_runner(name, optimizer, initial.fresh_buffers(
+                optimizer, float32=name == FLOAT32_STEP))
     set_all_threads(thread_counts[0])
     check = first_step_check(runners, initial)
 
@@ -126,6 +127,8 @@ def measure_case(case: Case, optimizer: str, thread_counts: Sequence[int],
             on_repeat()
         for name in names:
             per_element = (STREAM_BYTES_PER_ELEMENT if name == STREAM
+                           else LAYOUTS[case.layout].bytes_per_element
+                           if case.layout is not None and name != FLOAT32_STEP
                            else BYTES_PER_ELEMENT[optimizer])
             results.append(Measurement(case.name, case.kind, optimizer, threads, name,
                                        timed[name].api, case.elements, case.tensors,
