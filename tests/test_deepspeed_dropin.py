@@ -234,6 +234,17 @@ def test_channels_last_params_are_updated_in_place():
     _assert_same_params(conv, twin, "channels_last")
 
 
+def test_real_deepspeed_drops_the_update_of_a_channels_last_param():
+    """The measured reason for the line above: DeepSpeed's op steps contiguous copies."""
+    real = _real_deepspeed()["DeepSpeedCPUAdam"]
+    p = torch.nn.Parameter(torch.randn(4, 4, 3, 3).contiguous(memory_format=torch.channels_last))
+    before = p.detach().clone()
+    opt = real([p])
+    p.grad = torch.ones_like(p)
+    opt.step()
+    assert torch.equal(p.detach(), before) and not opt.state[p]["exp_avg"].any()
+
+
 def test_state_dict_round_trip_and_int_steps():
     model, twin = _mlp(), _mlp()
     opt = DeepSpeedCPUAdam(model.parameters(), lr=1e-2)

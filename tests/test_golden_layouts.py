@@ -281,9 +281,11 @@ def test_command_line_checks_the_layout_set(capsys):
     capsys.readouterr()
 
 
-def test_the_torch_set_is_refused_with_a_pointer_to_the_layouts():
+def test_the_torch_set_is_refused_with_a_pointer_to_the_layouts(capsys):
     with pytest.raises(ValueError, match="layouts"):
         oracle.load(os.path.dirname(LAYOUTS))
+    assert main(["golden", "check", os.path.dirname(LAYOUTS)]) == 2
+    assert "error:" in capsys.readouterr().out
 
 
 def test_generator_reproduces_the_committed_layouts(tmp_path):

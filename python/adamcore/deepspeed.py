@@ -32,7 +32,7 @@ parameter raises instead of pairing the wrong elements, sparse gradients raise
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
@@ -74,8 +74,8 @@ class _AdamFamily(_engine.Family):
         _engine._native(where, None, None, _engine._EMPTY_ADAM.step, [], step=1, lr=lr, check_only=True,
                         **self.options(where, group))
 
-    def native(self, columns: List[List[Any]]) -> Any:
-        return _engine._core.AdamGroup(columns[0], columns[1], columns[2])
+    def native(self, columns: List[List[Any]], copies: Optional[List[Any]] = None) -> Any:
+        return _engine._core.AdamGroup(columns[0], columns[1], columns[2], None, copies)
 
 
 class _AdagradFamily(_engine.Family):
@@ -91,8 +91,8 @@ class _AdagradFamily(_engine.Family):
         _engine._native(where, None, None, _engine._EMPTY_ADAGRAD.step, [], step=1, lr=lr,
                         check_only=True, **self.options(where, group))
 
-    def native(self, columns: List[List[Any]]) -> Any:
-        return _engine._core.AdagradGroup(columns[0], columns[1])
+    def native(self, columns: List[List[Any]], copies: Optional[List[Any]] = None) -> Any:
+        return _engine._core.AdagradGroup(columns[0], columns[1], copies)
 
 
 class _Frontend(_act._TensorFrontend):
@@ -117,6 +117,8 @@ class _Frontend(_act._TensorFrontend):
 class _DeepSpeedOptimizer(_act._KernelOptimizer):
     _frontend_class = _Frontend
     _label = ""
+    #: As DeepSpeed's: torch.amp.GradScaler unscales the gradients itself, then steps.
+    _step_supports_amp_scaling = False
 
     def _check_torch_settings(self, where: str, group: Dict[str, Any]) -> None:
         pass  # DeepSpeed's groups have no capturable/differentiable keys

@@ -447,9 +447,13 @@ def _check_command(args: argparse.Namespace) -> int:
         except ValueError as err:
             print(f"error: {err}")
             return 2
-        report = oracle.check(step_fn, args.directory, mode=args.mode, state_dtype=dtype,
-                              tolerance_ulp=args.tolerance, name=name,
-                              cases=args.case or None)
+        try:
+            report = oracle.check(step_fn, args.directory, mode=args.mode,
+                                  state_dtype=dtype, tolerance_ulp=args.tolerance, name=name,
+                                  cases=args.case or None)
+        except (OSError, ValueError) as err:  # not a golden set, bad checksum, unknown case
+            print(f"error: {err}")
+            return 2
         print(report.format(verbose=args.verbose))
         if not report.passed:
             status = 1
