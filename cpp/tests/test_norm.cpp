@@ -158,6 +158,8 @@ void test_isas_and_threads() {
       for (std::size_t n : kSizes) ts.push_back(make_tensor(rng, dtype, n, specials, 1.5f));
       const auto v = views(ts);
       for (double p : kNormTypes) {
+        // (General p is host code, the same on every ISA: one of them is enough here.)
+        if (p == 0.5) continue;
         adamcore::set_isa(adamcore::Isa::scalar);
         adamcore::set_num_threads(1);
         // Per tensor and all together.
