@@ -418,16 +418,23 @@ void scale_grads(const GradBuffer* grads, std::size_t count, double coef) {
   });
 }
 
+ClipInfo clip_info(const GradBuffer* grads, std::size_t count, double max_norm,
+                   double norm_type) {
+  ClipInfo info;
+  info.norm = grad_norm(grads, count, norm_type);
+  info.nonfinite = !std::isfinite(info.norm);
+  info.coef_dtype = clip_dtype(grads, count);
+  info.coef = count == 0 ? 1.0 : clip_coefficient(info.norm, max_norm, info.coef_dtype);
+  return info;
+}
+
 double clip_grad_norm(const GradBuffer* grads, std::size_t count, double max_norm,
                       double norm_type, bool error_if_nonfinite, bool* nonfinite) {
-  const double norm = grad_norm(grads, count, norm_type);
-  const bool bad = !std::isfinite(norm);
-  if (nonfinite) *nonfinite = bad;
-  if (bad && error_if_nonfinite) return norm;
-  if (count == 0) return norm;
-  const double coef = clip_coefficient(norm, max_norm, clip_dtype(grads, count));
-  if (coef != 1.0) scale_grads(grads, count, coef);  // x * 1 == x: nothing to write
-  return norm;
+  const ClipInfo info = clip_info(grads, count, max_norm, norm_type);
+  if (nonfinite) *nonfinite = info.nonfinite;
+  if (info.nonfinite && error_if_nonfinite) return info.norm;
+  if (info.coef != 1.0) scale_grads(grads, count, info.coef);  // x * 1 == x: nothing to write
+  return info.norm;
 }
 
 }  // namespace adamcore

@@ -381,6 +381,18 @@ void test_coefficient_and_scaling() {
   const double cb = adamcore::clip_coefficient(10.0, 1.0, DType::bfloat16);
   check(conv::bf16_to_float(conv::float_to_bf16(static_cast<float>(cb))) == cb, "bf16 coefficient is a bf16");
 
+  {
+    std::mt19937 r(7);
+    const Tensor a = make_tensor(r, DType::bfloat16, 5000, false, 1.0f);
+    const Tensor b = make_tensor(r, DType::float16, 3000, false, 1.0f);
+    const GradBuffer two[] = {a.view(), b.view()};
+    const adamcore::ClipInfo info = adamcore::clip_info(two, 2, 0.5);
+    check(info.coef_dtype == DType::float32, "bfloat16 with float16 promotes to float32");
+    check(same(info.norm, adamcore::grad_norm(two, 2)) && !info.nonfinite, "clip_info norm");
+    check(info.coef == adamcore::clip_coefficient(info.norm, 0.5, DType::float32), "clip_info coef");
+    check(adamcore::clip_info(two, 0, 0.5).coef == 1.0, "no grads: coefficient 1");
+  }
+
   std::mt19937 rng(6);
   for (DType dtype : kDtypes) {
     const Tensor base = make_tensor(rng, dtype, 70001, true, 2.0f);

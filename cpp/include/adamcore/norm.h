@@ -107,6 +107,24 @@ double clip_coefficient(double total_norm, double max_norm, DType dtype);
 // Threads split the elements; the result is element-wise, so it never depends on them.
 void scale_grads(const GradBuffer* grads, std::size_t count, double coef);
 
+// For a fused clip-and-step (one read of the grads for the norm, then the step): the
+// norm, and the coefficient the step must apply, as clip_grad_norm would.
+struct ClipInfo {
+  double norm = 0.0;           // grad_norm(grads, count, norm_type)
+  double coef = 1.0;           // clip_coefficient(norm, max_norm, coef_dtype)
+  DType coef_dtype = DType::none;  // clip_dtype(grads, count)
+  bool nonfinite = false;      // norm is NaN or infinite
+};
+// To equal torch's clip_grad_norm_ followed by its step bit for bit, the step must use,
+// for each gradient element g (skipped entirely when coef == 1, since g * 1 == g):
+//   float64 grads: g * coef (double);
+//   float32 grads: fl32(g * fl32(coef));
+//   bfloat16/float16 grads: fl32(g * fl32(coef)) rounded to nearest even into the grads'
+//   dtype and widened back (torch writes the clipped 16-bit grad before its step reads it).
+// With error_if_nonfinite semantics the caller checks `nonfinite` and skips the step.
+ClipInfo clip_info(const GradBuffer* grads, std::size_t count, double max_norm,
+                   double norm_type = 2.0);
+
 // clip_grad_norm in one call: the norm, the coefficient in clip_dtype(grads) and the
 // scaling. Returns the total norm (double). With error_if_nonfinite and a NaN or
 // infinite norm, writes nothing and sets *nonfinite (if given) to true.
