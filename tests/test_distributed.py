@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from _launch import run_ranks
 
 STEPS = 30
 FEATURES, HIDDEN, CLASSES, BATCH = 24, 40, 6, 64
@@ -57,7 +58,7 @@ def _half_gradients(model, x, y, rank):
 HYPER = dict(lr=3e-3, betas=(0.9, 0.99), weight_decay=0.05, amsgrad=True)
 
 
-def _worker(rank: int, port: int, out: str) -> None:
+def _worker(out: str) -> None:
     import torch
     import torch.distributed as dist
     from torch.distributed.optim import ZeroRedundancyOptimizer
@@ -65,7 +66,8 @@ def _worker(rank: int, port: int, out: str) -> None:
     import adamcore.torch as act
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    rank = int(os.environ["RANK"])
+    dist.init_process_group("gloo")  # rank, world size and address from the environment
     report = {}
     for name, bucket_view in CONFIGS.items():
         model = _model()
@@ -92,12 +94,6 @@ def _worker(rank: int, port: int, out: str) -> None:
                 str(k): v["exp_avg"].flatten().tolist() for k, v in full["state"].items()}
     dist.destroy_process_group()
     Path(out).write_text(json.dumps(report))
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _single_process():
@@ -129,23 +125,7 @@ def test_zero_redundancy_matches_single_process(tmp_path):
     dist = pytest.importorskip("torch.distributed")
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    port = _free_port()
-    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo")
-    outs = [tmp_path / f"rank{r}.json" for r in range(2)]
-    procs = [subprocess.Popen([sys.executable, __file__, str(r), str(port), str(outs[r])], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for r in range(2)]
-    logs = []
-    try:
-        for proc in procs:
-            logs.append(proc.communicate(timeout=120)[0])
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    for r, proc in enumerate(procs):
-        assert proc.returncode == 0, f"rank {r} failed:\n{logs[r]}"
-    reports = [json.loads(out.read_text()) for out in outs]
+    reports = run_ranks(__file__, [], tmp_path, timeout=120)
 
     model, optimizer = _single_process()
     expected = [p.detach().flatten().tolist() for p in model.parameters()]
@@ -169,5 +149,85 @@ def test_zero_redundancy_matches_single_process(tmp_path):
     assert expected != [p.detach().flatten().tolist() for p in _model().parameters()]
 
 
+# ---------------------------------------------------------------- threads per rank
+
+_LAUNCH_VARIABLES = ("ADAMCORE_NUM_THREADS", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "OMP_NUM_THREADS")
+
+# Prints the thread count adamcore starts with, the cores in the affinity mask, what
+# `python -m adamcore info` reports, and the count after an explicit set_num_threads.
+_THREADS_CHILD = """
+import io, json, os, sys, contextlib
+if {cpus!r} is not None:
+    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:{cpus!r}]))
+import adamcore
+from adamcore.__main__ import main
+at_import = adamcore.get_num_threads()
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    main(["info", "--json"])
+info = json.loads(out.getvalue())
+adamcore.set_num_threads(at_import + 3)
+after = io.StringIO()
+with contextlib.redirect_stdout(after):
+    main(["info", "--json"])
+print(json.dumps({{"threads": at_import, "cores": len(os.sched_getaffinity(0)), "info": info,
+                  "openmp": adamcore._core.built_with_openmp(),
+                  "after_set": json.loads(after.getvalue())}}))
+"""
+
+
+def _threads_child(cpus=None, **env):
+    full = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARIABLES}
+    full.update(env)
+    result = subprocess.run([sys.executable, "-c", _THREADS_CHILD.format(cpus=cpus)],
+                            capture_output=True, text=True, env=full, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+needs_affinity = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"),
+                                    reason="no affinity mask on this OS")
+
+
+@needs_affinity
+@pytest.mark.parametrize("variable", ["LOCAL_WORLD_SIZE", "LOCAL_SIZE"])  # torchrun, deepspeed
+def test_local_ranks_divide_the_affinity_mask(variable):
+    child = _threads_child(**{variable: "2", "OMP_NUM_THREADS": "5"})
+    if not child["openmp"]:
+        pytest.skip("built without OpenMP: always one thread")
+    assert child["threads"] == max(1, child["cores"] // 2)
+    assert child["info"]["threads"] == child["threads"]
+    assert child["info"]["threads_source"].startswith(f"{variable}=2: {child['cores']} cores")
+    # A later set_num_threads wins, and info says so.
+    assert child["after_set"]["threads"] == child["threads"] + 3
+    assert child["after_set"]["threads_source"] == "set_num_threads()"
+
+
+@needs_affinity
+def test_more_local_ranks_than_cores_leaves_one_thread_each():
+    child = _threads_child(cpus=1, LOCAL_WORLD_SIZE="4")
+    assert child["cores"] == 1 and child["threads"] == 1
+    assert child["info"]["threads_source"] == "LOCAL_WORLD_SIZE=4: 1 cores in the affinity mask // 4 local ranks"
+
+
+@needs_affinity
+@pytest.mark.parametrize("env", [{}, {"LOCAL_WORLD_SIZE": "1"}, {"LOCAL_WORLD_SIZE": "two"},
+                                 {"LOCAL_SIZE": "0"}])
+def test_one_local_rank_keeps_the_openmp_default(env):
+    child = _threads_child(**env, OMP_NUM_THREADS="5")
+    if not child["openmp"]:
+        pytest.skip("built without OpenMP: always one thread")
+    assert child["threads"] == 5  # OpenMP's default, which OMP_NUM_THREADS sets
+    assert child["info"]["threads_source"] == "OpenMP default"
+
+
+def test_explicit_thread_count_wins_over_local_ranks():
+    child = _threads_child(ADAMCORE_NUM_THREADS="3", LOCAL_WORLD_SIZE="2")
+    if not child["openmp"]:
+        pytest.skip("built without OpenMP: always one thread")
+    assert child["threads"] == 3
+    assert child["info"]["threads_source"] == "ADAMCORE_NUM_THREADS"
+
+
 if __name__ == "__main__":
-    _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+    _worker(sys.argv[1])

@@ -375,6 +375,69 @@ def test_groups_take_every_layout(isa):
         assert_same_bits(c, p.astype(BF16), "AdagradGroup param_copies")
 
 
+# ---------------------------------------------------------------- mixed layouts
+# Each mixed layout's contract: the float32 step on the buffers widened exactly, then each
+# 16-bit buffer rounded to nearest even (16-bit values are never rounded twice in a step).
+MIXED = {
+    "bf16 params+grads, f32 state": (BF16, BF16, np.float32, None),
+    "fp16 params+grads, f32 state": (F16, F16, np.float32, None),
+    "f32 params, bf16 state": (np.float32, np.float32, BF16, None),
+    "f32 params, bf16 state+grads": (np.float32, BF16, BF16, None),
+    "f32 params, bf16 state, bf16 copy": (np.float32, np.float32, BF16, BF16),
+    "f32 params, bf16 state+grads+copy": (np.float32, BF16, BF16, BF16),
+}
+
+
+@pytest.mark.parametrize("family", ["adam", "adamw-amsgrad", "adagrad"])
+@pytest.mark.parametrize("layout", list(MIXED))
+def test_mixed_layouts_equal_the_float32_step_then_rounding(isa, layout, family):
+    pdt, gdt, sdt, cdt = MIXED[layout]
+    rng = np.random.default_rng(11)
+    n = 1000 + 3
+    k = 1 if family == "adagrad" else 3 if family.endswith("amsgrad") else 2
+    p = rng.standard_normal(n).astype(pdt)
+    state = [np.zeros(n, sdt) for _ in range(k)]
+    copy = None if cdt is None else np.full(n, np.nan, cdt)
+    for step in range(1, 51):
+        g = _gradient(rng, n, gdt)
+        ref_p = p.astype(np.float32)
+        ref_state = [s.astype(np.float32) for s in state]
+        if family == "adagrad":
+            kw = dict(step=step, lr_decay=0.01, weight_decay=0.01)
+            adamcore.adagrad_step(p, g, state[0], param_copy=copy, **kw)
+            adamcore.adagrad_step(ref_p, g.astype(np.float32), ref_state[0], **kw)
+        else:
+            ams = family.endswith("amsgrad")
+            kw = dict(step=step, lr=1e-2, amsgrad=ams, weight_decay=0.01)
+            adamcore.adamw_step(p, g, state[0], state[1], max_exp_avg_sq=state[2] if ams else None,
+                                param_copy=copy, **kw)
+            adamcore.adamw_step(ref_p, g.astype(np.float32), ref_state[0], ref_state[1],
+                                max_exp_avg_sq=ref_state[2] if ams else None, **kw)
+        assert_same_bits(p, ref_p.astype(pdt), f"{layout} {family} param at step {step}")
+        for a, b in zip(state, ref_state):
+            assert_same_bits(a, b.astype(sdt), f"{layout} {family} state at step {step}")
+        if copy is not None:
+            assert_same_bits(copy, ref_p.astype(cdt), f"{layout} {family} copy at step {step}")
+
+
+def test_groups_take_the_mixed_layouts(isa):
+    rng = np.random.default_rng(3)
+    sizes = [5, 64, 300]
+    for pdt, gdt, sdt, cdt in MIXED.values():
+        ps = [rng.standard_normal(k).astype(pdt) for k in sizes]
+        ms, vs = ([np.zeros(k, sdt) for k in sizes] for _ in range(2))
+        cs = None if cdt is None else [np.zeros(k, cdt) for k in sizes]
+        ref = [[a.copy() for a in col] for col in (ps, ms, vs)]
+        ref_cs = None if cs is None else [a.copy() for a in cs]
+        group = adamcore.AdamGroup(ps, ms, vs, param_copies=cs)
+        for step in range(1, 4):
+            gs = [_gradient(rng, k, gdt) for k in sizes]
+            group.step(gs, step=step)
+            adamcore.adam_step(ref[0], gs, ref[1], ref[2], step=step, param_copy=ref_cs)
+        for got, want in zip(ps + ms + vs + (cs or []), ref[0] + ref[1] + ref[2] + (ref_cs or [])):
+            assert_same_bits(got, want, f"AdamGroup {pdt}/{gdt}/{sdt}/{cdt}")
+
+
 # ---------------------------------------------------------------- every ISA, every layout
 LAYOUTS = {
     "bfloat16": (BF16, BF16, BF16, None),
@@ -384,6 +447,10 @@ LAYOUTS = {
     "f32+fp16-copy": (np.float32, np.float32, np.float32, F16),
     "f32+bf16-grads+bf16-copy": (np.float32, BF16, np.float32, BF16),
     "f32+fp16-grads": (np.float32, F16, np.float32, None),
+    "bf16+f32-state": (BF16, BF16, np.float32, None),
+    "fp16+f32-state": (F16, F16, np.float32, None),
+    "f32+bf16-state": (np.float32, np.float32, BF16, None),
+    "f32+bf16-state+bf16-grads+bf16-copy": (np.float32, BF16, BF16, BF16),
 }
 
 
@@ -427,7 +494,9 @@ def _adam_buffers(dtypes, n=8):
 REFUSED = {
     # (param, grad, exp_avg, exp_avg_sq), copy dtype, argument named, dtype it must have
     "float64 grads for float32 params": ((np.float32, F64, np.float32, np.float32), None, "grad", "float32"),
-    "bf16 params with float32 state": ((BF16, BF16, np.float32, np.float32), None, "param", "float32"),
+    "bf16 params with fp16 state": ((BF16, BF16, F16, F16), None, "exp_avg", "float32"),
+    "fp16 state with float32 params": ((np.float32, np.float32, F16, F16), None, "exp_avg", "float32"),
+    "bf16 state with fp16 grads": ((np.float32, F16, BF16, BF16), None, "grad", "float32"),
     "float64 params with float32 state": ((F64, np.float32, np.float32, np.float32), None, "param", "float32"),
     "mixed state": ((BF16, BF16, BF16, F16), None, "exp_avg_sq", "bfloat16"),
     "fp16 grads for bf16 params": ((BF16, F16, BF16, BF16), None, "grad", "bfloat16"),

@@ -399,24 +399,43 @@ def check_disjoint(v: Verdict, arrays: List[tuple], outside: List[tuple] = ()):
                 v.bad(f"{label} and {l0} overlap")
 
 
+# The accepted (param, grad, state, param_copy) dtypes, as adam_step's docstring states
+# them (None: no copy), restricted to the dtypes this build takes (probed above).
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+_BF16 = np.dtype(_bfloat16) if _bfloat16 is not None else None
+ACCEPTED = {(d, d, d, None) for d in OTHER_DTYPES | {_F32}}
+ACCEPTED |= {(_F32, h, _F32, c) for h in GRAD_DTYPES for c in (None, h)}
+ACCEPTED |= {(_F32, _F32, _F32, c) for c in COPY_DTYPES}
+ACCEPTED |= {(h, h, _F32, None) for h in GRAD_DTYPES}
+if _BF16 in GRAD_DTYPES:
+    ACCEPTED |= {(_F32, g, _BF16, c) for g in (_F32, _BF16) for c in (None, _BF16)}
+
+
+def _role(label: str) -> str:
+    if label.startswith("param_cop"):
+        return "copy"
+    if label.startswith("param"):
+        return "param"
+    return "grad" if label.startswith("grad") else "state"
+
+
 def check_layout(v: Verdict, arrays: List[tuple], grads_dtype=None):
-    """One layout per call: every buffer one accepted dtype, or float32 buffers with a
-    16-bit param_copy. ``grads_dtype``: a group's step, whose grads must be that dtype."""
-    copies = {a.dtype for label, a in arrays if label.startswith("param_cop")}
-    main = {a.dtype for label, a in arrays if not label.startswith("param_cop")}
-    grads = {a.dtype for label, a in arrays if label.startswith("grad")}
-    rest = {a.dtype for label, a in arrays
-            if not label.startswith("param_cop") and not label.startswith("grad")}
-    if (rest <= {np.dtype(np.float32)} and len(grads) == 1 and grads <= GRAD_DTYPES):
-        if not copies <= grads:  # master weights: a copy, if any, in the grads' dtype
-            v.bad(f"layout: float32 with {sorted(map(str, grads))} grads and param_copy "
-                  f"{sorted(map(str, copies))}")
-    elif copies:
-        if not (main <= {np.dtype(np.float32)} and copies <= COPY_DTYPES and len(copies) == 1):
-            v.bad(f"layout: {sorted(map(str, main))} with param_copy "
-                  f"{sorted(map(str, copies))}")
-    elif len(main) > 1 or not main <= OTHER_DTYPES | {np.dtype(np.float32)}:
-        v.bad(f"layout: mixed dtypes {sorted(map(str, main))}")
+    """One layout per call, from ACCEPTED. ``grads_dtype``: a group's step, whose grads
+    must be that dtype."""
+    roles = {"param": set(), "grad": set(), "state": set(), "copy": set()}
+    for label, a in arrays:
+        roles[_role(label)].add(a.dtype)
+    if any(len(dtypes) > 1 for dtypes in roles.values()):
+        v.bad(f"layout: mixed dtypes in one role {roles}")
+    elif roles["param"]:
+        param = next(iter(roles["param"]))
+        grad = next(iter(roles["grad"]), param)
+        state = next(iter(roles["state"]), param)
+        copy = next(iter(roles["copy"]), None)
+        # (A group's held buffers are checked before its grads are known, as the
+        # param's dtype.)
+        if (param, grad, state, copy) not in ACCEPTED:
+            v.bad(f"layout: {param}, {grad}, {state}, copy {copy}")
     if grads_dtype is not None and arrays and arrays[0][1].dtype != grads_dtype:
         v.bad(f"grads dtype {arrays[0][1].dtype}, the group holds {grads_dtype}")
 

@@ -38,7 +38,7 @@ class Signature {
   // The most parameters a signature may have: parsed arguments live in a fixed array
   // on the stack of their own call, so a __float__ or __index__ that calls a step
   // again (re-entrancy) cannot overwrite the outer call's arguments.
-  static constexpr std::size_t kMaxParams = 20;
+  static constexpr std::size_t kMaxParams = 24;
   using Parsed = PyObject* [kMaxParams];
 
   // Fills out[i] with a borrowed reference or nullptr when absent.
@@ -153,6 +153,25 @@ inline std::int64_t as_step(PyObject* o) {
     throw py::value_error("step is out of range");
   }
   return static_cast<std::int64_t>(v);
+}
+
+// A seed: an integer in [0, 2^64), not a bool (None or absent: 0).
+inline std::uint64_t as_seed(PyObject* o) {
+  if (o == nullptr || o == Py_None) return 0;
+  if (PyBool_Check(o) || PyFloat_Check(o) || !PyIndex_Check(o)) {
+    throw py::type_error(std::string("seed must be an integer, got ") + Py_TYPE(o)->tp_name);
+  }
+  PyObject* index = PyNumber_Index(o);
+  if (index == nullptr) throw py::error_already_set();
+  const unsigned long long v = PyLong_AsUnsignedLongLong(index);
+  const bool failed = v == static_cast<unsigned long long>(-1) && PyErr_Occurred();
+  Py_DECREF(index);
+  if (failed) {
+    if (!PyErr_ExceptionMatches(PyExc_OverflowError)) throw py::error_already_set();
+    PyErr_Clear();
+    throw py::value_error("seed must be in [0, 2**64)");
+  }
+  return static_cast<std::uint64_t>(v);
 }
 
 // None (or absent) -> fallback.

@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cmath>
+#include <sstream>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -337,21 +338,27 @@ adamcore::Layout layout_of(const ArgList& args, std::ptrdiff_t index) {
   const DType copies[] = {DType::none, DType::bfloat16, DType::float16};
   const bool has_copy = layout.param_copy != DType::none;
   adamcore::Layout best;
-  std::size_t best_distance = args.n + 1;
+  std::size_t best_distance = 3 * args.n + 1;
   for (DType param : floats) {
     for (DType grad : floats) {
-      for (DType copy : copies) {
-        const adamcore::Layout candidate{param, grad, param, copy};
-        if ((copy != DType::none) != has_copy || !adamcore::check_layout(candidate).empty()) {
-          continue;
-        }
-        std::size_t distance = 0;
-        for (std::size_t a = 0; a < args.n; ++a) {
-          distance += role_matches(args.roles[a], args.dtypes[a], candidate) ? 0 : 1;
-        }
-        if (distance < best_distance) {
-          best_distance = distance;
-          best = candidate;
+      for (DType state : floats) {
+        for (DType copy : copies) {
+          const adamcore::Layout candidate{param, grad, state, copy};
+          if ((copy != DType::none) != has_copy ||
+              !adamcore::check_layout(candidate).empty()) {
+            continue;
+          }
+          // Arguments that differ, counted twice; ties go to the layout that keeps the
+          // params' dtype (a group's step then names its grads, the one thing it takes).
+          std::size_t distance = 0;
+          for (std::size_t a = 0; a < args.n; ++a) {
+            if (role_matches(args.roles[a], args.dtypes[a], candidate)) continue;
+            distance += args.roles[a] == Role::param ? 3 : 2;
+          }
+          if (distance < best_distance) {
+            best_distance = distance;
+            best = candidate;
+          }
         }
       }
     }
@@ -400,7 +407,48 @@ adamcore::Layout layout_of_all(const Set& set, ArgList args) {
 struct Mode {
   bool diagnostics = false;  // return the step's GammaStats
   bool check_only = false;   // validate only: write nothing, return None
+  adamcore::StepOptions options;  // grad_scale, found_inf, rounding, seed
 };
+
+// grad_scale (None: no unscaling; else a finite float32 > 0), found_inf (None, a bool,
+// or a number: non-zero, NaN included, skips the step), rounding ("nearest" or
+// "stochastic"), seed.
+adamcore::StepOptions parse_step_options(PyObject* grad_scale, PyObject* found_inf,
+                                         PyObject* rounding, PyObject* seed) {
+  adamcore::StepOptions o;
+  if (grad_scale != nullptr && grad_scale != Py_None) {
+    const double scale = adamcore_py::as_double(grad_scale, "grad_scale", 0.0);
+    const auto as_float = static_cast<float>(scale);
+    if (!(std::isfinite(as_float) && as_float > 0.0f)) {
+      std::ostringstream out;
+      out.precision(17);
+      out << "grad_scale must be finite and > 0 as a float32, got " << scale;
+      throw py::value_error(out.str());
+    }
+    o.grad_scale = as_float;
+  }
+  if (found_inf != nullptr && found_inf != Py_None) {
+    if (found_inf == Py_True || found_inf == Py_False || adamcore_py::is_numpy_bool(found_inf)) {
+      o.found_inf = adamcore_py::as_bool(found_inf, "found_inf", false);
+    } else {
+      o.found_inf = adamcore_py::as_double(found_inf, "found_inf", 0.0) != 0.0;
+    }
+  }
+  if (rounding != nullptr && rounding != Py_None) {
+    if (!PyUnicode_Check(rounding)) {
+      throw py::type_error(std::string("rounding must be 'nearest' or 'stochastic', got ") +
+                           Py_TYPE(rounding)->tp_name);
+    }
+    const std::string r = py::reinterpret_borrow<py::str>(rounding);
+    if (r == "stochastic") {
+      o.rounding = adamcore::Rounding::stochastic;
+    } else if (r != "nearest") {
+      throw py::value_error("rounding must be 'nearest' or 'stochastic', got '" + r + "'");
+    }
+  }
+  o.seed = adamcore_py::as_seed(seed);
+  return o;
+}
 
 void check_hyper(const std::string& err) {
   if (!err.empty()) throw py::value_error(err);
@@ -409,14 +457,17 @@ void check_hyper(const std::string& err) {
 // Runs a step function over checked buffers with the GIL released.
 template <class Buffers, class Hyper>
 py::object run_step(void (*step_fn)(const Buffers*, std::size_t, std::int64_t, const Hyper&,
-                                    adamcore::GammaStats*, double, const adamcore::Layout&),
+                                    adamcore::GammaStats*, double, const adamcore::Layout&,
+                                    const adamcore::StepOptions&),
                     const Buffers* tensors, std::size_t count, std::int64_t step,
-                    const Hyper& h, Mode mode, double prev_lr, const adamcore::Layout& layout) {
+                    const Hyper& h, const Mode& mode, double prev_lr,
+                    const adamcore::Layout& layout) {
   if (mode.check_only) return py::none();
   adamcore::GammaStats stats;
   {
     py::gil_scoped_release release;
-    step_fn(tensors, count, step, h, mode.diagnostics ? &stats : nullptr, prev_lr, layout);
+    step_fn(tensors, count, step, h, mode.diagnostics ? &stats : nullptr, prev_lr, layout,
+            mode.options);
   }
   if (!mode.diagnostics) return py::none();
   return py::cast(stats);
@@ -439,7 +490,7 @@ struct CallArgs {
 
 py::object adam_like(py::handle param, py::handle grad, py::handle exp_avg,
                      py::handle exp_avg_sq, py::handle max_exp_avg_sq, py::handle param_copy,
-                     std::int64_t step, const adamcore::AdamHyper& h, Mode mode,
+                     std::int64_t step, const adamcore::AdamHyper& h, const Mode& mode,
                      py::handle prev_lr) {
   check_hyper(adamcore::check_adam_hyper(h, step));
   const bool amsgrad = h.amsgrad;
@@ -454,7 +505,8 @@ py::object adam_like(py::handle param, py::handle grad, py::handle exp_avg,
   const bool copy = !param_copy.is_none();
   CallArgs c;
   c.add(param, "param", true, Role::param);
-  c.add(grad, "grad", false, Role::grad);
+  const bool grads_written = mode.options.grad_scale != 0.0f;  // unscaled in place
+  c.add(grad, "grad", grads_written, Role::grad);
   c.add(exp_avg, "exp_avg", true, Role::state);
   c.add(exp_avg_sq, "exp_avg_sq", true, Role::state);
   if (amsgrad) c.add(max_exp_avg_sq, "max_exp_avg_sq", true, Role::state);
@@ -482,6 +534,7 @@ py::object adam_like(py::handle param, py::handle grad, py::handle exp_avg,
     tensors[t].max_exp_avg_sq = amsgrad ? set.data(4, t) : nullptr;
     tensors[t].size = set.size(t);
     tensors[t].param_copy = copy ? set.data(copy_at, t) : nullptr;
+    tensors[t].stream = t;  // a tensor's stochastic-rounding stream: its list position
   }
   return run_step(&adamcore::adam_step, tensors.data(), tensors.size(), step, h, mode,
                   prev, layout);
@@ -489,13 +542,13 @@ py::object adam_like(py::handle param, py::handle grad, py::handle exp_avg,
 
 py::object adagrad(py::handle param, py::handle grad, py::handle state_sum,
                    py::handle param_copy, std::int64_t step, const adamcore::AdagradHyper& h,
-                   Mode mode, py::handle prev_lr) {
+                   const Mode& mode, py::handle prev_lr) {
   check_hyper(adamcore::check_adagrad_hyper(h, step));
   const double prev = parse_prev_lr(prev_lr);
   const bool copy = !param_copy.is_none();
   CallArgs c;
   c.add(param, "param", true, Role::param);
-  c.add(grad, "grad", false, Role::grad);
+  c.add(grad, "grad", mode.options.grad_scale != 0.0f, Role::grad);
   c.add(state_sum, "state_sum", true, Role::state);
   if (copy) c.add(param_copy, "param_copy", true, Role::copy);
   if (!is_sequence_arg(param)) {
@@ -517,6 +570,7 @@ py::object adagrad(py::handle param, py::handle grad, py::handle state_sum,
     tensors[t].state_sum = set.data(2, t);
     tensors[t].size = set.size(t);
     tensors[t].param_copy = copy ? set.data(3, t) : nullptr;
+    tensors[t].stream = t;
   }
   return run_step(&adamcore::adagrad_step, tensors.data(), tensors.size(), step, h, mode,
                   prev, layout);
@@ -545,7 +599,8 @@ void require_list(py::handle obj, const char* name) {
 // sets *grad_dtype (left alone for an empty group).
 template <class Tensors>
 std::vector<py::object> take_grads(py::handle grads, const std::vector<Span>& held,
-                                   Tensors& tensors, adamcore::DType* grad_dtype) {
+                                   Tensors& tensors, adamcore::DType* grad_dtype,
+                                   bool written) {
   require_list(grads, "grads");
   const std::size_t count = tensors.size();
   if (sequence_size(grads) != count) {
@@ -555,7 +610,7 @@ std::vector<py::object> take_grads(py::handle grads, const std::vector<Span>& he
   std::vector<py::object> keep(count);
   for (std::size_t t = 0; t < count; ++t) {
     const auto index = static_cast<std::ptrdiff_t>(t);
-    Buffer g = take_buffer(sequence_item(grads, t), "grads", index, false);
+    Buffer g = take_buffer(sequence_item(grads, t), "grads", index, written);
     check_size(g.size, "grads", tensors[t].size, "params", index);
     check_outside(held, g, "grads", index);
     if (t == 0) {
@@ -622,19 +677,21 @@ class AdamGroup {
       tensors_[t].max_exp_avg_sq = amsgrad_ ? set_.data(3, t) : nullptr;
       tensors_[t].size = set_.size(t);
       tensors_[t].param_copy = copy_ ? set_.data(columns_.args.size() - 1, t) : nullptr;
+      tensors_[t].stream = t;
       numel_ += set_.size(t);
     }
   }
 
   // h.amsgrad is ignored: the group's buffers decide it.
-  py::object step(py::handle grads, std::int64_t step, adamcore::AdamHyper h, Mode mode,
-                  py::handle prev_lr) const {
+  py::object step(py::handle grads, std::int64_t step, adamcore::AdamHyper h,
+                  const Mode& mode, py::handle prev_lr) const {
     h.amsgrad = amsgrad_;
     check_hyper(adamcore::check_adam_hyper(h, step));
     const double prev = parse_prev_lr(prev_lr);
     std::vector<adamcore::AdamBuffers> tensors = tensors_;  // callers may step concurrently
     adamcore::DType grad_dtype = layout_.grad;
-    const auto keep = take_grads(grads, set_.spans(), tensors, &grad_dtype);
+    const auto keep = take_grads(grads, set_.spans(), tensors, &grad_dtype,
+                                 mode.options.grad_scale != 0.0f);
     const adamcore::Layout layout = layout_with_grads(layout_, "exp_avgs", copy_, grad_dtype);
     return run_step(&adamcore::adam_step, tensors.data(), tensors.size(), step, h, mode,
                     prev, layout);
@@ -680,17 +737,19 @@ class AdagradGroup {
       tensors_[t].state_sum = set_.data(1, t);
       tensors_[t].size = set_.size(t);
       tensors_[t].param_copy = copy_ ? set_.data(2, t) : nullptr;
+      tensors_[t].stream = t;
       numel_ += set_.size(t);
     }
   }
 
   py::object step(py::handle grads, std::int64_t step, const adamcore::AdagradHyper& h,
-                  Mode mode, py::handle prev_lr) const {
+                  const Mode& mode, py::handle prev_lr) const {
     check_hyper(adamcore::check_adagrad_hyper(h, step));
     const double prev = parse_prev_lr(prev_lr);
     std::vector<adamcore::AdagradBuffers> tensors = tensors_;
     adamcore::DType grad_dtype = layout_.grad;
-    const auto keep = take_grads(grads, set_.spans(), tensors, &grad_dtype);
+    const auto keep = take_grads(grads, set_.spans(), tensors, &grad_dtype,
+                                 mode.options.grad_scale != 0.0f);
     const adamcore::Layout layout = layout_with_grads(layout_, "state_sums", copy_, grad_dtype);
     return run_step(&adamcore::adagrad_step, tensors.data(), tensors.size(), step, h, mode,
                     prev, layout);
@@ -802,7 +861,8 @@ PyObject* adam_family_fast(PyObject* const* args, Py_ssize_t nargs, PyObject* kw
         decoupled ? "adamw_step" : "adam_step",
         {"param", "grad", "exp_avg", "exp_avg_sq", "step", "lr", "beta1", "beta2", "eps",
          "weight_decay", "amsgrad", "max_exp_avg_sq", "maximize", "bias_correction",
-         "diagnostics", "prev_lr", "check_only", "param_copy"},
+         "diagnostics", "prev_lr", "check_only", "param_copy", "grad_scale", "found_inf",
+         "rounding", "seed"},
         4, 4, {"step"});
     Signature::Parsed a;
     sig.parse(args, nargs, kwnames, a);
@@ -815,9 +875,10 @@ PyObject* adam_family_fast(PyObject* const* args, Py_ssize_t nargs, PyObject* kw
                                 as_bool(a[10], "amsgrad", false),
                                 as_bool(a[12], "maximize", false),
                                 as_bool(a[13], "bias_correction", true)};
+    const Mode mode{as_bool(a[14], "diagnostics", false), as_bool(a[16], "check_only", false),
+                    parse_step_options(a[18], a[19], a[20], a[21])};
     return adam_like(a[0], a[1], a[2], a[3], as_handle(a[11]), as_handle(a[17]), as_step(a[4]), h,
-                     Mode{as_bool(a[14], "diagnostics", false), as_bool(a[16], "check_only", false)},
-                     as_handle(a[15]));
+                     mode, as_handle(a[15]));
   });
 }
 
@@ -835,7 +896,8 @@ PyObject* adagrad_step_fast(PyObject*, PyObject* const* args, Py_ssize_t nargs,
     static const Signature sig("adagrad_step",
                                {"param", "grad", "state_sum", "step", "lr", "lr_decay",
                                 "weight_decay", "eps", "maximize", "diagnostics", "prev_lr",
-                                "check_only", "param_copy"},
+                                "check_only", "param_copy", "grad_scale", "found_inf",
+                                "rounding", "seed"},
                                3, 3, {"step"});
     Signature::Parsed a;
     sig.parse(args, nargs, kwnames, a);
@@ -844,9 +906,9 @@ PyObject* adagrad_step_fast(PyObject*, PyObject* const* args, Py_ssize_t nargs,
                                    as_double(a[6], "weight_decay", 0.0),
                                    as_double(a[7], "eps", 1e-10),
                                    as_bool(a[8], "maximize", false)};
-    return adagrad(a[0], a[1], a[2], as_handle(a[12]), as_step(a[3]), h,
-                   Mode{as_bool(a[9], "diagnostics", false), as_bool(a[11], "check_only", false)},
-                   as_handle(a[10]));
+    const Mode mode{as_bool(a[9], "diagnostics", false), as_bool(a[11], "check_only", false),
+                    parse_step_options(a[13], a[14], a[15], a[16])};
+    return adagrad(a[0], a[1], a[2], as_handle(a[12]), as_step(a[3]), h, mode, as_handle(a[10]));
   });
 }
 
@@ -856,7 +918,8 @@ PyObject* adam_group_step_fast(PyObject* self, PyObject* const* args, Py_ssize_t
     static const Signature sig("AdamGroup.step",
                                {"grads", "step", "lr", "beta1", "beta2", "eps", "weight_decay",
                                 "decoupled", "maximize", "bias_correction", "diagnostics",
-                                "prev_lr", "check_only"},
+                                "prev_lr", "check_only", "grad_scale", "found_inf", "rounding",
+                                "seed"},
                                1, 1, {"step"});
     Signature::Parsed a;
     sig.parse(args, nargs, kwnames, a);
@@ -870,10 +933,9 @@ PyObject* adam_group_step_fast(PyObject* self, PyObject* const* args, Py_ssize_t
                                 group.amsgrad(),
                                 as_bool(a[8], "maximize", false),
                                 as_bool(a[9], "bias_correction", true)};
-    return group.step(a[0], as_step(a[1]), h,
-                      Mode{as_bool(a[10], "diagnostics", false),
-                           as_bool(a[12], "check_only", false)},
-                      as_handle(a[11]));
+    const Mode mode{as_bool(a[10], "diagnostics", false), as_bool(a[12], "check_only", false),
+                    parse_step_options(a[13], a[14], a[15], a[16])};
+    return group.step(a[0], as_step(a[1]), h, mode, as_handle(a[11]));
   });
 }
 
@@ -882,7 +944,8 @@ PyObject* adagrad_group_step_fast(PyObject* self, PyObject* const* args, Py_ssiz
   return guarded([&]() -> py::object {
     static const Signature sig("AdagradGroup.step",
                                {"grads", "step", "lr", "lr_decay", "weight_decay", "eps",
-                                "maximize", "diagnostics", "prev_lr", "check_only"},
+                                "maximize", "diagnostics", "prev_lr", "check_only",
+                                "grad_scale", "found_inf", "rounding", "seed"},
                                1, 1, {"step"});
     Signature::Parsed a;
     sig.parse(args, nargs, kwnames, a);
@@ -892,9 +955,9 @@ PyObject* adagrad_group_step_fast(PyObject* self, PyObject* const* args, Py_ssiz
                                    as_double(a[4], "weight_decay", 0.0),
                                    as_double(a[5], "eps", 1e-10),
                                    as_bool(a[6], "maximize", false)};
-    return group.step(a[0], as_step(a[1]), h,
-                      Mode{as_bool(a[7], "diagnostics", false), as_bool(a[9], "check_only", false)},
-                      as_handle(a[8]));
+    const Mode mode{as_bool(a[7], "diagnostics", false), as_bool(a[9], "check_only", false),
+                    parse_step_options(a[10], a[11], a[12], a[13])};
+    return group.step(a[0], as_step(a[1]), h, mode, as_handle(a[8]));
   });
 }
 

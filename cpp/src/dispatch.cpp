@@ -194,9 +194,11 @@ std::string check_layout(const Layout& layout) {
       << dtype_name(layout.grad) << ", state " << dtype_name(layout.state) << ", param_copy "
       << dtype_name(layout.param_copy)
       << ". Accepted: one dtype for params, grads and state (float32, float64, bfloat16 or "
-         "float16) and no param_copy; or float32 params and state with bfloat16 or float16 "
-         "grads and optionally a param_copy of the grads' dtype; or float32 params, grads "
-         "and state with a bfloat16 or float16 param_copy";
+         "float16) and no param_copy; float32 params and state with bfloat16 or float16 "
+         "grads, optionally with a param_copy of the grads' dtype; float32 params, grads "
+         "and state with a bfloat16 or float16 param_copy; bfloat16 or float16 params and "
+         "grads with float32 state; float32 params with bfloat16 state, float32 or bfloat16 "
+         "grads and optionally a bfloat16 param_copy";
   return out.str();
 }
 
@@ -310,6 +312,29 @@ std::string check_adagrad_hyper(const AdagradHyper& h, std::int64_t step) {
   }
   return {};
 }
+
+std::string check_step_options(const StepOptions& o) {
+  if (o.grad_scale != 0.0f && !(std::isfinite(o.grad_scale) && o.grad_scale > 0.0f)) {
+    return bad("grad_scale", o.grad_scale, "finite and > 0 (a float32)");
+  }
+  if (o.rounding != Rounding::nearest && o.rounding != Rounding::stochastic) {
+    return "rounding must be nearest or stochastic";
+  }
+  return {};
+}
+
+namespace {
+
+// The per-call options every kernel sees.
+detail::PassOptions pass_options(const StepOptions& o, std::int64_t step) {
+  detail::PassOptions pass{};
+  pass.unscale = o.grad_scale != 0.0f;
+  pass.stochastic = o.rounding == Rounding::stochastic;
+  pass.key = detail::mix64(o.seed ^ detail::mix64(static_cast<std::uint64_t>(step)));
+  return pass;
+}
+
+}  // namespace
 
 // ---------------------------------------------------------------- diagnostics
 namespace detail {
@@ -496,11 +521,17 @@ void adam_coeffs(const AdamHyper& h, std::int64_t step, double prev_lr,
 }  // namespace
 
 void adam_step(const AdamBuffers* tensors, std::size_t count, std::int64_t step,
-               const AdamHyper& h, GammaStats* diag, double prev_lr, const Layout& layout) {
+               const AdamHyper& h, GammaStats* diag, double prev_lr, const Layout& layout,
+               const StepOptions& options) {
   const std::size_t layout_at = layout_index(layout);
   if (layout_at >= detail::kLayoutCount) return;  // callers check_layout first
+  if (options.found_inf) return;
   detail::AdamScalars k{};
   adam_coeffs(h, step, prev_lr, &k);
+  k.pass = pass_options(options, step);
+  // torch divides by the float32 scale in float (16-bit and float32) or in double.
+  k.f.grad_scale = options.grad_scale;
+  k.d.grad_scale = options.grad_scale;
   k.sign_flip = h.maximize ? 0x80000000u : 0u;
   k.gamma_defined = step > 1;
 
@@ -518,9 +549,10 @@ void adam_step(const AdamBuffers* tensors, std::size_t count, std::int64_t step,
 
 void adagrad_step(const AdagradBuffers* tensors, std::size_t count, std::int64_t step,
                   const AdagradHyper& h, GammaStats* diag, double prev_lr,
-                  const Layout& layout) {
+                  const Layout& layout, const StepOptions& options) {
   const std::size_t layout_at = layout_index(layout);
   if (layout_at >= detail::kLayoutCount) return;  // callers check_layout first
+  if (options.found_inf) return;
   detail::AdagradScalars k{};
   // clr = lr / (1 + (t-1)*lr_decay), the denominator one fused multiply-add as in torch.
   const double clr = h.lr / std::fma(static_cast<double>(step - 1), h.lr_decay, 1.0);
@@ -529,9 +561,13 @@ void adagrad_step(const AdagradBuffers* tensors, std::size_t count, std::int64_t
     const double lr0 = prev_lr < 0 ? h.lr : prev_lr;
     prev_clr = lr0 / std::fma(static_cast<double>(step - 2), h.lr_decay, 1.0);
   }
-  k.d = {-clr, h.weight_decay, h.eps, clr, prev_clr};
-  // torch's 16-bit AdaGrad rounds clr, weight_decay and eps to the param's dtype.
-  const DType round_to = layout.param;
+  k.d = {-clr, h.weight_decay, h.eps, options.grad_scale, clr, prev_clr};
+  k.f.grad_scale = options.grad_scale;
+  k.pass = pass_options(options, step);
+  // torch's 16-bit AdaGrad rounds clr, weight_decay and eps to the param's dtype; so
+  // does adamcore's same-dtype layout, to match it. Mixed layouts keep float32.
+  const bool one_dtype = layout.grad == layout.param && layout.state == layout.param;
+  const DType round_to = one_dtype ? layout.param : DType::float32;
   k.f.neg_clr = -round_through(round_to, static_cast<float>(clr));
   k.f.weight_decay = round_through(round_to, static_cast<float>(h.weight_decay));
   k.f.eps = round_through(round_to, static_cast<float>(h.eps));

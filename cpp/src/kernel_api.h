@@ -33,10 +33,18 @@ struct AdamCoeffs {
   T neg_step_size;          // S
   T weight_decay;           // L (Adam: added to the gradient)
   T decay_factor;           // K = 1 - lr*wd (AdamW: multiplies the parameter)
+  T grad_scale;             // AMP: grads are divided by it (when PassOptions::unscale)
   // Γ diagnostics only
   T step_size;              // a_t
   T prev_step_size;         // a_{t-1}
   T prev_bc2_sqrt;          // D of step t-1
+};
+
+// Per-call choices that are not the optimizer's math (StepOptions), uniform over a call.
+struct PassOptions {
+  bool unscale;                 // divide grads by grad_scale and write them back
+  bool stochastic;              // stochastic rounding of 16-bit params, state, copies
+  std::uint64_t key;            // the stochastic stream's key: a hash of (seed, step)
 };
 
 struct AdamScalars {
@@ -44,6 +52,7 @@ struct AdamScalars {
   AdamCoeffs<double> d;         // used by the float64 layout
   std::uint32_t sign_flip;      // 0x80000000 with maximize, else 0 (a double's top word)
   bool gamma_defined;           // t > 1
+  PassOptions pass;
 };
 
 template <class T>
@@ -51,6 +60,7 @@ struct AdagradCoeffs {
   T neg_clr;                    // N
   T weight_decay;               // L
   T eps;                        // E
+  T grad_scale;
   // Γ diagnostics only
   T clr;
   T prev_clr;
@@ -61,10 +71,32 @@ struct AdagradScalars {
   AdagradCoeffs<double> d;
   std::uint32_t sign_flip;
   bool gamma_defined;
+  PassOptions pass;
 };
 
+// The stochastic-rounding hashes, shared by the host and every ISA. mix64 is
+// SplitMix64's finaliser; the 32-bit hash (two multiply-xorshift rounds) is applied per
+// lane by kernels.inl with the same constants.
+constexpr std::uint64_t mix64(std::uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+constexpr std::uint32_t kHashMul1 = 0x7FEB352Du;
+constexpr std::uint32_t kHashMul2 = 0x846CA68Bu;
+// Which buffer a 16-bit store writes: part of each element's random bits.
+enum SrBuffer : std::uint32_t { sr_param = 0, sr_exp_avg, sr_exp_avg_sq, sr_max_exp_avg_sq,
+                                sr_state_sum, sr_copy, sr_buffer_count };
+// The key of buffer `which` of a tensor for elements [hi * 2^32, (hi + 1) * 2^32).
+inline std::uint32_t sr_buffer_key(std::uint64_t call_key, std::uint64_t stream,
+                                   std::uint64_t hi, std::uint32_t which) {
+  return static_cast<std::uint32_t>(
+      mix64(call_key ^ mix64(stream ^ mix64(hi * sr_buffer_count + which))));
+}
+
 // The buffer layouts the kernels are compiled for: index i of this table is the
-// kernels' layout index. Every entry has state of the param's dtype.
+// kernels' layout index.
 inline constexpr Layout kLayouts[] = {
     {DType::float32, DType::float32, DType::float32, DType::none},
     {DType::float64, DType::float64, DType::float64, DType::none},
@@ -78,6 +110,14 @@ inline constexpr Layout kLayouts[] = {
     {DType::float32, DType::float16, DType::float32, DType::none},
     {DType::float32, DType::bfloat16, DType::float32, DType::bfloat16},
     {DType::float32, DType::float16, DType::float32, DType::float16},
+    // 16-bit params and grads with float32 state (DeepSpeed's CPU Adam layout)
+    {DType::bfloat16, DType::bfloat16, DType::float32, DType::none},
+    {DType::float16, DType::float16, DType::float32, DType::none},
+    // bfloat16 state with float32 params: 8 fewer bytes per element for Adam
+    {DType::float32, DType::float32, DType::bfloat16, DType::none},
+    {DType::float32, DType::float32, DType::bfloat16, DType::bfloat16},
+    {DType::float32, DType::bfloat16, DType::bfloat16, DType::none},
+    {DType::float32, DType::bfloat16, DType::bfloat16, DType::bfloat16},
 };
 inline constexpr std::size_t kLayoutCount = sizeof(kLayouts) / sizeof(kLayouts[0]);
 

@@ -50,17 +50,21 @@ struct StorageOf<DType::float16> {
   using type = detail::F16;
 };
 
-// Layout L's element types and arithmetic: params and state are Param (the table
-// has no layout where they differ), grads Grad, the param copy Copy (void: none).
+template <class T>
+inline constexpr bool kIs16Bit =
+    std::is_same_v<T, detail::Bf16> || std::is_same_v<T, detail::F16>;
+
+// Layout L's element types and arithmetic: params Param, state State, grads Grad,
+// the param copy Copy (void: none). float64 is never mixed with another dtype.
 template <std::size_t L>
 struct LayoutTypes {
-  static_assert(detail::kLayouts[L].state == detail::kLayouts[L].param,
-                "the kernels read and write state in the param's dtype");
   using Param = typename StorageOf<detail::kLayouts[L].param>::type;
+  using State = typename StorageOf<detail::kLayouts[L].state>::type;
   using Grad = typename StorageOf<detail::kLayouts[L].grad>::type;
   using Copy = typename StorageOf<detail::kLayouts[L].param_copy>::type;
   static constexpr bool kDouble = std::is_same_v<Param, double>;
   using Math = std::conditional_t<kDouble, double, float>;
+  static constexpr bool kAny16Bit = kIs16Bit<Param> || kIs16Bit<State> || kIs16Bit<Copy>;
   using Body = std::conditional_t<kDouble, VecF64, Vec>;  // the vector body's type
   using One = std::conditional_t<kDouble, VecScalarF64, VecScalar>;  // head and tail
 };
@@ -119,7 +123,7 @@ const AdagradCoeffs<Math>& coeffs_for(const AdagradScalars& k) {
 
 template <class V>
 struct AdamConsts {
-  V w, w_less1, b2, c2, d, e, s, l, k;
+  V w, w_less1, b2, c2, d, e, s, l, k, grad_scale;
   // diagnostics
   V a, a_prev, d_prev;
   template <class T>
@@ -127,23 +131,108 @@ struct AdamConsts {
       : w(V::set1(c.one_minus_beta1)), w_less1(V::set1(c.one_minus_beta1_less1)),
         b2(V::set1(c.beta2)), c2(V::set1(c.one_minus_beta2)), d(V::set1(c.bc2_sqrt)),
         e(V::set1(c.eps)), s(V::set1(c.neg_step_size)), l(V::set1(c.weight_decay)),
-        k(V::set1(c.decay_factor)), a(V::set1(c.step_size)),
+        k(V::set1(c.decay_factor)), grad_scale(V::set1(c.grad_scale)), a(V::set1(c.step_size)),
         a_prev(V::set1(c.prev_step_size)), d_prev(V::set1(c.prev_bc2_sqrt)) {}
 };
 
-// Writes the updated params' low-precision copy, when the layout has one.
-template <class C, class V>
-inline void store_copy([[maybe_unused]] C* copy_ptr, [[maybe_unused]] V p) {
-  if constexpr (!std::is_void_v<C>) store(copy_ptr, p);
+// ---- stochastic rounding (docs/numerics.md). Each 16-bit store takes 32 random bits per
+// element from a hash of (element index, a key of the seed, step, tensor and buffer), so
+// an element's rounding does not depend on the ISA, the thread or the grouping.
+template <class U>
+U lane_hash(U x) {
+  x = bit_xor(x, shift_right<16>(x));
+  x = mul_lo(x, U::set1(detail::kHashMul1));
+  x = bit_xor(x, shift_right<15>(x));
+  x = mul_lo(x, U::set1(detail::kHashMul2));
+  return bit_xor(x, shift_right<16>(x));
 }
 
-// One vector (or one element) of Adam / AdamW / AMSGrad. P: the params' and state's
-// storage type, G: the grads', C: the param copy's (void: none).
-template <class V, class P, class G, class C, WdMode Wd, bool LerpLow, bool Amsgrad, bool Diag>
-inline void adam_lanes(const AdamConsts<V>& c, std::uint32_t sign_flip, bool gamma_defined,
-                       P* p_ptr, const G* g_ptr, P* m_ptr, P* v_ptr, P* vmax_ptr, C* copy_ptr,
-                       DiagLanes<V>& diag) {
-  V g = flip_sign(V::load(g_ptr), sign_flip);
+// x rounded to a bfloat16 value, up or down (in magnitude) with probability
+// proportional to the distance: the 16 dropped bits plus 16 random bits carry or not.
+template <class V>
+V round_stochastic(const detail::Bf16*, V x, typename V::Bits r) {
+  using U = typename V::Bits;
+  const V kept = from_bits(bit_and(add(as_bits(x), shift_right<16>(r)), U::set1(0xFFFF0000u)));
+  return select(nan_mask(x), x, kept);  // (a NaN's bits could carry into Inf or the sign)
+}
+// The same for float16: 13 dropped bits in the normal range; below 2^-14, where a half's
+// last place is 2^-24, the magnitude in those units plus a random fraction, truncated.
+template <class V>
+V round_stochastic(const detail::F16*, V x, typename V::Bits r) {
+  using U = typename V::Bits;
+  const U r13 = shift_right<19>(r);
+  const U bits = as_bits(x);
+  const V magnitude = from_bits(bit_and(bits, U::set1(0x7FFFFFFFu)));
+  const V normal = from_bits(bit_and(add(bits, r13), U::set1(0xFFFFE000u)));
+  const V units = trunc(add(mul(magnitude, V::set1(0x1p24f)), mul(to_float(r13), V::set1(0x1p-13f))));
+  const V subnormal = from_bits(bit_or(as_bits(mul(units, V::set1(0x1p-24f))),
+                                       bit_and(bits, U::set1(0x80000000u))));
+  const V rounded = select(less_mask(magnitude, V::set1(0x1p-14f)), subnormal, normal);
+  return select(nan_mask(x), x, rounded);
+}
+
+// What a store needs for stochastic rounding: on or off, the low 32 bits of the first
+// lane's element index, and the current key of each buffer.
+struct SrLanes {
+  bool on;
+  std::uint32_t index;
+  const std::uint32_t* keys;
+};
+
+// Stores x to a buffer of type T (its dtype), rounding stochastically when asked.
+template <class V, class T>
+inline void store_as(T* ptr, V x, [[maybe_unused]] const SrLanes& sr,
+                     [[maybe_unused]] std::uint32_t which) {
+  if constexpr (kIs16Bit<T>) {
+    if (sr.on) {
+      using U = typename V::Bits;
+      x = round_stochastic(ptr, x, lane_hash(add(U::iota(sr.index), U::set1(sr.keys[which]))));
+    }
+  }
+  store(ptr, x);
+}
+
+// Writes the updated params' low-precision copy, when the layout has one.
+template <class C, class V>
+inline void store_copy([[maybe_unused]] C* copy_ptr, [[maybe_unused]] V p,
+                       [[maybe_unused]] const SrLanes& sr) {
+  if constexpr (!std::is_void_v<C>) store_as(copy_ptr, p, sr, detail::sr_copy);
+}
+
+// The grad, unscaled (AMP) and written back when asked, then negated for maximize.
+template <class V, class G>
+inline V load_grad(const G* g_ptr, bool unscale, V grad_scale, std::uint32_t sign_flip) {
+  V g = V::load(g_ptr);
+  if (unscale) {
+    g = div(g, grad_scale);
+    store(const_cast<G*>(g_ptr), g);  // StepOptions: the grads are writable then
+  }
+  return flip_sign(g, sign_flip);
+}
+
+// The buffer keys of one tensor, renewed each 2^32 elements (the lanes hash the low 32
+// bits of the index).
+struct SrKeys {
+  std::uint64_t call_key, stream, hi = ~std::uint64_t{0};
+  std::uint32_t key[detail::sr_buffer_count];
+  void at(std::size_t i) {
+    const std::uint64_t h = static_cast<std::uint64_t>(i) >> 32;
+    if (h == hi) return;
+    hi = h;
+    for (std::uint32_t b = 0; b < detail::sr_buffer_count; ++b) {
+      key[b] = detail::sr_buffer_key(call_key, stream, h, b);
+    }
+  }
+};
+
+// One vector (or one element) of Adam / AdamW / AMSGrad. P: the params' storage type,
+// S: the state's, G: the grads', C: the param copy's (void: none).
+template <class V, class P, class S, class G, class C, WdMode Wd, bool LerpLow, bool Amsgrad,
+          bool Diag>
+inline void adam_lanes(const AdamConsts<V>& c, std::uint32_t sign_flip, bool unscale,
+                       bool gamma_defined, const SrLanes& sr, P* p_ptr, const G* g_ptr,
+                       S* m_ptr, S* v_ptr, S* vmax_ptr, C* copy_ptr, DiagLanes<V>& diag) {
+  V g = load_grad(g_ptr, unscale, c.grad_scale, sign_flip);
   V p = V::load(p_ptr);
   if constexpr (Wd == WdMode::l2) g = fma(p, c.l, g);
   if constexpr (Wd == WdMode::decoupled) p = mul(p, c.k);
@@ -161,15 +250,15 @@ inline void adam_lanes(const AdamConsts<V>& c, std::uint32_t sign_flip, bool gam
   if constexpr (Amsgrad) {
     v_hat_old = V::load(vmax_ptr);
     v_hat = maximum(v_hat_old, v);  // max of the raw v; NaN propagates
-    store(vmax_ptr, v_hat);
+    store_as(vmax_ptr, v_hat, sr, detail::sr_max_exp_avg_sq);
   }
   const V den = add(div(sqrt(v_hat), c.d), c.e);
   p = add(p, div(mul(c.s, m), den));
 
-  store(p_ptr, p);
-  store_copy(copy_ptr, p);
-  store(m_ptr, m);
-  store(v_ptr, v);
+  store_as(p_ptr, p, sr, detail::sr_param);
+  store_copy(copy_ptr, p, sr);
+  store_as(m_ptr, m, sr, detail::sr_exp_avg);
+  store_as(v_ptr, v, sr, detail::sr_exp_avg_sq);
 
   if constexpr (Diag) {
     const V den_old = add(div(sqrt(v_hat_old), c.d_prev), c.e);
@@ -212,24 +301,33 @@ void adam_elements(const AdamScalars& k, const AdamBuffers& b, std::size_t from,
                    DiagAccum* acc) {
   using T = LayoutTypes<L>;
   using P = typename T::Param;
+  using S = typename T::State;
   using G = typename T::Grad;
   using C = typename T::Copy;
   if (from == to) return;
   // Locals, so the compiler need not reload them after every store.
   P* const param = static_cast<P*>(b.param);
   const G* const grad = static_cast<const G*>(b.grad);
-  P* const exp_avg = static_cast<P*>(b.exp_avg);
-  P* const exp_avg_sq = static_cast<P*>(b.exp_avg_sq);
-  P* const max_exp_avg_sq = static_cast<P*>(b.max_exp_avg_sq);
+  S* const exp_avg = static_cast<S*>(b.exp_avg);
+  S* const exp_avg_sq = static_cast<S*>(b.exp_avg_sq);
+  S* const max_exp_avg_sq = static_cast<S*>(b.max_exp_avg_sq);
   void* const param_copy = b.param_copy;
   const std::uint32_t sign_flip = k.sign_flip;
   const bool gamma_defined = k.gamma_defined;
+  const bool unscale = k.pass.unscale;
   const AdamConsts<V> c(coeffs_for<typename T::Math>(k));
+  SrKeys keys{k.pass.key, b.stream};
+  SrLanes sr{T::kAny16Bit && k.pass.stochastic, 0, keys.key};
   DiagLanes<V> diag;
   for (std::size_t i = from; i < to; i += V::kLanes) {
-    adam_lanes<V, P, G, C, Wd, LerpLow, Amsgrad, Diag>(
-        c, sign_flip, gamma_defined, param + i, grad + i, exp_avg + i, exp_avg_sq + i,
-        Amsgrad ? max_exp_avg_sq + i : nullptr, offset_or_null<C>(param_copy, i), diag);
+    if (sr.on) {
+      keys.at(i);
+      sr.index = static_cast<std::uint32_t>(i);
+    }
+    adam_lanes<V, P, S, G, C, Wd, LerpLow, Amsgrad, Diag>(
+        c, sign_flip, unscale, gamma_defined, sr, param + i, grad + i, exp_avg + i,
+        exp_avg_sq + i, Amsgrad ? max_exp_avg_sq + i : nullptr,
+        offset_or_null<C>(param_copy, i), diag);
   }
   if constexpr (Diag) diag.merge_into(acc);
 }
@@ -249,27 +347,27 @@ void adam_range(const AdamScalars& k, const AdamBuffers& b, std::size_t begin,
 
 template <class V>
 struct AdagradConsts {
-  V n, l, e, clr, clr_prev;
+  V n, l, e, grad_scale, clr, clr_prev;
   template <class T>
   explicit AdagradConsts(const AdagradCoeffs<T>& c)
       : n(V::set1(c.neg_clr)), l(V::set1(c.weight_decay)), e(V::set1(c.eps)),
-        clr(V::set1(c.clr)), clr_prev(V::set1(c.prev_clr)) {}
+        grad_scale(V::set1(c.grad_scale)), clr(V::set1(c.clr)), clr_prev(V::set1(c.prev_clr)) {}
 };
 
-template <class V, class P, class G, class C, bool WeightDecay, bool Diag>
-inline void adagrad_lanes(const AdagradConsts<V>& c, std::uint32_t sign_flip,
-                          bool gamma_defined, P* p_ptr, const G* g_ptr, P* s_ptr, C* copy_ptr,
-                          DiagLanes<V>& diag) {
-  V g = flip_sign(V::load(g_ptr), sign_flip);
+template <class V, class P, class S, class G, class C, bool WeightDecay, bool Diag>
+inline void adagrad_lanes(const AdagradConsts<V>& c, std::uint32_t sign_flip, bool unscale,
+                          bool gamma_defined, const SrLanes& sr, P* p_ptr, const G* g_ptr,
+                          S* s_ptr, C* copy_ptr, DiagLanes<V>& diag) {
+  V g = load_grad(g_ptr, unscale, c.grad_scale, sign_flip);
   V p = V::load(p_ptr);
   if constexpr (WeightDecay) g = fma(p, c.l, g);
   const V s_old = V::load(s_ptr);
   const V s = fma(g, g, s_old);
   const V std_dev = add(sqrt(s), c.e);
   p = add(p, div(mul(c.n, g), std_dev));
-  store(p_ptr, p);
-  store_copy(copy_ptr, p);
-  store(s_ptr, s);
+  store_as(p_ptr, p, sr, detail::sr_param);
+  store_copy(copy_ptr, p, sr);
+  store_as(s_ptr, s, sr, detail::sr_state_sum);
   if constexpr (Diag) {
     const V std_old = add(sqrt(s_old), c.e);
     diag.add(div(std_dev, c.clr), div(std_old, c.clr_prev), div(c.clr, std_dev), gamma_defined);
@@ -281,21 +379,29 @@ void adagrad_elements(const AdagradScalars& k, const AdagradBuffers& b, std::siz
                       std::size_t to, DiagAccum* acc) {
   using T = LayoutTypes<L>;
   using P = typename T::Param;
+  using S = typename T::State;
   using G = typename T::Grad;
   using C = typename T::Copy;
   if (from == to) return;
   P* const param = static_cast<P*>(b.param);
   const G* const grad = static_cast<const G*>(b.grad);
-  P* const state_sum = static_cast<P*>(b.state_sum);
+  S* const state_sum = static_cast<S*>(b.state_sum);
   void* const param_copy = b.param_copy;
   const std::uint32_t sign_flip = k.sign_flip;
   const bool gamma_defined = k.gamma_defined;
+  const bool unscale = k.pass.unscale;
   const AdagradConsts<V> c(coeffs_for<typename T::Math>(k));
+  SrKeys keys{k.pass.key, b.stream};
+  SrLanes sr{T::kAny16Bit && k.pass.stochastic, 0, keys.key};
   DiagLanes<V> diag;
   for (std::size_t i = from; i < to; i += V::kLanes) {
-    adagrad_lanes<V, P, G, C, WeightDecay, Diag>(c, sign_flip, gamma_defined, param + i,
-                                                 grad + i, state_sum + i,
-                                                 offset_or_null<C>(param_copy, i), diag);
+    if (sr.on) {
+      keys.at(i);
+      sr.index = static_cast<std::uint32_t>(i);
+    }
+    adagrad_lanes<V, P, S, G, C, WeightDecay, Diag>(c, sign_flip, unscale, gamma_defined, sr,
+                                                    param + i, grad + i, state_sum + i,
+                                                    offset_or_null<C>(param_copy, i), diag);
   }
   if constexpr (Diag) diag.merge_into(acc);
 }

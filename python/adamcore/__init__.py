@@ -38,6 +38,9 @@ if TYPE_CHECKING:  # served lazily at run time (see _LAZY)
 
 __version__: str = _core.__version__
 
+from . import _ranks  # noqa: E402  (several ranks on one host share its cores)
+_ranks.apply(set_num_threads, get_num_threads)
+
 __all__ = [
     "AdagradGroup",
     "AdamGroup",

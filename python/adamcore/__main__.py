@@ -19,8 +19,13 @@ _COMMAND_MODULES = ("adamcore.bench", "adamcore.reddi", "adamcore.phase", "adamc
 
 def _info(args: argparse.Namespace) -> int:
     import adamcore
+    from adamcore import _ranks
 
-    info = adamcore.runtime_info()
+    info = {}
+    for key, value in adamcore.runtime_info().items():
+        info[key] = value
+        if key == "threads":  # and where that count came from
+            info["threads_source"] = _ranks.thread_source(adamcore.get_num_threads)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

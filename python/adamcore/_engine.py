@@ -370,6 +370,11 @@ class Frontend:
         called, and gradients are checked for None one by one."""
         return None
 
+    def call_key(self, param: Any) -> Any:
+        """Parameters of a group go to one native call per step count and per call key
+        (a call's buffers share one dtype layout; torch groups may mix dtypes)."""
+        return None
+
     def new_state_dict(self) -> Dict[str, Any]:
         """An empty state dict for a parameter that has none."""
         return {}
@@ -516,6 +521,14 @@ class Plan:
 # ------------------------------------------------------------------------------ engine
 
 
+def _stream_seed(seed: Any, group: int, call: int) -> Any:
+    """The seed of one native call: the optimizer's ``seed`` for group 0's first call,
+    else a distinct value (a group's tensors are streams 0, 1, ... of its calls)."""
+    if group == 0 and call == 0 or isinstance(seed, bool) or not isinstance(seed, int):
+        return seed  # (the extension rejects what is not a seed)
+    return (seed + 0x9E3779B97F4A7C15 * (group * 65536 + call)) % 2**64
+
+
 class Engine:
     """Steps the parameter groups of one optimizer (see the module docstring)."""
 
@@ -581,12 +594,20 @@ class Engine:
     # -- the step -------------------------------------------------------------------
 
     def step(self, groups: Sequence[Dict[str, Any]], grads: Sequence[List[Any]],
-             diagnostics: bool = False) -> List[Any]:
+             diagnostics: bool = False, extra: Optional[Dict[str, Any]] = None) -> List[Any]:
         """One step of every group: ``grads[g]`` holds one gradient per parameter of
         group ``g`` (None: not updated this step). Everything is checked before any
-        array is written. Returns each group's GammaStats (with ``diagnostics``) or None."""
-        if len(groups) == 1:
-            plan, calls = self._prepare(0, groups[0], grads[0], diagnostics)[1:]
+        array is written. Returns each group's GammaStats (with ``diagnostics``) or None.
+
+        ``extra``: the native step's grad_scale, found_inf, rounding and seed (each group
+        draws its stochastic rounding from its own seed, derived from ``seed``). With a
+        true ``found_inf`` every call is checked and nothing is written, step counts
+        included (torch's fused optimizers under GradScaler)."""
+        skip = False
+        if extra:
+            skip = bool(extra.get("found_inf"))
+        if len(groups) == 1 and not skip:
+            plan, calls = self._prepare(0, groups[0], grads[0], diagnostics, extra)[1:]
             if len(calls) == 1:  # the common case, without the bookkeeping of several calls
                 where, call, call_grads, kwargs, hyper_names = calls[0]
                 try:
@@ -597,8 +618,9 @@ class Engine:
                 return [stats]
             work = [(0, plan, calls)]
         else:
-            work = [self._prepare(g, group, grads[g], diagnostics) for g, group in enumerate(groups)]
-        if sum(len(group_calls) for _, _, group_calls in work) > 1:
+            work = [self._prepare(g, group, grads[g], diagnostics, extra)
+                    for g, group in enumerate(groups)]
+        if skip or sum(len(group_calls) for _, _, group_calls in work) > 1:
             # A single call checks everything itself before writing; several are all
             # checked before the first writes.
             for _, _, group_calls in work:
@@ -608,6 +630,8 @@ class Engine:
                     except (TypeError, ValueError) as err:
                         _reraise(err, where, call.label, hyper_names)
         results: List[Any] = [None] * len(work)
+        if skip:
+            return results
         for g, plan, group_calls in work:
             for where, call, call_grads, kwargs, hyper_names in group_calls:
                 try:
@@ -619,8 +643,8 @@ class Engine:
             self._commit(g, plan, group_calls)
         return results
 
-    def _prepare(self, g: int, group: Dict[str, Any], grads: List[Any],
-                 diagnostics: bool) -> Tuple[int, Plan, List[Tuple[Any, ...]]]:
+    def _prepare(self, g: int, group: Dict[str, Any], grads: List[Any], diagnostics: bool,
+                 extra: Optional[Dict[str, Any]] = None) -> Tuple[int, Plan, List[Tuple[Any, ...]]]:
         """Everything about group ``g``'s step short of writing: its plan (cached, or
         gathered afresh) and the arguments of each native call."""
         checked = self._checked.get(g)  # the settings' last check, while none was replaced
@@ -651,6 +675,10 @@ class Engine:
             grads = list(compress(grads, plan.active))
         arrays = grads if fitted else self.frontend.grad_arrays(g, plan, grads)
         lr = group["lr"]
+        if extra:
+            options = dict(options, **extra)
+            if "seed" in extra:  # each group and call its own stochastic-rounding stream
+                options["seed"] = _stream_seed(extra["seed"], g, 0)
         if len(plan.calls) == 1 and not (diagnostics is not False or self.frontend.callable_lr and callable(lr)):
             call = plan.calls[0]
             kwargs = dict(options, step=call.done + 1, lr=lr)
@@ -668,6 +696,8 @@ class Engine:
                 value = lr
                 prev = self._last_lr.get(g) if diagnostics else None
             kwargs = dict(options, step=step, lr=value)
+            if extra and "seed" in extra:
+                kwargs["seed"] = _stream_seed(extra["seed"], g, len(calls))
             if diagnostics is not False:  # the extension checks the flag
                 kwargs.update(prev_lr=prev, diagnostics=diagnostics)
             call_grads = arrays if len(plan.calls) == 1 else [arrays[i] for i in call.positions]
@@ -691,7 +721,7 @@ class Engine:
         tracked = names + ("step",) if frontend.step_is_object else names
         plan.entries = {entry: [] for entry in tracked}
         current = frontend.states(g, params)
-        by_count: Dict[int, List[int]] = {}
+        by_count: Dict[Tuple[int, Any], List[int]] = {}  # (count, frontend.call_key) -> positions
         for position, k in enumerate(plan.members):
             param = params[k]
             state = current[k]
@@ -720,9 +750,9 @@ class Engine:
             for entry in tracked:
                 plan.entries[entry].append(view[entry])
             plan.shapes.append(param.shape)
-            by_count.setdefault(count, []).append(position)
+            by_count.setdefault((count, frontend.call_key(param)), []).append(position)
         where = frontend.group_name(g)
-        for count, positions in by_count.items():
+        for (count, _), positions in by_count.items():
             members = [plan.members[i] for i in positions]
             columns = [[frontend.array(frontend.param_name(g, k), params[k]) for k in members]]
             for name in names:

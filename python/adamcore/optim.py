@@ -169,8 +169,13 @@ class Optimizer:
 
     _family: Family = ADAM_FAMILY
 
-    def __init__(self, params: Iterable[Any], defaults: Mapping[str, Any]) -> None:
+    def __init__(self, params: Iterable[Any], defaults: Mapping[str, Any], *,
+                 rounding: str = "nearest", seed: int = 0) -> None:
         self.defaults: Dict[str, Any] = dict(defaults)
+        # How 16-bit params, state and copies are stored (docs/numerics.md); checked by
+        # the extension at the first step.
+        self.rounding = rounding
+        self.seed = seed
         self.param_groups: List[Dict[str, Any]] = []
         #: Per-parameter state keyed by the parameter's index across all groups.
         self.state: Dict[int, Dict[str, Any]] = TrackedStates()
@@ -188,6 +193,12 @@ class Optimizer:
         for group in groups:
             self.add_param_group(group)
 
+    @property
+    def _step_extra(self) -> Optional[Dict[str, Any]]:
+        if self.rounding == "nearest" and self.seed == 0:
+            return None
+        return {"rounding": self.rounding, "seed": self.seed}
+
     def _attach_engine(self) -> None:
         self._frontend = _ArrayFrontend(self)
         self._engine = Engine(self._family, self._frontend)
@@ -200,6 +211,8 @@ class Optimizer:
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("rounding", "nearest")  # (pickled before 16-bit rounding)
+        self.__dict__.setdefault("seed", 0)
         self._attach_engine()
 
     # -- groups ---------------------------------------------------------------------
@@ -241,8 +254,8 @@ class Optimizer:
 
     # -- stepping -------------------------------------------------------------------
 
-    def step(self, grads: Sequence[Optional[np.ndarray]], *,
-             diagnostics: bool = False) -> Optional[List[Any]]:
+    def step(self, grads: Sequence[Optional[np.ndarray]], *, diagnostics: bool = False,
+             grad_scale: Optional[float] = None, found_inf: Any = None) -> Optional[List[Any]]:
         """Update every parameter in place from ``grads``.
 
         ``grads`` holds one float32 array per parameter, in the order of the groups
@@ -253,6 +266,11 @@ class Optimizer:
         With ``diagnostics=True`` returns one ``adamcore.GammaStats`` per group (``None``
         for a group with nothing to update or whose parameters are at different step
         counts), reporting Reddi et al.'s Γ for this step.
+
+        AMP, as torch's fused optimizers take it from a GradScaler: ``grad_scale``
+        divides every gradient in the pass (the quotients are written back to the
+        gradient arrays); a true ``found_inf`` skips the step after every check, writing
+        nothing (step counts included).
         """
         if isinstance(grads, np.ndarray):
             raise TypeError("grads must be a sequence with one array per parameter, got a single "
@@ -271,7 +289,10 @@ class Optimizer:
         if len(grads) != total:
             raise ValueError(f"grads has {len(grads)} entries but the optimizer has {total} parameters")
         self._frontend.offsets = offsets
-        results = self._engine.step(groups, per_group, diagnostics)
+        extra = self._step_extra
+        if grad_scale is not None or found_inf is not None:
+            extra = dict(extra or {}, grad_scale=grad_scale, found_inf=found_inf)
+        results = self._engine.step(groups, per_group, diagnostics, extra)
         return results if diagnostics else None
 
     # -- state dicts ----------------------------------------------------------------
@@ -432,10 +453,12 @@ class Adam(Optimizer):
                  betas: Tuple[float, float] = ADAM.betas, eps: float = ADAM.eps,
                  weight_decay: float = ADAM.weight_decay, amsgrad: bool = ADAM.amsgrad, *,
                  maximize: bool = ADAM.maximize,
-                 decoupled_weight_decay: bool = ADAM.decoupled_weight_decay) -> None:
+                 decoupled_weight_decay: bool = ADAM.decoupled_weight_decay,
+                 rounding: str = "nearest", seed: int = 0) -> None:
         super().__init__(params, dict(ADAM._asdict(), lr=lr, betas=betas, eps=eps,
                                       weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
-                                      decoupled_weight_decay=decoupled_weight_decay))
+                                      decoupled_weight_decay=decoupled_weight_decay),
+                         rounding=rounding, seed=seed)
 
 
 class AdamW(Adam):
@@ -446,9 +469,9 @@ class AdamW(Adam):
     def __init__(self, params: Iterable[Any], lr: LearningRate = ADAM.lr,
                  betas: Tuple[float, float] = ADAM.betas, eps: float = ADAM.eps,
                  weight_decay: float = ADAMW_WEIGHT_DECAY, amsgrad: bool = ADAM.amsgrad, *,
-                 maximize: bool = ADAM.maximize) -> None:
+                 maximize: bool = ADAM.maximize, rounding: str = "nearest", seed: int = 0) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
-                         decoupled_weight_decay=True)
+                         decoupled_weight_decay=True, rounding=rounding, seed=seed)
 
 
 class AMSGrad(Adam):
@@ -459,9 +482,10 @@ class AMSGrad(Adam):
     def __init__(self, params: Iterable[Any], lr: LearningRate = ADAM.lr,
                  betas: Tuple[float, float] = ADAM.betas, eps: float = ADAM.eps,
                  weight_decay: float = ADAM.weight_decay, *, maximize: bool = ADAM.maximize,
-                 decoupled_weight_decay: bool = ADAM.decoupled_weight_decay) -> None:
+                 decoupled_weight_decay: bool = ADAM.decoupled_weight_decay,
+                 rounding: str = "nearest", seed: int = 0) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, True, maximize=maximize,
-                         decoupled_weight_decay=decoupled_weight_decay)
+                         decoupled_weight_decay=decoupled_weight_decay, rounding=rounding, seed=seed)
 
 
 # --------------------------------------------------------------------------- AdaGrad
@@ -480,8 +504,9 @@ class Adagrad(Optimizer):
     def __init__(self, params: Iterable[Any], lr: LearningRate = ADAGRAD.lr,
                  lr_decay: float = ADAGRAD.lr_decay, weight_decay: float = ADAGRAD.weight_decay,
                  initial_accumulator_value: float = ADAGRAD.initial_accumulator_value,
-                 eps: float = ADAGRAD.eps, *, maximize: bool = ADAGRAD.maximize) -> None:
+                 eps: float = ADAGRAD.eps, *, maximize: bool = ADAGRAD.maximize,
+                 rounding: str = "nearest", seed: int = 0) -> None:
         super().__init__(params, dict(ADAGRAD._asdict(), lr=lr, lr_decay=lr_decay, eps=eps,
                                       weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
-                                      maximize=maximize))
+                                      maximize=maximize), rounding=rounding, seed=seed)

@@ -13,8 +13,17 @@ As in torch, the state is read at every step: a replaced buffer, a cleared state
 edited ``step`` tensor, a new ``.grad`` or a parameter whose storage was replaced
 (``p.data = x``) takes effect at the next step.
 
-Parameters and gradients must be dense, contiguous float32 tensors on the CPU; other
-devices, dtypes, sparse or strided tensors raise a clear error. ``foreach`` and
+Parameters may be float32, float64, bfloat16 or float16 tensors on the CPU (state in
+the parameter's dtype, gradients of the same dtype, as torch's fused optimizer keeps
+them), in any memory layout whose elements fill one dense block (contiguous,
+channels_last, transposed: the kernels run over that block in memory order, with no
+copy); a gradient and each state buffer must be laid out like its parameter.
+Overlapping or gapped tensors (expanded, sliced with a step), other devices and dtypes
+and sparse tensors raise a clear error naming the tensor, and nothing is written.
+Parameters on the meta device are accepted at construction (their state is created at
+their first step on the CPU, AdaGrad's too), so a model built on meta and materialised
+in place (``to_empty()`` under ``torch.__future__.set_swap_module_params_on_conversion(True)``)
+trains with an optimizer made before. ``foreach`` and
 ``fused`` are accepted and kept in the parameter groups, but adamcore always runs its
 own kernel. ``fused`` defaults to True: torch takes a group's settings from a loaded
 state dict, so a ``torch.optim`` optimizer that loads this one's state continues with
@@ -42,6 +51,51 @@ __all__ = ["Adam", "AdamW", "Adagrad", "to_torch_state_dict"]
 _GRAD = attrgetter("grad")
 _DATA_PTR = torch.Tensor.data_ptr
 _NUMPY = torch.Tensor.numpy
+#: dtypes whose tensors ``Tensor.numpy()`` views directly (bfloat16 goes through ml_dtypes).
+_NUMPY_DTYPES = frozenset((torch.float32, torch.float64, torch.float16))
+#: dtypes the kernels take (the extension names its own list when refusing another).
+_KERNEL_DTYPES = _NUMPY_DTYPES | {torch.bfloat16}
+_BF16: List[Any] = []  # np.dtype(ml_dtypes.bfloat16), once imported
+
+
+def _bfloat16(name: str) -> Any:
+    """NumPy's dtype for bfloat16 (the optional ml_dtypes package's), or a clear error."""
+    if not _BF16:
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise TypeError(f"{name} is a bfloat16 tensor: adamcore hands it to its kernels as an "
+                            "ml_dtypes.bfloat16 array (a view, no copy); install the optional "
+                            "ml-dtypes package (pip install ml-dtypes)") from None
+        _BF16.append(np.dtype(ml_dtypes.bfloat16))
+    return _BF16[0]
+
+
+def _is_dense(shape: Sequence[int], strides: Sequence[int]) -> bool:
+    """Whether a tensor's elements fill one block of memory, each once (torch's
+    "non-overlapping and dense", in any order of the dimensions): sorted by stride, each
+    dimension longer than 1 must step over exactly the dimensions before it."""
+    expected = 1
+    for size, stride in sorted((pair for pair in zip(shape, strides) if pair[0] != 1),
+                               key=lambda pair: pair[1]):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _same_layout(a: "torch.Tensor", b: "torch.Tensor") -> bool:
+    """Whether element i of ``a`` and of ``b`` sit at the same offset in their blocks (same
+    shape, same strides wherever a dimension is longer than 1)."""
+    return a.shape == b.shape and all(x == y for n, x, y in zip(a.shape, a.stride(), b.stride()) if n != 1)
+
+
+def _layout_error(name: str, obj: "torch.Tensor", param_name: str, param: "torch.Tensor") -> ValueError:
+    return ValueError(f"{name} has strides {tuple(obj.stride())} but {param_name} has strides "
+                      f"{tuple(param.stride())} (shape {tuple(param.shape)}): adamcore updates the "
+                      "memory of a parameter element by element, so its gradient and state must be "
+                      "laid out like it (torch's autograd and zeros_like(p) do so); adamcore never "
+                      "copies to fix a layout")
 
 
 class _TrackedStates(_engine._EditCounting, defaultdict):  # type: ignore[misc]
@@ -80,6 +134,9 @@ class _TensorFrontend(_engine.Frontend):
 
     def __init__(self, optimizer: "_KernelOptimizer") -> None:
         self._optimizer = weakref.ref(optimizer)  # no cycle: the optimizer owns the engine
+        # g -> (plan, whether its active parameters are all contiguous tensors that
+        # Tensor.numpy() views): then gradients take the short way in grad_arrays.
+        self._plain: Dict[int, Tuple[Any, bool]] = {}
 
     def pointers(self, objects: Sequence[Any]) -> List[int]:
         return list(map(_DATA_PTR, objects))
@@ -98,24 +155,64 @@ class _TensorFrontend(_engine.Frontend):
         return self._optimizer().state is source
 
     def array(self, name: str, obj: Any) -> Any:
-        if isinstance(obj, torch.Tensor):
-            try:
-                return obj.detach().numpy()
-            except (TypeError, RuntimeError) as err:
-                raise _unusable(name, obj, err) from None
-        raise _unusable(name, obj)
+        """A NumPy view of ``obj``'s memory: the tensor itself when contiguous, else (any
+        other dense layout) its block of memory as a flat array in memory order;
+        bfloat16 as an ml_dtypes.bfloat16 array. Never a copy."""
+        if not isinstance(obj, torch.Tensor) or obj.layout != torch.strided or obj.device.type != "cpu":
+            raise _unusable(name, obj)
+        t = obj.detach()
+        if not t.is_contiguous():
+            if not _is_dense(t.shape, t.stride()):
+                raise ValueError(
+                    f"{name} (shape {tuple(t.shape)}, strides {tuple(t.stride())}) overlaps itself or "
+                    "leaves gaps in memory: adamcore updates a tensor in place only when its elements "
+                    "fill one dense block, in any order (contiguous, channels_last, transposed); it "
+                    "never copies (an expanded or stepped view would need one)")
+            t = t.as_strided((t.numel(),), (1,), t.storage_offset())
+        if t.dtype == torch.bfloat16:
+            t = t.view(torch.int16)
+            bf16 = _bfloat16(name)
+            return t.numpy().view(bf16)
+        try:
+            return t.numpy()
+        except (TypeError, RuntimeError) as err:
+            raise _unusable(name, obj, err) from None
 
     def grad_arrays(self, g: int, plan: _engine.Plan, grads: List[Any]) -> List[Any]:
-        # torch checks a gradient's shape when it is assigned; the rest is the extension's.
-        try:
-            return list(map(_NUMPY, grads))
-        except (TypeError, RuntimeError):  # not a tensor, needs detaching, or no NumPy view
-            return [self.array(self.grad_name(g, k), grad) for k, grad in zip(plan.members, grads)]
+        # torch checks a gradient's shape and dtype when it is assigned; the rest is the
+        # extension's, except the layout: a gradient must be laid out like its parameter.
+        plain = self._plain.get(g)
+        if plain is None or plain[0] is not plan:
+            params = [plan.params[k] for k in plan.members]
+            plain = (plan, all(isinstance(p, torch.Tensor) and p.dtype in _NUMPY_DTYPES
+                               and p.is_contiguous() for p in params))
+            self._plain[g] = plain
+        if plain[1]:
+            # Contiguous parameters: a gradient is laid out like its parameter exactly
+            # when it is contiguous, which the extension checks.
+            try:
+                return list(map(_NUMPY, grads))
+            except (TypeError, RuntimeError):  # not a tensor, needs detaching, or no NumPy view
+                pass
+        arrays = []
+        for k, grad in zip(plan.members, grads):
+            name = self.grad_name(g, k)
+            array = self.array(name, grad)
+            param = plan.params[k]
+            if not _same_layout(grad, param):
+                raise _layout_error(name, grad, self.param_name(g, k), param)
+            arrays.append(array)
+        return arrays
+
+    def call_key(self, param: Any) -> Any:
+        return param.dtype  # as torch fused: one kernel call per dtype of a group
 
     def new_buffer(self, param: Any, fill: float) -> Any:
+        # As torch: the parameter's dtype and layout (preserve_format keeps a dense
+        # tensor's strides), so element i of the state sits where element i of the param does.
         if fill == 0:
-            return torch.zeros_like(param, memory_format=torch.contiguous_format)
-        return torch.full_like(param, fill, memory_format=torch.contiguous_format)
+            return torch.zeros_like(param, memory_format=torch.preserve_format)
+        return torch.full_like(param, fill, memory_format=torch.preserve_format)
 
     def new_step(self) -> Any:
         # torch's fused optimizers keep 'step' as a float32 tensor; so do we, for interchange.
@@ -137,10 +234,70 @@ class _TensorFrontend(_engine.Frontend):
         return f"state[param_groups[{g}]['params'][{k}]]['{entry}']"
 
 
+class _TensorEngine(Engine):
+    """The group engine, plus the one check a NumPy view cannot carry: each state buffer
+    is laid out like its parameter (the kernels pair elements by position in memory)."""
+
+    def _build(self, g: int, group: Dict[str, Any], params: List[Any], active: List[bool],
+               names: Tuple[str, ...]) -> _engine.Plan:
+        plan = super()._build(g, group, params, active, names)  # writes nothing
+        frontend = self.frontend
+        for position, k in enumerate(plan.members):
+            param = params[k]
+            for name in names:
+                buffer = plan.entries[name][position]
+                if not _same_layout(buffer, param):
+                    raise _layout_error(frontend.state_name(g, k, name), buffer,
+                                        frontend.param_name(g, k), param)
+        return plan
+
+
+def _check_meta(name: str, param: "torch.Tensor") -> None:
+    """A parameter on the meta device has no memory to check yet (its first step checks
+    it on the CPU); its dtype can be checked now."""
+    if param.dtype not in _KERNEL_DTYPES:
+        raise TypeError(f"{name} must have dtype float32, float64, bfloat16 or float16, got "
+                        f"{str(param.dtype).replace('torch.', '')}")
+
+
+def _check_params(names: List[str], arrays: List[Any]) -> None:
+    """The extension's checks of parameters updated in place, one dtype at a time (a
+    call's buffers share one dtype; groups, and torch groups too, may mix them), and no
+    two parameters of different dtypes sharing memory."""
+    by_dtype: Dict[Any, List[int]] = {}
+    for i, array in enumerate(arrays):
+        by_dtype.setdefault(array.dtype, []).append(i)
+    for members in by_dtype.values():
+        _engine.check_params([names[i] for i in members], [arrays[i] for i in members])
+    if len(by_dtype) > 1:
+        spans = sorted((a.__array_interface__["data"][0], a.nbytes, i) for i, a in enumerate(arrays) if a.nbytes)
+        for (start, size, i), (next_start, _, j) in zip(spans, spans[1:]):
+            if next_start < start + size:
+                raise ValueError(f"{names[j]} overlaps {names[i]} in memory: parameters are updated "
+                                 "in place and may not share memory")
+
+
+def _amp_options(optimizer: Any) -> Optional[Dict[str, Any]]:
+    """The scale and inf flag torch.amp.GradScaler set on the optimizer for this step
+    (None when it did not)."""
+    grad_scale = getattr(optimizer, "grad_scale", None)
+    found_inf = getattr(optimizer, "found_inf", None)
+    if grad_scale is None and found_inf is None:
+        return None
+    return {"grad_scale": None if grad_scale is None else float(grad_scale),
+            "found_inf": None if found_inf is None else float(found_inf)}
+
+
 class _KernelOptimizer(torch.optim.Optimizer):
     """A torch.optim.Optimizer whose step is adamcore's group engine."""
 
+    #: torch.amp.GradScaler then hands the step its scale and inf flag (self.grad_scale,
+    #: self.found_inf) instead of unscaling the grads in a pass of its own: the step
+    #: unscales in its pass and skips on found_inf, as torch's fused optimizers do.
+    _step_supports_amp_scaling = True
+
     _family: Family = ADAM_FAMILY
+    _frontend_class = _TensorFrontend
     #: Group keys torch's own class fills in when loading an older state dict.
     _group_fallbacks: Dict[str, Any] = {}
 
@@ -152,7 +309,7 @@ class _KernelOptimizer(torch.optim.Optimizer):
         self.state = _tracked(self.state)
 
     def _attach_engine(self) -> None:
-        self._engine = Engine(self._family, _TensorFrontend(self))
+        self._engine = _TensorEngine(self._family, self._frontend_class(self))
 
     def _check_torch_settings(self, where: str, group: Mapping[str, Any]) -> None:
         if group.get("capturable"):
@@ -170,17 +327,23 @@ class _KernelOptimizer(torch.optim.Optimizer):
             self._check_torch_settings(f"param_groups[{g}]", group)
             self._engine.check_settings(g, group)
             frontend = self._engine.frontend
-            names = [frontend.param_name(i, k) for i, gr in enumerate(self.param_groups)
-                     for k in range(len(gr["params"]))]
-            arrays = [frontend.array(name, p)
-                      for name, p in zip(names, (p for gr in self.param_groups for p in gr["params"]))]
-            _engine.check_params(names, arrays)
+            names, arrays = [], []
+            for i, gr in enumerate(self.param_groups):
+                for k, p in enumerate(gr["params"]):
+                    name = frontend.param_name(i, k)
+                    if isinstance(p, torch.Tensor) and p.device.type == "meta":
+                        _check_meta(name, p)
+                    else:
+                        names.append(name)
+                        arrays.append(frontend.array(name, p))
+            _check_params(names, arrays)
         except BaseException:
             self.param_groups.pop()  # a group that fails its checks is not added
             raise
         if self._family.eager:
             for k, param in enumerate(group["params"]):
-                self.state[param].update(self._engine.new_state(g, k, param, group))
+                if param.device.type != "meta":  # else at its first step, on the CPU
+                    self.state[param].update(self._engine.new_state(g, k, param, group))
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         # Called by load_state_dict and unpickling: the groups and state are new.
@@ -202,7 +365,7 @@ class _KernelOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         grads = [list(map(_GRAD, group["params"])) for group in self.param_groups]
-        self._engine.step(self.param_groups, grads)
+        self._engine.step(self.param_groups, grads, False, _amp_options(self))
         return loss
 
 

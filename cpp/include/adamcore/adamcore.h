@@ -88,7 +88,12 @@ const char* dtype_name(DType dtype);  // "float32", "bfloat16", ...; "none"
 //     arithmetic; float64: double arithmetic), no copy;
 //   - float32 master weights: float32 params and state with bfloat16 or float16
 //     grads, optionally a param_copy of the grads' dtype; or float32 grads with a
-//     bfloat16 or float16 param_copy.
+//     bfloat16 or float16 param_copy;
+//   - bfloat16 or float16 params and grads with float32 state (DeepSpeed's layout);
+//   - float32 params with bfloat16 state, float32 or bfloat16 grads, optionally a
+//     bfloat16 param_copy.
+// Mixed layouts compute in float32 on the exactly widened values and round each 16-bit
+// buffer once, to nearest even (check_layout's message lists the same).
 struct Layout {
   DType param = DType::float32;
   DType grad = DType::float32;
@@ -110,6 +115,7 @@ struct AdamBuffers {
   void* max_exp_avg_sq = nullptr;
   std::size_t size = 0;
   void* param_copy = nullptr;
+  std::uint64_t stream = 0;  // this tensor's stochastic-rounding stream (StepOptions)
 };
 
 struct AdagradBuffers {
@@ -118,7 +124,33 @@ struct AdagradBuffers {
   void* state_sum = nullptr;
   std::size_t size = 0;
   void* param_copy = nullptr;
+  std::uint64_t stream = 0;
 };
+
+// How 16-bit params, state and param copies are stored.
+enum class Rounding : int {
+  nearest = 0,     // to nearest, ties to even
+  // Up or down with probabilities proportional to the distances (unbiased): the random
+  // bits are a hash of (seed, step, the tensor's stream, element index, buffer), so the
+  // result is the same on every ISA and thread count and for any grouping of tensors.
+  stochastic = 1,
+};
+
+// What a step does besides the optimizer's math.
+struct StepOptions {
+  // AMP (torch's fused grad_scale): when non-zero, each grad is divided by grad_scale
+  // (in the layout's arithmetic) in the pass and the quotient is written back to the
+  // grad buffer, rounded to its dtype, before the update uses the unrounded quotient.
+  // The grads are written through AdamBuffers::grad, which must then be writable.
+  float grad_scale = 0.0f;
+  // torch's found_inf: when true the step writes nothing at all.
+  bool found_inf = false;
+  Rounding rounding = Rounding::nearest;
+  std::uint64_t seed = 0;
+};
+// Empty when the options are valid (grad_scale 0, or finite and > 0), else a message
+// that starts with the offending argument's name.
+std::string check_step_options(const StepOptions& options);
 
 // ---------------------------------------------------------------- diagnostics
 // Reddi et al.'s Γ, per coordinate i, in adamcore's arithmetic:
@@ -146,9 +178,10 @@ struct GammaStats {
 // there; `prev_lr` is the learning rate of the previous step (negative: same as lr).
 void adam_step(const AdamBuffers* tensors, std::size_t count, std::int64_t step,
                const AdamHyper& hyper, GammaStats* diag = nullptr, double prev_lr = -1.0,
-               const Layout& layout = Layout{});
+               const Layout& layout = Layout{}, const StepOptions& options = StepOptions{});
 void adagrad_step(const AdagradBuffers* tensors, std::size_t count, std::int64_t step,
                   const AdagradHyper& hyper, GammaStats* diag = nullptr,
-                  double prev_lr = -1.0, const Layout& layout = Layout{});
+                  double prev_lr = -1.0, const Layout& layout = Layout{},
+                  const StepOptions& options = StepOptions{});
 
 }  // namespace adamcore

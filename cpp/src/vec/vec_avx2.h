@@ -10,8 +10,29 @@
 
 namespace adamcore::ADAMCORE_NS {
 
+// Eight uint32 lanes: the bit-level operations of stochastic rounding (kernels.inl).
+struct VecAvx2U32 {
+  static constexpr std::size_t kLanes = 8;
+  __m256i r;
+  static VecAvx2U32 set1(std::uint32_t v) { return {_mm256_set1_epi32(static_cast<int>(v))}; }
+  static VecAvx2U32 iota(std::uint32_t start) {
+    return {_mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(start)),
+                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))};
+  }
+};
+inline VecAvx2U32 add(VecAvx2U32 a, VecAvx2U32 b) { return {_mm256_add_epi32(a.r, b.r)}; }
+inline VecAvx2U32 mul_lo(VecAvx2U32 a, VecAvx2U32 b) { return {_mm256_mullo_epi32(a.r, b.r)}; }
+inline VecAvx2U32 bit_xor(VecAvx2U32 a, VecAvx2U32 b) { return {_mm256_xor_si256(a.r, b.r)}; }
+inline VecAvx2U32 bit_and(VecAvx2U32 a, VecAvx2U32 b) { return {_mm256_and_si256(a.r, b.r)}; }
+inline VecAvx2U32 bit_or(VecAvx2U32 a, VecAvx2U32 b) { return {_mm256_or_si256(a.r, b.r)}; }
+template <int N>
+inline VecAvx2U32 shift_right(VecAvx2U32 a) {
+  return {_mm256_srli_epi32(a.r, N)};
+}
+
 struct VecAvx2 {
   static constexpr std::size_t kLanes = 8;
+  using Bits = VecAvx2U32;
   __m256 r;
   static VecAvx2 load(const float* p) { return {_mm256_loadu_ps(p)}; }
   // bfloat16 -> float32: the 16 bits become the top half (exact).
@@ -85,6 +106,21 @@ inline float reduce_max(VecAvx2 a) {
   float m = lanes[0];
   for (float x : lanes) m = x > m ? x : m;
   return m;
+}
+inline VecAvx2U32 as_bits(VecAvx2 a) { return {_mm256_castps_si256(a.r)}; }
+inline VecAvx2 from_bits(VecAvx2U32 b) { return {_mm256_castsi256_ps(b.r)}; }
+inline VecAvx2 to_float(VecAvx2U32 b) { return {_mm256_cvtepi32_ps(b.r)}; }  // b < 2^24
+inline VecAvx2 trunc(VecAvx2 a) {
+  return {_mm256_round_ps(a.r, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC)};
+}
+inline VecAvx2U32 nan_mask(VecAvx2 a) {
+  return {_mm256_castps_si256(_mm256_cmp_ps(a.r, a.r, _CMP_UNORD_Q))};
+}
+inline VecAvx2U32 less_mask(VecAvx2 a, VecAvx2 b) {
+  return {_mm256_castps_si256(_mm256_cmp_ps(a.r, b.r, _CMP_LT_OQ))};
+}
+inline VecAvx2 select(VecAvx2U32 mask, VecAvx2 if_set, VecAvx2 if_clear) {
+  return {_mm256_blendv_ps(if_clear.r, if_set.r, _mm256_castsi256_ps(mask.r))};
 }
 
 // Four doubles: the float64 layout.

@@ -10,8 +10,36 @@
 
 namespace adamcore::ADAMCORE_NS {
 
+// Sixteen uint32 lanes: the bit-level operations of stochastic rounding (kernels.inl).
+struct VecAvx512U32 {
+  static constexpr std::size_t kLanes = 16;
+  __m512i r;
+  static VecAvx512U32 set1(std::uint32_t v) { return {_mm512_set1_epi32(static_cast<int>(v))}; }
+  static VecAvx512U32 iota(std::uint32_t start) {
+    return {_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(start)),
+                             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13,
+                                               14, 15))};
+  }
+};
+inline VecAvx512U32 add(VecAvx512U32 a, VecAvx512U32 b) { return {_mm512_add_epi32(a.r, b.r)}; }
+inline VecAvx512U32 mul_lo(VecAvx512U32 a, VecAvx512U32 b) {
+  return {_mm512_mullo_epi32(a.r, b.r)};
+}
+inline VecAvx512U32 bit_xor(VecAvx512U32 a, VecAvx512U32 b) {
+  return {_mm512_xor_si512(a.r, b.r)};
+}
+inline VecAvx512U32 bit_and(VecAvx512U32 a, VecAvx512U32 b) {
+  return {_mm512_and_si512(a.r, b.r)};
+}
+inline VecAvx512U32 bit_or(VecAvx512U32 a, VecAvx512U32 b) { return {_mm512_or_si512(a.r, b.r)}; }
+template <int N>
+inline VecAvx512U32 shift_right(VecAvx512U32 a) {
+  return {_mm512_srli_epi32(a.r, N)};
+}
+
 struct VecAvx512 {
   static constexpr std::size_t kLanes = 16;
+  using Bits = VecAvx512U32;
   __m512 r;
   static VecAvx512 load(const float* p) { return {_mm512_loadu_ps(p)}; }
   static VecAvx512 load(const detail::Bf16* p) {  // exact: the bits become the top half
@@ -87,6 +115,21 @@ inline float reduce_max(VecAvx512 a) {
   float m = lanes[0];
   for (float x : lanes) m = x > m ? x : m;
   return m;
+}
+inline VecAvx512U32 as_bits(VecAvx512 a) { return {_mm512_castps_si512(a.r)}; }
+inline VecAvx512 from_bits(VecAvx512U32 b) { return {_mm512_castsi512_ps(b.r)}; }
+inline VecAvx512 to_float(VecAvx512U32 b) { return {_mm512_cvtepi32_ps(b.r)}; }  // b < 2^24
+inline VecAvx512 trunc(VecAvx512 a) {
+  return {_mm512_roundscale_ps(a.r, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC)};
+}
+inline VecAvx512U32 nan_mask(VecAvx512 a) {
+  return {_mm512_movm_epi32(_mm512_cmp_ps_mask(a.r, a.r, _CMP_UNORD_Q))};
+}
+inline VecAvx512U32 less_mask(VecAvx512 a, VecAvx512 b) {
+  return {_mm512_movm_epi32(_mm512_cmp_ps_mask(a.r, b.r, _CMP_LT_OQ))};
+}
+inline VecAvx512 select(VecAvx512U32 mask, VecAvx512 if_set, VecAvx512 if_clear) {
+  return {_mm512_mask_blend_ps(_mm512_test_epi32_mask(mask.r, mask.r), if_clear.r, if_set.r)};
 }
 
 // Eight doubles: the float64 layout.

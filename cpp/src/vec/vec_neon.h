@@ -10,8 +10,29 @@
 
 namespace adamcore::ADAMCORE_NS {
 
+// Four uint32 lanes: the bit-level operations of stochastic rounding (kernels.inl).
+struct VecNeonU32 {
+  static constexpr std::size_t kLanes = 4;
+  uint32x4_t r;
+  static VecNeonU32 set1(std::uint32_t v) { return {vdupq_n_u32(v)}; }
+  static VecNeonU32 iota(std::uint32_t start) {
+    static const std::uint32_t kLane[4] = {0, 1, 2, 3};
+    return {vaddq_u32(vdupq_n_u32(start), vld1q_u32(kLane))};
+  }
+};
+inline VecNeonU32 add(VecNeonU32 a, VecNeonU32 b) { return {vaddq_u32(a.r, b.r)}; }
+inline VecNeonU32 mul_lo(VecNeonU32 a, VecNeonU32 b) { return {vmulq_u32(a.r, b.r)}; }
+inline VecNeonU32 bit_xor(VecNeonU32 a, VecNeonU32 b) { return {veorq_u32(a.r, b.r)}; }
+inline VecNeonU32 bit_and(VecNeonU32 a, VecNeonU32 b) { return {vandq_u32(a.r, b.r)}; }
+inline VecNeonU32 bit_or(VecNeonU32 a, VecNeonU32 b) { return {vorrq_u32(a.r, b.r)}; }
+template <int N>
+inline VecNeonU32 shift_right(VecNeonU32 a) {
+  return {vshrq_n_u32(a.r, N)};
+}
+
 struct VecNeon {
   static constexpr std::size_t kLanes = 4;
+  using Bits = VecNeonU32;
   float32x4_t r;
   static VecNeon load(const float* p) { return {vld1q_f32(p)}; }
   static VecNeon load(const detail::Bf16* p) {  // exact: the bits become the top half
@@ -79,6 +100,15 @@ inline float reduce_max(VecNeon a) {
   float m = lanes[0];
   for (float x : lanes) m = x > m ? x : m;
   return m;
+}
+inline VecNeonU32 as_bits(VecNeon a) { return {vreinterpretq_u32_f32(a.r)}; }
+inline VecNeon from_bits(VecNeonU32 b) { return {vreinterpretq_f32_u32(b.r)}; }
+inline VecNeon to_float(VecNeonU32 b) { return {vcvtq_f32_u32(b.r)}; }  // b < 2^24
+inline VecNeon trunc(VecNeon a) { return {vrndq_f32(a.r)}; }
+inline VecNeonU32 nan_mask(VecNeon a) { return {vmvnq_u32(vceqq_f32(a.r, a.r))}; }
+inline VecNeonU32 less_mask(VecNeon a, VecNeon b) { return {vcltq_f32(a.r, b.r)}; }
+inline VecNeon select(VecNeonU32 mask, VecNeon if_set, VecNeon if_clear) {
+  return {vbslq_f32(mask.r, if_set.r, if_clear.r)};
 }
 
 // Two doubles: the float64 layout.

@@ -66,8 +66,26 @@ inline std::uint16_t float_to_f16(float x) {
   return static_cast<std::uint16_t>(sign | q);
 }
 
+// One uint32 lane: the bit-level operations of stochastic rounding (kernels.inl).
+struct VecScalarU32 {
+  static constexpr std::size_t kLanes = 1;
+  std::uint32_t x;
+  static VecScalarU32 set1(std::uint32_t v) { return {v}; }
+  static VecScalarU32 iota(std::uint32_t start) { return {start}; }  // start + lane
+};
+inline VecScalarU32 add(VecScalarU32 a, VecScalarU32 b) { return {a.x + b.x}; }
+inline VecScalarU32 mul_lo(VecScalarU32 a, VecScalarU32 b) { return {a.x * b.x}; }
+inline VecScalarU32 bit_xor(VecScalarU32 a, VecScalarU32 b) { return {a.x ^ b.x}; }
+inline VecScalarU32 bit_and(VecScalarU32 a, VecScalarU32 b) { return {a.x & b.x}; }
+inline VecScalarU32 bit_or(VecScalarU32 a, VecScalarU32 b) { return {a.x | b.x}; }
+template <int N>
+inline VecScalarU32 shift_right(VecScalarU32 a) {
+  return {a.x >> N};
+}
+
 struct VecScalar {
   static constexpr std::size_t kLanes = 1;
+  using Bits = VecScalarU32;
   float x;
   static VecScalar load(const float* p) { return {*p}; }
   static VecScalar load(const detail::Bf16* p) { return {bf16_to_float(p->bits)}; }
@@ -112,6 +130,16 @@ inline std::uint32_t count_negative(VecScalar a) { return a.x < 0.0f ? 1u : 0u; 
 inline std::uint32_t count_nan(VecScalar a) { return a.x != a.x ? 1u : 0u; }
 inline float reduce_min(VecScalar a) { return a.x; }
 inline float reduce_max(VecScalar a) { return a.x; }
+// Bit-level views and masks (a mask lane is all ones or all zeros).
+inline VecScalarU32 as_bits(VecScalar a) { return {float_bits(a.x)}; }
+inline VecScalar from_bits(VecScalarU32 b) { return {float_from_bits(b.x)}; }
+inline VecScalar to_float(VecScalarU32 b) { return {static_cast<float>(b.x)}; }  // b < 2^24
+inline VecScalar trunc(VecScalar a) { return {__builtin_truncf(a.x)}; }
+inline VecScalarU32 nan_mask(VecScalar a) { return {a.x != a.x ? 0xFFFFFFFFu : 0u}; }
+inline VecScalarU32 less_mask(VecScalar a, VecScalar b) { return {a.x < b.x ? 0xFFFFFFFFu : 0u}; }
+inline VecScalar select(VecScalarU32 mask, VecScalar if_set, VecScalar if_clear) {
+  return {mask.x ? if_set.x : if_clear.x};
+}
 
 // The same operations on one double: the float64 layout's scalar ISA and tail.
 struct VecScalarF64 {
