@@ -1037,6 +1037,8 @@ void add_fast_method(py::handle cls, PyMethodDef* def) {
 
 }  // namespace
 
+#include "norm_bindings.inc"  // grad_norm, clip_grad_norm, GradNorm
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "adamcore's native kernels (use the adamcore package, not this module)";
   apply_isa_environment();
@@ -1144,6 +1146,7 @@ validated once and held.
     return py::dict("requested"_a = s.requested, "forked_child"_a = s.forked_child,
                     "solo_steps_left"_a = s.solo_steps_left, "stalls"_a = s.stalls);
   });
+  register_norm(m);
 #ifdef ADAMCORE_VERSION
   m.attr("__version__") = ADAMCORE_VERSION;
 #endif

@@ -53,6 +53,7 @@ from typing import Callable, List, Sequence
 import numpy as np
 
 import adamcore
+from adamcore import _bench_engine
 from adamcore._cli import positive_int
 from adamcore.oracle import ulp_distance
 
@@ -1663,11 +1664,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--crossover", action="store_true",
                         help="instead: adamcore 1 vs 2 threads at 4K..1M (threshold forced "
                              "to 0), to place the parallel threshold")
+    _bench_engine.add_arguments(parser)
     parser.set_defaults(func=run_cli)
     return parser
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    if args.engine:
+        return _bench_engine.run(args)
     quick = args.quick
     repeats = args.repeats or (5 if quick else 11)
     batch_seconds = (args.batch_ms if args.batch_ms is not None else (1 if quick else 10)) / 1e3
