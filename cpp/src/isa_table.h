@@ -6,6 +6,7 @@
 #include "adamcore/adamcore.h"
 #include "cpu_features.h"
 #include "kernel_api.h"
+#include "norm_api.h"
 
 namespace adamcore::detail {
 
@@ -15,15 +16,18 @@ struct IsaRow {
   bool (*cpu_can_run)();  // null: not compiled into this build
   AdamRangeFn (*adam)(std::size_t layout, WdMode wd, bool lerp_low, bool amsgrad, bool diag);
   AdagradRangeFn (*adagrad)(std::size_t layout, bool weight_decay, bool diag);
+  NormChunksFn (*norm_chunks)(DType dtype, NormKind kind);
+  ScaleFn (*scale)(DType dtype);
 };
 
 inline bool always() { return true; }
 
 // Indexed by the Isa's value.
 #define ADAMCORE_ISA_ROW(ns, can_run) \
-  { Isa::ns, #ns, can_run, &ns::adam_kernel, &ns::adagrad_kernel }
+  { Isa::ns, #ns, can_run, &ns::adam_kernel, &ns::adagrad_kernel, &ns::norm_chunks_kernel, \
+    &ns::scale_kernel }
 #define ADAMCORE_ISA_ABSENT(ns) \
-  { Isa::ns, #ns, nullptr, nullptr, nullptr }
+  { Isa::ns, #ns, nullptr, nullptr, nullptr, nullptr, nullptr }
 
 inline constexpr IsaRow kIsaRows[kIsaCount] = {
     ADAMCORE_ISA_ROW(scalar, &always),

@@ -10,6 +10,7 @@
 #include <sstream>
 #include <vector>
 
+#include "isa_table.h"
 #include "norm_api.h"
 #include "team.h"
 
@@ -33,33 +34,11 @@ int kind_of(double p) {
 }
 
 detail::NormChunksFn isa_norm_kernel(Isa isa, DType dtype, NormKind kind) {
-  switch (isa) {
-#if defined(ADAMCORE_HAVE_AVX2)
-    case Isa::avx2: return avx2::norm_chunks_kernel(dtype, kind);
-#endif
-#if defined(ADAMCORE_HAVE_AVX512)
-    case Isa::avx512: return avx512::norm_chunks_kernel(dtype, kind);
-#endif
-#if defined(ADAMCORE_HAVE_NEON)
-    case Isa::neon: return neon::norm_chunks_kernel(dtype, kind);
-#endif
-    default: return scalar::norm_chunks_kernel(dtype, kind);
-  }
+  return detail::isa_row(isa).norm_chunks(dtype, kind);
 }
 
 detail::ScaleFn isa_scale_kernel(Isa isa, DType dtype) {
-  switch (isa) {
-#if defined(ADAMCORE_HAVE_AVX2)
-    case Isa::avx2: return avx2::scale_kernel(dtype);
-#endif
-#if defined(ADAMCORE_HAVE_AVX512)
-    case Isa::avx512: return avx512::scale_kernel(dtype);
-#endif
-#if defined(ADAMCORE_HAVE_NEON)
-    case Isa::neon: return neon::scale_kernel(dtype);
-#endif
-    default: return scalar::scale_kernel(dtype);
-  }
+  return detail::isa_row(isa).scale(dtype);
 }
 
 // ---------------------------------------------------------------- general p
