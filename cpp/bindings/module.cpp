@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "adamcore/adamcore.h"
+#include "adamcore/norm.h"
 #include "fast_call.h"
 
 namespace py = pybind11;
@@ -407,7 +408,12 @@ adamcore::Layout layout_of_all(const Set& set, ArgList args) {
 struct Mode {
   bool diagnostics = false;  // return the step's GammaStats
   bool check_only = false;   // validate only: write nothing, return None
-  adamcore::StepOptions options;  // grad_scale, found_inf, rounding, seed
+  adamcore::StepOptions options;  // grad_scale, found_inf, rounding, seed, clip_coef
+  // Clipping fused into the step: the total norm of the call's grads (one read of
+  // them) gives clip_coef as torch's clip_grad_norm_ computes it. < 0: no clipping.
+  double max_grad_norm = -1.0;
+  double norm_type = 2.0;
+  bool error_if_nonfinite = false;
 };
 
 void check_hyper(const std::string& err) {
@@ -459,8 +465,34 @@ adamcore::StepOptions parse_step_options(PyObject* grad_scale, PyObject* found_i
   return o;
 }
 
+// max_grad_norm (None: no fused clipping; else a real >= 0, inf allowed), norm_type (a
+// real > 0 or inf), error_if_nonfinite (a bool), into `mode`, whose options are parsed.
+void parse_clipping(PyObject* max_grad_norm, PyObject* norm_type, PyObject* error_if_nonfinite,
+                    Mode* mode) {
+  mode->error_if_nonfinite = adamcore_py::as_bool(error_if_nonfinite, "error_if_nonfinite", false);
+  mode->norm_type = adamcore_py::as_double(norm_type, "norm_type", 2.0);
+  check_hyper(adamcore::check_norm_type(mode->norm_type));
+  if (max_grad_norm == nullptr || max_grad_norm == Py_None) return;
+  const double m = adamcore_py::as_double(max_grad_norm, "max_grad_norm", -1.0);
+  if (std::isnan(m) || m < 0) {
+    throw py::value_error("max_grad_norm must be >= 0 (inf allowed), got " +
+                          std::string(py::str(py::float_(m))));
+  }
+  if (mode->options.clip_coef != 1.0) {
+    throw py::value_error("pass max_grad_norm or clip_coef, not both");
+  }
+  if (mode->options.grad_scale != 0.0f) {
+    throw py::value_error("max_grad_norm with grad_scale: the norm is of unscaled grads; "
+                          "unscale them first (GradScaler.unscale_), or clip separately");
+  }
+  mode->max_grad_norm = m;
+}
 
-// Runs a step function over checked buffers with the GIL released.
+
+// Runs a step function over checked buffers with the GIL released. With fused clipping
+// the grads are read once for their norm first; the call then returns the norm (with
+// diagnostics too: (GammaStats, norm)). error_if_nonfinite and a NaN or infinite norm
+// raise RuntimeError with nothing written, as torch's clip_grad_norm_ does.
 template <class Buffers, class Hyper>
 py::object run_step(void (*step_fn)(const Buffers*, std::size_t, std::int64_t, const Hyper&,
                                     adamcore::GammaStats*, double, const adamcore::Layout&,
@@ -470,13 +502,38 @@ py::object run_step(void (*step_fn)(const Buffers*, std::size_t, std::int64_t, c
                     const adamcore::Layout& layout) {
   if (mode.check_only) return py::none();
   adamcore::GammaStats stats;
+  const bool clipping = mode.max_grad_norm >= 0;
+  adamcore::ClipInfo clip;
+  bool refused = false;
   {
     py::gil_scoped_release release;
-    step_fn(tensors, count, step, h, mode.diagnostics ? &stats : nullptr, prev_lr, layout,
-            mode.options);
+    adamcore::StepOptions options = mode.options;
+    if (clipping && !options.found_inf) {
+      std::vector<adamcore::GradBuffer> grads(count);
+      for (std::size_t t = 0; t < count; ++t) {
+        grads[t] = {tensors[t].grad, tensors[t].size, layout.grad};
+      }
+      clip = adamcore::clip_info(grads.data(), count, mode.max_grad_norm, mode.norm_type);
+      refused = mode.error_if_nonfinite && clip.nonfinite;
+      options.clip_coef = clip.coef;  // (NaN for a NaN norm, as torch's: not refused)
+    }
+    if (!refused) {
+      step_fn(tensors, count, step, h, mode.diagnostics ? &stats : nullptr, prev_lr, layout,
+              options);
+    }
   }
-  if (!mode.diagnostics) return py::none();
-  return py::cast(stats);
+  if (refused) {
+    std::ostringstream out;
+    out << "the total norm of order " << mode.norm_type
+        << " of the grads is non-finite (" << clip.norm
+        << "), so it cannot be clipped; nothing was written. Pass error_if_nonfinite=False "
+           "to step with the coefficient it gives anyway";
+    throw std::runtime_error(out.str());
+  }
+  if (!clipping) return mode.diagnostics ? py::cast(stats) : py::none();
+  const py::float_ norm(mode.options.found_inf ? std::nan("") : clip.norm);
+  if (!mode.diagnostics) return std::move(norm);
+  return py::make_tuple(stats, norm);
 }
 
 // The buffer arguments of a functional call, in order, with their roles: the
@@ -868,7 +925,7 @@ PyObject* adam_family_fast(PyObject* const* args, Py_ssize_t nargs, PyObject* kw
         {"param", "grad", "exp_avg", "exp_avg_sq", "step", "lr", "beta1", "beta2", "eps",
          "weight_decay", "amsgrad", "max_exp_avg_sq", "maximize", "bias_correction",
          "diagnostics", "prev_lr", "check_only", "param_copy", "grad_scale", "found_inf",
-         "rounding", "seed", "clip_coef"},
+         "rounding", "seed", "clip_coef", "max_grad_norm", "norm_type", "error_if_nonfinite"},
         4, 4, {"step"});
     Signature::Parsed a;
     sig.parse(args, nargs, kwnames, a);
@@ -881,8 +938,9 @@ PyObject* adam_family_fast(PyObject* const* args, Py_ssize_t nargs, PyObject* kw
                                 as_bool(a[10], "amsgrad", false),
                                 as_bool(a[12], "maximize", false),
                                 as_bool(a[13], "bias_correction", true)};
-    const Mode mode{as_bool(a[14], "diagnostics", false), as_bool(a[16], "check_only", false),
-                    parse_step_options(a[18], a[19], a[20], a[21], a[22])};
+    Mode mode{as_bool(a[14], "diagnostics", false), as_bool(a[16], "check_only", false),
+              parse_step_options(a[18], a[19], a[20], a[21], a[22])};
+    parse_clipping(a[23], a[24], a[25], &mode);
     return adam_like(a[0], a[1], a[2], a[3], as_handle(a[11]), as_handle(a[17]), as_step(a[4]), h,
                      mode, as_handle(a[15]));
   });
@@ -903,7 +961,8 @@ PyObject* adagrad_step_fast(PyObject*, PyObject* const* args, Py_ssize_t nargs,
                                {"param", "grad", "state_sum", "step", "lr", "lr_decay",
                                 "weight_decay", "eps", "maximize", "diagnostics", "prev_lr",
                                 "check_only", "param_copy", "grad_scale", "found_inf",
-                                "rounding", "seed", "clip_coef"},
+                                "rounding", "seed", "clip_coef", "max_grad_norm", "norm_type",
+                                "error_if_nonfinite"},
                                3, 3, {"step"});
     Signature::Parsed a;
     sig.parse(args, nargs, kwnames, a);
@@ -912,8 +971,9 @@ PyObject* adagrad_step_fast(PyObject*, PyObject* const* args, Py_ssize_t nargs,
                                    as_double(a[6], "weight_decay", 0.0),
                                    as_double(a[7], "eps", 1e-10),
                                    as_bool(a[8], "maximize", false)};
-    const Mode mode{as_bool(a[9], "diagnostics", false), as_bool(a[11], "check_only", false),
-                    parse_step_options(a[13], a[14], a[15], a[16], a[17])};
+    Mode mode{as_bool(a[9], "diagnostics", false), as_bool(a[11], "check_only", false),
+              parse_step_options(a[13], a[14], a[15], a[16], a[17])};
+    parse_clipping(a[18], a[19], a[20], &mode);
     return adagrad(a[0], a[1], a[2], as_handle(a[12]), as_step(a[3]), h, mode, as_handle(a[10]));
   });
 }
@@ -925,7 +985,8 @@ PyObject* adam_group_step_fast(PyObject* self, PyObject* const* args, Py_ssize_t
                                {"grads", "step", "lr", "beta1", "beta2", "eps", "weight_decay",
                                 "decoupled", "maximize", "bias_correction", "diagnostics",
                                 "prev_lr", "check_only", "grad_scale", "found_inf", "rounding",
-                                "seed", "clip_coef"},
+                                "seed", "clip_coef", "max_grad_norm", "norm_type",
+                                "error_if_nonfinite"},
                                1, 1, {"step"});
     Signature::Parsed a;
     sig.parse(args, nargs, kwnames, a);
@@ -939,8 +1000,9 @@ PyObject* adam_group_step_fast(PyObject* self, PyObject* const* args, Py_ssize_t
                                 group.amsgrad(),
                                 as_bool(a[8], "maximize", false),
                                 as_bool(a[9], "bias_correction", true)};
-    const Mode mode{as_bool(a[10], "diagnostics", false), as_bool(a[12], "check_only", false),
-                    parse_step_options(a[13], a[14], a[15], a[16], a[17])};
+    Mode mode{as_bool(a[10], "diagnostics", false), as_bool(a[12], "check_only", false),
+              parse_step_options(a[13], a[14], a[15], a[16], a[17])};
+    parse_clipping(a[18], a[19], a[20], &mode);
     return group.step(a[0], as_step(a[1]), h, mode, as_handle(a[11]));
   });
 }
@@ -951,7 +1013,8 @@ PyObject* adagrad_group_step_fast(PyObject* self, PyObject* const* args, Py_ssiz
     static const Signature sig("AdagradGroup.step",
                                {"grads", "step", "lr", "lr_decay", "weight_decay", "eps",
                                 "maximize", "diagnostics", "prev_lr", "check_only",
-                                "grad_scale", "found_inf", "rounding", "seed", "clip_coef"},
+                                "grad_scale", "found_inf", "rounding", "seed", "clip_coef",
+                                "max_grad_norm", "norm_type", "error_if_nonfinite"},
                                1, 1, {"step"});
     Signature::Parsed a;
     sig.parse(args, nargs, kwnames, a);
@@ -961,8 +1024,9 @@ PyObject* adagrad_group_step_fast(PyObject* self, PyObject* const* args, Py_ssiz
                                    as_double(a[4], "weight_decay", 0.0),
                                    as_double(a[5], "eps", 1e-10),
                                    as_bool(a[6], "maximize", false)};
-    const Mode mode{as_bool(a[7], "diagnostics", false), as_bool(a[9], "check_only", false),
-                    parse_step_options(a[10], a[11], a[12], a[13], a[14])};
+    Mode mode{as_bool(a[7], "diagnostics", false), as_bool(a[9], "check_only", false),
+              parse_step_options(a[10], a[11], a[12], a[13], a[14])};
+    parse_clipping(a[15], a[16], a[17], &mode);
     return group.step(a[0], as_step(a[1]), h, mode, as_handle(a[8]));
   });
 }
@@ -1036,6 +1100,8 @@ void add_fast_method(py::handle cls, PyMethodDef* def) {
 }
 
 }  // namespace
+
+#include "norm_bindings.inc"  // grad_norm, clip_grad_norm, GradNorm
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "adamcore's native kernels (use the adamcore package, not this module)";
@@ -1144,6 +1210,7 @@ validated once and held.
     return py::dict("requested"_a = s.requested, "forked_child"_a = s.forked_child,
                     "solo_steps_left"_a = s.solo_steps_left, "stalls"_a = s.stalls);
   });
+  register_norm(m);
 #ifdef ADAMCORE_VERSION
   m.attr("__version__") = ADAMCORE_VERSION;
 #endif

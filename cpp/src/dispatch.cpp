@@ -18,6 +18,7 @@
 
 #include "adamcore/adamcore.h"
 #include "cpu_features.h"
+#include "isa_table.h"
 #include "kernel_api.h"
 #include "team.h"
 
@@ -31,61 +32,38 @@ namespace adamcore {
 // ---------------------------------------------------------------- ISA control
 namespace {
 
-constexpr Isa kAllIsas[kIsaCount] = {Isa::scalar, Isa::avx2, Isa::avx512, Isa::neon};
-
 // -1 until first use; then the active Isa's integer value.
 std::atomic<int> g_active_isa{-1};
 
 }  // namespace
 
 const char* isa_name(Isa isa) {
-  switch (isa) {
-    case Isa::scalar: return "scalar";
-    case Isa::avx2: return "avx2";
-    case Isa::avx512: return "avx512";
-    case Isa::neon: return "neon";
-  }
-  return "unknown";
+  const int i = static_cast<int>(isa);
+  return i >= 0 && i < kIsaCount ? detail::kIsaRows[i].name : "unknown";
 }
 
 bool isa_from_name(const std::string& name, Isa* out) {
-  for (Isa isa : kAllIsas) {
-    if (name == isa_name(isa)) {
-      *out = isa;
+  for (const detail::IsaRow& row : detail::kIsaRows) {
+    if (name == row.name) {
+      *out = row.isa;
       return true;
     }
   }
   return false;
 }
 
-std::string isa_choices() { return "scalar, avx2, avx512, neon"; }
+std::string isa_choices() {
+  std::string out;
+  for (const detail::IsaRow& row : detail::kIsaRows) out += (out.empty() ? "" : ", ") + std::string(row.name);
+  return out;
+}
 
 bool isa_compiled(Isa isa) {
-  switch (isa) {
-    case Isa::scalar: return true;
-#if defined(ADAMCORE_HAVE_AVX2)
-    case Isa::avx2: return true;
-#endif
-#if defined(ADAMCORE_HAVE_AVX512)
-    case Isa::avx512: return true;
-#endif
-#if defined(ADAMCORE_HAVE_NEON)
-    case Isa::neon: return true;
-#endif
-    default: return false;
-  }
+  const int i = static_cast<int>(isa);
+  return i >= 0 && i < kIsaCount && detail::kIsaRows[i].cpu_can_run != nullptr;
 }
 
-bool isa_supported(Isa isa) {
-  if (!isa_compiled(isa)) return false;
-  switch (isa) {
-    case Isa::scalar: return true;
-    case Isa::avx2: return detail::cpu_has_avx2_fma();
-    case Isa::avx512: return detail::cpu_has_avx512();
-    case Isa::neon: return detail::cpu_has_neon();
-  }
-  return false;
-}
+bool isa_supported(Isa isa) { return isa_compiled(isa) && detail::isa_row(isa).cpu_can_run(); }
 
 Isa best_isa() {
   // On AMD family 19h the AVX2 kernels beat AVX-512 (measured: Adam at 4K 1.71 vs 2.64 us,
@@ -118,33 +96,11 @@ namespace {
 
 detail::AdamRangeFn adam_kernel_for(Isa isa, std::size_t layout, detail::WdMode wd,
                                     bool lerp_low, bool ams, bool diag) {
-  switch (isa) {
-#if defined(ADAMCORE_HAVE_AVX2)
-    case Isa::avx2: return avx2::adam_kernel(layout, wd, lerp_low, ams, diag);
-#endif
-#if defined(ADAMCORE_HAVE_AVX512)
-    case Isa::avx512: return avx512::adam_kernel(layout, wd, lerp_low, ams, diag);
-#endif
-#if defined(ADAMCORE_HAVE_NEON)
-    case Isa::neon: return neon::adam_kernel(layout, wd, lerp_low, ams, diag);
-#endif
-    default: return scalar::adam_kernel(layout, wd, lerp_low, ams, diag);
-  }
+  return detail::isa_row(isa).adam(layout, wd, lerp_low, ams, diag);
 }
 
 detail::AdagradRangeFn adagrad_kernel_for(Isa isa, std::size_t layout, bool wd, bool diag) {
-  switch (isa) {
-#if defined(ADAMCORE_HAVE_AVX2)
-    case Isa::avx2: return avx2::adagrad_kernel(layout, wd, diag);
-#endif
-#if defined(ADAMCORE_HAVE_AVX512)
-    case Isa::avx512: return avx512::adagrad_kernel(layout, wd, diag);
-#endif
-#if defined(ADAMCORE_HAVE_NEON)
-    case Isa::neon: return neon::adagrad_kernel(layout, wd, diag);
-#endif
-    default: return scalar::adagrad_kernel(layout, wd, diag);
-  }
+  return detail::isa_row(isa).adagrad(layout, wd, diag);
 }
 
 }  // namespace

@@ -78,8 +78,9 @@ struct AdagradScalars {
 };
 
 // The stochastic-rounding hashes, shared by the host and every ISA. mix64 is
-// SplitMix64's finaliser; the 32-bit hash (two multiply-xorshift rounds) is applied per
-// lane by kernels.inl with the same constants.
+// SplitMix64's output for state z (the increment, then its finaliser); the 32-bit hash
+// (two multiply-xorshift rounds) is applied per lane by kernels.inl with the same
+// constants.
 constexpr std::uint64_t mix64(std::uint64_t z) {
   z += 0x9E3779B97F4A7C15ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;

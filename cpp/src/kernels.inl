@@ -173,16 +173,46 @@ V round_stochastic(const detail::F16*, V x, typename V::Bits r) {
 }
 
 // What a store needs for stochastic rounding: on or off, the low 32 bits of the first
-// lane's element index, and the current key of each buffer.
+// lane's element index, and each buffer's key for this range (whose indices share their
+// upper 32 bits: adam_range cuts ranges at multiples of 2^32). Passed by value, so the
+// stores through the buffers cannot alias it and it stays in registers.
 struct SrLanes {
   bool on;
   std::uint32_t index;
-  const std::uint32_t* keys;
+  std::uint32_t keys[detail::sr_buffer_count];
 };
+
+// The stochastic-rounding state of elements [from, ...) of a tensor.
+inline SrLanes sr_lanes(bool on, const detail::PassOptions& pass, std::uint64_t stream,
+                        std::size_t from) {
+  SrLanes sr{on, 0, {}};
+  if (on) {
+    const std::uint64_t hi = static_cast<std::uint64_t>(from) >> 32;
+    for (std::uint32_t b = 0; b < detail::sr_buffer_count; ++b) {
+      sr.keys[b] = detail::sr_buffer_key(pass.key, stream, hi, b);
+    }
+  }
+  return sr;
+}
+
+// Calls fn(a, b) for the pieces of [begin, end) between multiples of 2^32 elements (one
+// piece unless the tensor is larger), so no vector holds two values of the index's
+// upper half.
+template <class Fn>
+inline void for_index_halves(std::size_t begin, std::size_t end, Fn fn) {
+  constexpr std::uint64_t kHalf = std::uint64_t{1} << 32;
+  while (begin < end) {
+    const std::uint64_t next = (static_cast<std::uint64_t>(begin) / kHalf + 1) * kHalf;
+    const std::size_t piece_end =
+        next < static_cast<std::uint64_t>(end) ? static_cast<std::size_t>(next) : end;
+    fn(begin, piece_end);
+    begin = piece_end;
+  }
+}
 
 // Stores x to a buffer of type T (its dtype), rounding stochastically when asked.
 template <class V, class T>
-inline void store_as(T* ptr, V x, [[maybe_unused]] const SrLanes& sr,
+inline void store_as(T* ptr, V x, [[maybe_unused]] SrLanes sr,
                      [[maybe_unused]] std::uint32_t which) {
   if constexpr (kIs16Bit<T>) {
     if (sr.on) {
@@ -196,7 +226,7 @@ inline void store_as(T* ptr, V x, [[maybe_unused]] const SrLanes& sr,
 // Writes the updated params' low-precision copy, when the layout has one.
 template <class C, class V>
 inline void store_copy([[maybe_unused]] C* copy_ptr, [[maybe_unused]] V p,
-                       [[maybe_unused]] const SrLanes& sr) {
+                       [[maybe_unused]] SrLanes sr) {
   if constexpr (!std::is_void_v<C>) store_as(copy_ptr, p, sr, detail::sr_copy);
 }
 
@@ -227,27 +257,12 @@ inline V load_grad(const G* g_ptr, const C& c, detail::PassOptions pass,
   return flip_sign(g, sign_flip);
 }
 
-// The buffer keys of one tensor, renewed each 2^32 elements (the lanes hash the low 32
-// bits of the index).
-struct SrKeys {
-  std::uint64_t call_key, stream, hi = ~std::uint64_t{0};
-  std::uint32_t key[detail::sr_buffer_count];
-  void at(std::size_t i) {
-    const std::uint64_t h = static_cast<std::uint64_t>(i) >> 32;
-    if (h == hi) return;
-    hi = h;
-    for (std::uint32_t b = 0; b < detail::sr_buffer_count; ++b) {
-      key[b] = detail::sr_buffer_key(call_key, stream, h, b);
-    }
-  }
-};
-
 // One vector (or one element) of Adam / AdamW / AMSGrad. P: the params' storage type,
 // S: the state's, G: the grads', C: the param copy's (void: none).
 template <class V, class P, class S, class G, class C, WdMode Wd, bool LerpLow, bool Amsgrad,
           bool Diag>
 inline void adam_lanes(const AdamConsts<V>& c, std::uint32_t sign_flip,
-                       detail::PassOptions pass, bool gamma_defined, const SrLanes& sr, P* p_ptr,
+                       detail::PassOptions pass, bool gamma_defined, SrLanes sr, P* p_ptr,
                        const G* g_ptr, S* m_ptr, S* v_ptr, S* vmax_ptr, C* copy_ptr,
                        DiagLanes<V>& diag) {
   V g = load_grad<V>(g_ptr, c, pass, sign_flip);
@@ -334,14 +349,10 @@ void adam_elements(const AdamScalars& k, const AdamBuffers& b, std::size_t from,
   const bool gamma_defined = k.gamma_defined;
   const detail::PassOptions pass = k.pass;
   const AdamConsts<V> c(coeffs_for<typename T::Math>(k));
-  SrKeys keys{k.pass.key, b.stream};
-  SrLanes sr{T::kAny16Bit && k.pass.stochastic, 0, keys.key};
+  SrLanes sr = sr_lanes(T::kAny16Bit && pass.stochastic, pass, b.stream, from);
   DiagLanes<V> diag;
   for (std::size_t i = from; i < to; i += V::kLanes) {
-    if (sr.on) {
-      keys.at(i);
-      sr.index = static_cast<std::uint32_t>(i);
-    }
+    sr.index = static_cast<std::uint32_t>(i);
     adam_lanes<V, P, S, G, C, Wd, LerpLow, Amsgrad, Diag>(
         c, sign_flip, pass, gamma_defined, sr, param + i, grad + i, exp_avg + i,
         exp_avg_sq + i, Amsgrad ? max_exp_avg_sq + i : nullptr,
@@ -356,11 +367,13 @@ void adam_range(const AdamScalars& k, const AdamBuffers& b, std::size_t begin,
   using T = LayoutTypes<L>;
   using Body = typename T::Body;
   using One = typename T::One;
-  const Split s = split_for_alignment<Body>(static_cast<const typename T::Param*>(b.param),
-                                            begin, end);
-  adam_elements<L, One, Wd, LerpLow, Amsgrad, Diag>(k, b, begin, s.body_begin, acc);
-  adam_elements<L, Body, Wd, LerpLow, Amsgrad, Diag>(k, b, s.body_begin, s.body_end, acc);
-  adam_elements<L, One, Wd, LerpLow, Amsgrad, Diag>(k, b, s.body_end, end, acc);
+  for_index_halves(begin, end, [&](std::size_t from, std::size_t to) {
+    const Split s = split_for_alignment<Body>(static_cast<const typename T::Param*>(b.param),
+                                              from, to);
+    adam_elements<L, One, Wd, LerpLow, Amsgrad, Diag>(k, b, from, s.body_begin, acc);
+    adam_elements<L, Body, Wd, LerpLow, Amsgrad, Diag>(k, b, s.body_begin, s.body_end, acc);
+    adam_elements<L, One, Wd, LerpLow, Amsgrad, Diag>(k, b, s.body_end, to, acc);
+  });
 }
 
 template <class V>
@@ -375,7 +388,7 @@ struct AdagradConsts {
 
 template <class V, class P, class S, class G, class C, bool WeightDecay, bool Diag>
 inline void adagrad_lanes(const AdagradConsts<V>& c, std::uint32_t sign_flip,
-                          detail::PassOptions pass, bool gamma_defined, const SrLanes& sr,
+                          detail::PassOptions pass, bool gamma_defined, SrLanes sr,
                           P* p_ptr, const G* g_ptr, S* s_ptr, C* copy_ptr,
                           DiagLanes<V>& diag) {
   V g = load_grad<V>(g_ptr, c, pass, sign_flip);
@@ -411,14 +424,10 @@ void adagrad_elements(const AdagradScalars& k, const AdagradBuffers& b, std::siz
   const bool gamma_defined = k.gamma_defined;
   const detail::PassOptions pass = k.pass;
   const AdagradConsts<V> c(coeffs_for<typename T::Math>(k));
-  SrKeys keys{k.pass.key, b.stream};
-  SrLanes sr{T::kAny16Bit && k.pass.stochastic, 0, keys.key};
+  SrLanes sr = sr_lanes(T::kAny16Bit && pass.stochastic, pass, b.stream, from);
   DiagLanes<V> diag;
   for (std::size_t i = from; i < to; i += V::kLanes) {
-    if (sr.on) {
-      keys.at(i);
-      sr.index = static_cast<std::uint32_t>(i);
-    }
+    sr.index = static_cast<std::uint32_t>(i);
     adagrad_lanes<V, P, S, G, C, WeightDecay, Diag>(c, sign_flip, pass, gamma_defined, sr,
                                                     param + i, grad + i, state_sum + i,
                                                     offset_or_null<C>(param_copy, i), diag);
@@ -432,11 +441,13 @@ void adagrad_range(const AdagradScalars& k, const AdagradBuffers& b, std::size_t
   using T = LayoutTypes<L>;
   using Body = typename T::Body;
   using One = typename T::One;
-  const Split s = split_for_alignment<Body>(static_cast<const typename T::Param*>(b.param),
-                                            begin, end);
-  adagrad_elements<L, One, WeightDecay, Diag>(k, b, begin, s.body_begin, acc);
-  adagrad_elements<L, Body, WeightDecay, Diag>(k, b, s.body_begin, s.body_end, acc);
-  adagrad_elements<L, One, WeightDecay, Diag>(k, b, s.body_end, end, acc);
+  for_index_halves(begin, end, [&](std::size_t from, std::size_t to) {
+    const Split s = split_for_alignment<Body>(static_cast<const typename T::Param*>(b.param),
+                                              from, to);
+    adagrad_elements<L, One, WeightDecay, Diag>(k, b, from, s.body_begin, acc);
+    adagrad_elements<L, Body, WeightDecay, Diag>(k, b, s.body_begin, s.body_end, acc);
+    adagrad_elements<L, One, WeightDecay, Diag>(k, b, s.body_end, to, acc);
+  });
 }
 
 // Every layout and combination of options: Adam's index is

@@ -10,3 +10,4 @@ using VecF64 = VecAvx2F64;
 }
 
 #include "kernels.inl"
+#include "norm.inl"

@@ -10,3 +10,4 @@ using VecF64 = VecAvx512F64;
 }
 
 #include "kernels.inl"
+#include "norm.inl"

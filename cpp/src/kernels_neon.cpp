@@ -10,3 +10,4 @@ using VecF64 = VecNeonF64;
 }
 
 #include "kernels.inl"
+#include "norm.inl"

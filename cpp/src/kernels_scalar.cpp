@@ -9,3 +9,4 @@ using VecF64 = VecScalarF64;
 }
 
 #include "kernels.inl"
+#include "norm.inl"

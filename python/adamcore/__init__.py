@@ -31,6 +31,7 @@ from ._core import (
     set_num_threads,
     set_parallel_threshold,
 )
+from .clip import GradNorm, clip_coefficient, clip_grad_norm, grad_norm, scale_grads
 
 if TYPE_CHECKING:  # served lazily at run time (see _LAZY)
     from .optim import AMSGrad, Adagrad, Adam, AdamW
@@ -44,16 +45,21 @@ __all__ = [
     "AdagradGroup",
     "AdamGroup",
     "GammaStats",
+    "GradNorm",
     "adagrad_step",
     "adam_step",
     "adamw_step",
     "available_isas",
     "best_isa",
+    "clip_coefficient",
+    "clip_grad_norm",
     "compiled_isas",
     "get_isa",
     "get_num_threads",
     "get_parallel_threshold",
+    "grad_norm",
     "runtime_info",
+    "scale_grads",
     "set_isa",
     "set_num_threads",
     "set_parallel_threshold",

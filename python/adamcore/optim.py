@@ -26,6 +26,7 @@ when every check passed.
 from __future__ import annotations
 
 import os
+import math
 import weakref
 from itertools import repeat
 from operator import attrgetter, itemgetter
@@ -178,8 +179,26 @@ class Optimizer:
     _family: Family = ADAM_FAMILY
 
     def __init__(self, params: Iterable[Any], defaults: Mapping[str, Any], *,
-                 rounding: str = "nearest", seed: int = 0, master_weights: bool = False) -> None:
+                 rounding: str = "nearest", seed: int = 0, master_weights: bool = False,
+                 max_grad_norm: Optional[float] = None, norm_type: float = 2.0) -> None:
         self.defaults: Dict[str, Any] = dict(defaults)
+        #: Clipping fused into the step: the total norm of all the step's grads (one read
+        #: of them) gives the coefficient torch's clip_grad_norm_ would apply, which the
+        #: step multiplies in without writing the grads. None: no clipping.
+        if max_grad_norm is not None:
+            if isinstance(max_grad_norm, (bool, np.bool_)) or not isinstance(
+                    max_grad_norm, (int, float, np.integer, np.floating)):
+                raise TypeError(f"max_grad_norm must be a real number, got {type(max_grad_norm).__name__}")
+            max_grad_norm = float(max_grad_norm)
+            if not max_grad_norm >= 0:
+                raise ValueError(f"max_grad_norm must be >= 0 (inf allowed), got {max_grad_norm}")
+            from . import clip
+
+            clip.grad_norm([], norm_type)  # raises for a bad norm_type
+        self.max_grad_norm = max_grad_norm
+        self.norm_type = norm_type
+        #: The total grad norm of the last step (with max_grad_norm), as a float.
+        self.last_grad_norm: Optional[float] = None
         # How 16-bit params, state and copies are stored (docs/numerics.md); checked by
         # the extension at the first step.
         self.rounding = rounding
@@ -227,6 +246,8 @@ class Optimizer:
         self.__dict__.update(state)
         self.__dict__.setdefault("rounding", "nearest")  # (pickled before 16-bit rounding)
         self.__dict__.setdefault("seed", 0)
+        for name, default in (("max_grad_norm", None), ("norm_type", 2.0), ("last_grad_norm", None)):
+            self.__dict__.setdefault(name, default)
         self._attach_engine()
 
     # -- groups ---------------------------------------------------------------------
@@ -275,7 +296,8 @@ class Optimizer:
     # -- stepping -------------------------------------------------------------------
 
     def step(self, grads: Sequence[Optional[np.ndarray]], *, diagnostics: bool = False,
-             grad_scale: Optional[float] = None, found_inf: Any = None) -> Optional[List[Any]]:
+             grad_scale: Optional[float] = None, found_inf: Any = None,
+             error_if_nonfinite: bool = False) -> Optional[List[Any]]:
         """Update every parameter in place from ``grads``.
 
         ``grads`` holds one float32 array per parameter, in the order of the groups
@@ -291,6 +313,11 @@ class Optimizer:
         divides every gradient in the pass (the quotients are written back to the
         gradient arrays); a true ``found_inf`` skips the step after every check, writing
         nothing (step counts included).
+
+        With ``max_grad_norm`` (constructor), the grads are clipped in the pass as
+        ``clip_grad_norm_`` would clip them (their total norm is in ``last_grad_norm``);
+        ``error_if_nonfinite=True`` then raises RuntimeError for a NaN or infinite norm,
+        writing nothing.
         """
         if isinstance(grads, np.ndarray):
             raise TypeError("grads must be a sequence with one array per parameter, got a single "
@@ -312,8 +339,34 @@ class Optimizer:
         extra = self._step_extra
         if grad_scale is not None or found_inf is not None:
             extra = dict(extra or {}, grad_scale=grad_scale, found_inf=found_inf)
+        if self.max_grad_norm is not None:
+            extra = dict(extra or {}, clip_coef=self._clip_coefficient(grads, grad_scale, found_inf,
+                                                                       error_if_nonfinite))
         results = self._engine.step(groups, per_group, diagnostics, extra)
         return results if diagnostics else None
+
+    def _clip_coefficient(self, grads: List[Any], grad_scale: Any, found_inf: Any,
+                          error_if_nonfinite: bool) -> float:
+        """The coefficient of this step's fused clip (see ``step``), from every grad."""
+        from . import clip
+
+        if grad_scale is not None:
+            raise ValueError("max_grad_norm with grad_scale: the norm is of unscaled grads; "
+                             "unscale them first, or clip separately")
+        present = [g for g in grads if g is not None]
+        norm = clip.grad_norm(present, self.norm_type)
+        self.last_grad_norm = norm
+        if not math.isfinite(norm) and error_if_nonfinite is True and not found_inf:
+            raise RuntimeError(f"the total norm of order {self.norm_type} of the grads is "
+                               f"non-finite ({norm}), so it cannot be clipped; nothing was written")
+        names = {getattr(g, "dtype", np.dtype(np.float32)).name for g in present}
+        if "float64" in names:
+            dtype = "float64"
+        elif len(names) == 1:
+            dtype = names.pop()
+        else:  # torch's promotion: float32 with anything, bfloat16 with float16
+            dtype = "float32"
+        return clip.clip_coefficient(norm, self.max_grad_norm, dtype)
 
     # -- state dicts ----------------------------------------------------------------
 
@@ -485,11 +538,13 @@ class Adam(Optimizer):
                  weight_decay: float = ADAM.weight_decay, amsgrad: bool = ADAM.amsgrad, *,
                  maximize: bool = ADAM.maximize,
                  decoupled_weight_decay: bool = ADAM.decoupled_weight_decay,
-                 rounding: str = "nearest", seed: int = 0, master_weights: bool = False) -> None:
+                 rounding: str = "nearest", seed: int = 0, master_weights: bool = False,
+                 max_grad_norm: Optional[float] = None, norm_type: float = 2.0) -> None:
         super().__init__(params, dict(ADAM._asdict(), lr=lr, betas=betas, eps=eps,
                                       weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay),
-                         rounding=rounding, seed=seed, master_weights=master_weights)
+                         rounding=rounding, seed=seed, master_weights=master_weights,
+                         max_grad_norm=max_grad_norm, norm_type=norm_type)
 
 
 class AdamW(Adam):
@@ -501,10 +556,12 @@ class AdamW(Adam):
                  betas: Tuple[float, float] = ADAM.betas, eps: float = ADAM.eps,
                  weight_decay: float = ADAMW_WEIGHT_DECAY, amsgrad: bool = ADAM.amsgrad, *,
                  maximize: bool = ADAM.maximize, rounding: str = "nearest", seed: int = 0,
-                 master_weights: bool = False) -> None:
+                 master_weights: bool = False,
+                 max_grad_norm: Optional[float] = None, norm_type: float = 2.0) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
                          decoupled_weight_decay=True, rounding=rounding, seed=seed,
-                         master_weights=master_weights)
+                         master_weights=master_weights,
+                         max_grad_norm=max_grad_norm, norm_type=norm_type)
 
 
 class AMSGrad(Adam):
@@ -516,10 +573,12 @@ class AMSGrad(Adam):
                  betas: Tuple[float, float] = ADAM.betas, eps: float = ADAM.eps,
                  weight_decay: float = ADAM.weight_decay, *, maximize: bool = ADAM.maximize,
                  decoupled_weight_decay: bool = ADAM.decoupled_weight_decay,
-                 rounding: str = "nearest", seed: int = 0, master_weights: bool = False) -> None:
+                 rounding: str = "nearest", seed: int = 0, master_weights: bool = False,
+                 max_grad_norm: Optional[float] = None, norm_type: float = 2.0) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, True, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay, rounding=rounding, seed=seed,
-                         master_weights=master_weights)
+                         master_weights=master_weights,
+                         max_grad_norm=max_grad_norm, norm_type=norm_type)
 
 
 # --------------------------------------------------------------------------- AdaGrad
@@ -539,9 +598,11 @@ class Adagrad(Optimizer):
                  lr_decay: float = ADAGRAD.lr_decay, weight_decay: float = ADAGRAD.weight_decay,
                  initial_accumulator_value: float = ADAGRAD.initial_accumulator_value,
                  eps: float = ADAGRAD.eps, *, maximize: bool = ADAGRAD.maximize,
-                 rounding: str = "nearest", seed: int = 0, master_weights: bool = False) -> None:
+                 rounding: str = "nearest", seed: int = 0, master_weights: bool = False,
+                 max_grad_norm: Optional[float] = None, norm_type: float = 2.0) -> None:
         super().__init__(params, dict(ADAGRAD._asdict(), lr=lr, lr_decay=lr_decay, eps=eps,
                                       weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
                                       maximize=maximize), rounding=rounding, seed=seed,
-                         master_weights=master_weights)
+                         master_weights=master_weights,
+                         max_grad_norm=max_grad_norm, norm_type=norm_type)

@@ -177,4 +177,16 @@ inline double reduce_max(VecAvx2F64 a) {
   return m;
 }
 
+// ---- The gradient norm (norm.inl): four elements widened to double (exact).
+inline VecAvx2F64 widen_load(VecAvx2F64, const float* p) { return {_mm256_cvtps_pd(_mm_loadu_ps(p))}; }
+inline VecAvx2F64 widen_load(VecAvx2F64, const double* p) { return {_mm256_loadu_pd(p)}; }
+inline VecAvx2F64 widen_load(VecAvx2F64, const detail::Bf16* p) {
+  const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  return {_mm256_cvtps_pd(_mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(h), 16)))};
+}
+inline VecAvx2F64 widen_load(VecAvx2F64, const detail::F16* p) {
+  return {_mm256_cvtps_pd(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))))};
+}
+inline VecAvx2F64 absolute(VecAvx2F64 a) { return {_mm256_andnot_pd(_mm256_set1_pd(-0.0), a.r)}; }
+
 }  // namespace adamcore::ADAMCORE_NS

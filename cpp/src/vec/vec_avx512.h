@@ -188,4 +188,21 @@ inline double reduce_max(VecAvx512F64 a) {
   return m;
 }
 
+// ---- The gradient norm (norm.inl): eight elements widened to double (exact).
+inline VecAvx512F64 widen_load(VecAvx512F64, const float* p) {
+  return {_mm512_cvtps_pd(_mm256_loadu_ps(p))};
+}
+inline VecAvx512F64 widen_load(VecAvx512F64, const double* p) { return {_mm512_loadu_pd(p)}; }
+inline VecAvx512F64 widen_load(VecAvx512F64, const detail::Bf16* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return {_mm512_cvtps_pd(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)))};
+}
+inline VecAvx512F64 widen_load(VecAvx512F64, const detail::F16* p) {
+  return {_mm512_cvtps_pd(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))))};
+}
+inline VecAvx512F64 absolute(VecAvx512F64 a) {
+  const __m512i magnitude = _mm512_set1_epi64(0x7FFFFFFFFFFFFFFFLL);
+  return {_mm512_castsi512_pd(_mm512_and_si512(_mm512_castpd_si512(a.r), magnitude))};
+}
+
 }  // namespace adamcore::ADAMCORE_NS

@@ -153,4 +153,18 @@ inline double reduce_max(VecNeonF64 a) {
   return y > x ? y : x;
 }
 
+// ---- The gradient norm (norm.inl): two elements widened to double (exact); the
+// 16-bit loads read exactly two elements.
+inline VecNeonF64 widen_load(VecNeonF64, const float* p) { return {vcvt_f64_f32(vld1_f32(p))}; }
+inline VecNeonF64 widen_load(VecNeonF64, const double* p) { return {vld1q_f64(p)}; }
+inline VecNeonF64 widen_load(VecNeonF64, const detail::Bf16* p) {
+  const std::uint64_t w = (std::uint64_t{p[0].bits} << 16) | (std::uint64_t{p[1].bits} << 48);
+  return {vcvt_f64_f32(vreinterpret_f32_u64(vcreate_u64(w)))};
+}
+inline VecNeonF64 widen_load(VecNeonF64, const detail::F16* p) {
+  const std::uint64_t w = std::uint64_t{p[0].bits} | (std::uint64_t{p[1].bits} << 16);
+  return {vcvt_f64_f32(vget_low_f32(vcvt_f32_f16(vreinterpret_f16_u64(vcreate_u64(w)))))};
+}
+inline VecNeonF64 absolute(VecNeonF64 a) { return {vabsq_f64(a.r)}; }
+
 }  // namespace adamcore::ADAMCORE_NS

@@ -182,4 +182,22 @@ inline std::uint32_t count_nan(VecScalarF64 a) { return a.x != a.x ? 1u : 0u; }
 inline double reduce_min(VecScalarF64 a) { return a.x; }
 inline double reduce_max(VecScalarF64 a) { return a.x; }
 
+// ---- The gradient norm (norm.inl): VecF64::kLanes elements widened to double
+// (exact), the overload chosen by the tag's type; |x| by clearing the sign bit.
+inline VecScalarF64 widen_load(VecScalarF64, const float* p) { return {static_cast<double>(*p)}; }
+inline VecScalarF64 widen_load(VecScalarF64, const double* p) { return {*p}; }
+inline VecScalarF64 widen_load(VecScalarF64, const detail::Bf16* p) {
+  return {static_cast<double>(bf16_to_float(p->bits))};
+}
+inline VecScalarF64 widen_load(VecScalarF64, const detail::F16* p) {
+  return {static_cast<double>(f16_to_float(p->bits))};
+}
+inline VecScalarF64 absolute(VecScalarF64 a) {
+  std::uint64_t bits;
+  std::memcpy(&bits, &a.x, 8);
+  bits &= ~(std::uint64_t{1} << 63);
+  std::memcpy(&a.x, &bits, 8);
+  return a;
+}
+
 }  // namespace adamcore::ADAMCORE_NS
