@@ -229,3 +229,48 @@ def test_grad_scaler_matches_torch_fused_bit_for_bit(dtype, name):
     assert skipped >= 2
     for pa, pb in zip(ours[2].state.values(), theirs[2].state.values()):
         assert int(pa["step"]) == int(pb["step"]) == 12 - skipped
+
+
+# ---------------------------------------------------------------- the clip coefficient
+@pytest.mark.parametrize("family", ["adamw", "adagrad"])
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+def test_clip_coef_equals_torch_clip_then_fused_step(isa, dtype_name, family):
+    """Given the same coefficient, a step with ``clip_coef=c`` equals torch multiplying
+    the grads by c in place (what clip_grad_norm_ does) and then its fused step, bit for
+    bit; adamcore leaves the grad buffer as it was."""
+    dtype = DTYPES[dtype_name]
+    rng = np.random.default_rng(12)
+    n = 64 * 17
+    p, _ = _case(rng, n, dtype, 1.0)
+    k = 1 if family == "adagrad" else 2
+    state = [np.zeros(n, dtype) for _ in range(k)]
+    tp, tstate = to_torch(p.copy()), [to_torch(s.copy()) for s in state]
+    for step in range(1, 11):
+        _, g = _case(rng, n, dtype, 3.0)
+        coef = float(np.float32(rng.uniform(0.05, 1.0)))  # a float32, as torch's is
+        tg = to_torch(g.copy())
+        # (A tensor coefficient, as clip_grad_norm_ passes: with a Python number torch's
+        # _foreach_mul_ would first round it to the grads' dtype.)
+        torch._foreach_mul_([tg], torch.tensor(coef, dtype=torch.float32))
+        before = g.copy()
+        t_step = torch.tensor(float(step))
+        if family == "adagrad":
+            adamcore.adagrad_step(p, g, state[0], step=step, lr=0.05, clip_coef=coef)
+            torch._fused_adagrad_([tp], [tg], [tstate[0]], [t_step], lr=0.05, lr_decay=0.0,
+                                  weight_decay=0.0, eps=1e-10, maximize=False)
+        else:
+            adamcore.adamw_step(p, g, state[0], state[1], step=step, lr=1e-2, clip_coef=coef)
+            torch._fused_adamw_([tp], [tg], [tstate[0]], [tstate[1]], [], [t_step], lr=1e-2,
+                                beta1=0.9, beta2=0.999, weight_decay=1e-2, eps=1e-8,
+                                amsgrad=False, maximize=False)
+        assert g.tobytes() == before.tobytes(), "the grads were written"
+        assert_bits(p, tp, f"{dtype_name} {family} params, step {step}")
+        for s, ts in zip(state, tstate):
+            assert_bits(s, ts, f"{dtype_name} {family} state, step {step}")
+
+
+@pytest.mark.parametrize("coef", [-0.5, float("inf"), float("nan")])
+def test_bad_clip_coef_raises(coef):
+    p = np.ones(4, np.float32)
+    with pytest.raises(ValueError, match="^clip_coef must be finite and >= 0"):
+        adamcore.adam_step(p, p.copy(), p.copy(), p.copy(), step=1, clip_coef=coef)

@@ -31,7 +31,7 @@ def cases(golden_dir):
     return oracle.load(golden_dir)
 
 
-def test_manifest_and_files(golden_dir, cases):
+def test_manifest_and_files(golden_dir, cases, tmp_path):
     with open(os.path.join(golden_dir, "manifest.json"), encoding="utf-8") as f:
         manifest = json.load(f)
     assert manifest["format_version"] == oracle.FORMAT_VERSION
@@ -43,6 +43,19 @@ def test_manifest_and_files(golden_dir, cases):
         assert data["grads"].dtype == np.uint32
         assert data["expected_param"].dtype == np.uint32
         assert data["reference_param"].dtype == np.float64
+    bits = {"float32": np.uint32, "float64": np.uint64, "bfloat16": np.uint16,
+            "float16": np.uint16}
+    for entry in manifest["cases"]:  # every value stored as the bits of its dtype
+        with np.load(os.path.join(golden_dir, entry["file"])) as data:
+            assert data["grads"].dtype == bits[entry["layout"]["grad"]]
+            assert data["expected_param"].dtype == bits[entry["layout"]["param"]]
+    # Written deterministically: the same inputs give the same bytes.
+    again = str(tmp_path / "again")
+    golden.write(again)
+    for entry in manifest["cases"]:
+        with open(os.path.join(golden_dir, entry["file"]), "rb") as a, \
+                open(os.path.join(again, entry["file"]), "rb") as b:
+            assert a.read() == b.read(), entry["name"]
 
 
 def test_coverage(cases):
@@ -58,7 +71,8 @@ def test_coverage(cases):
     assert any(s % 16 for s in sizes) and 16 in sizes and 1 in sizes
     assert any(c.steps[0] > 1 for c in cases)
     assert any(len(set(c.lrs)) > 1 for c in cases)
-    grads = np.concatenate([c.grads.ravel() for c in cases])
+    f32 = [c for c in cases if "layout" not in c.tags]
+    grads = np.concatenate([c.grads.ravel() for c in f32])
     finite = grads[np.isfinite(grads)]
     tiny = np.finfo(np.float32).tiny
     assert np.isnan(grads).any() and np.isposinf(grads).any() and np.isneginf(grads).any()
@@ -68,8 +82,19 @@ def test_coverage(cases):
     assert (finite == 0).any() and np.signbit(finite[finite == 0]).any()
     # The stored trajectories really reach the awkward regions.
     for key in ("param", "exp_avg_sq"):
-        values = np.concatenate([c.expected[key].ravel() for c in cases if key in c.expected])
+        values = np.concatenate([c.expected[key].ravel() for c in f32 if key in c.expected])
         assert np.isnan(values).any() and np.isinf(values).any()
+    # The other layouts (with ml_dtypes), AMP and stochastic rounding.
+    layouts = {oracle.layout_name(c.layout) for c in cases}
+    assert {"f32", "bf16", "fp16", "f64", "f32 params, bf16 grads, f32 state + bf16 copy",
+            "bf16 params, bf16 grads, f32 state", "f32 params, f32 grads, bf16 state + bf16 copy",
+            "f32 params, fp16 grads, f32 state + fp16 copy"} <= layouts
+    amp = [c for c in cases if c.grad_scale is not None]
+    assert amp and any(any(c.found_inf) for c in amp) and amp[0].expected_grad is not None
+    assert {c.layout["param"] for c in cases if c.rounding == "stochastic"} == {"bfloat16",
+                                                                               "float16"}
+    special16 = [c for c in cases if "specials" in c.tags]
+    assert special16 and np.isnan(special16[0].grads.astype(np.float32)).any()
 
 
 @pytest.mark.parametrize("isa", adamcore.available_isas())
@@ -85,11 +110,9 @@ def test_adamcore_passes_with_zero_ulp_on_every_isa(cases, isa, mode):
 def test_stored_reference_is_the_float64_reference(cases):
     ref_fn, dtype = oracle.get_step_fn("reference")
     for case in cases:
-        state = {k: case.initial[k].astype(dtype) for k in case.keys}
-        for k, (step, lr) in enumerate(zip(case.steps, case.lrs)):
-            ref_fn(case, state, case.grads[k].copy(), step, lr)
-            for key in case.keys:
-                np.testing.assert_array_equal(state[key], case.reference[key][k])
+        got = golden.trajectory(case, ref_fn, dtype)
+        for key in case.keys:
+            np.testing.assert_array_equal(got[key], case.reference[key], err_msg=case.name)
 
 
 def test_reference_is_close_but_not_bitwise(cases):
@@ -207,13 +230,16 @@ def test_unsupported_cases_are_skipped(cases):
 
     report = oracle.check(adam_only, cases)
     assert report.passed
-    assert set(report.skipped) == {c.name for c in cases if c.optimizer != "adam"}
+    # (and the cases whose steps take grad_scale/found_inf/rounding, which adam_only cannot)
+    assert set(report.skipped) == {c.name for c in cases
+                                   if c.optimizer != "adam" or c.has_options}
 
 
 @pytest.mark.parametrize("name", ["torch-default", "torch-foreach", "torch-fused"])
 def test_torch_paths(cases, name):
     pytest.importorskip("torch")
     step_fn, dtype = oracle.get_step_fn(name)
+    cases = [c for c in cases if "layout" not in c.tags]  # (the float32 cases)
     report = oracle.check(step_fn, cases, mode="per_step", name=name)
     # torch.optim.Adam has no bias_correction=False.
     assert set(report.skipped) == {c.name for c in cases

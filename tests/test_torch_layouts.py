@@ -22,8 +22,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("ml_dtypes")
 import adamcore.torch as act  # noqa: E402
-from test_dtypes import (TAIL_BOUND_ULPS, _body, _tail_within_bound, assert_same_bits,  # noqa: E402
-                         to_numpy, ulps)
+from test_dtypes import (TAIL_BOUND_ULPS, _body, _tail_within_bound,  # noqa: E402,F401
+                         _torch_on_one_thread, assert_same_bits, to_numpy, ulps)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
@@ -37,14 +37,6 @@ CASES = {
     "Adagrad": (act.Adagrad, torch.optim.Adagrad, {"lr": 5e-2, "lr_decay": 1e-3, "weight_decay": 1e-3,
                                                    "initial_accumulator_value": 0.1}),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _torch_on_one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same bits, without a thread team's waits on a busy machine
-    yield
-    torch.set_num_threads(saved)
 
 
 def _numpy(t):

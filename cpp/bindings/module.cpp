@@ -410,12 +410,21 @@ struct Mode {
   adamcore::StepOptions options;  // grad_scale, found_inf, rounding, seed
 };
 
+void check_hyper(const std::string& err) {
+  if (!err.empty()) throw py::value_error(err);
+}
+
 // grad_scale (None: no unscaling; else a finite float32 > 0), found_inf (None, a bool,
 // or a number: non-zero, NaN included, skips the step), rounding ("nearest" or
-// "stochastic"), seed.
+// "stochastic"), seed, clip_coef (None: 1, no clipping; else finite and >= 0).
 adamcore::StepOptions parse_step_options(PyObject* grad_scale, PyObject* found_inf,
-                                         PyObject* rounding, PyObject* seed) {
+                                         PyObject* rounding, PyObject* seed,
+                                         PyObject* clip_coef) {
   adamcore::StepOptions o;
+  if (clip_coef != nullptr && clip_coef != Py_None) {
+    o.clip_coef = adamcore_py::as_double(clip_coef, "clip_coef", 1.0);
+    check_hyper(adamcore::check_step_options(o));
+  }
   if (grad_scale != nullptr && grad_scale != Py_None) {
     const double scale = adamcore_py::as_double(grad_scale, "grad_scale", 0.0);
     const auto as_float = static_cast<float>(scale);
@@ -450,9 +459,6 @@ adamcore::StepOptions parse_step_options(PyObject* grad_scale, PyObject* found_i
   return o;
 }
 
-void check_hyper(const std::string& err) {
-  if (!err.empty()) throw py::value_error(err);
-}
 
 // Runs a step function over checked buffers with the GIL released.
 template <class Buffers, class Hyper>
@@ -862,7 +868,7 @@ PyObject* adam_family_fast(PyObject* const* args, Py_ssize_t nargs, PyObject* kw
         {"param", "grad", "exp_avg", "exp_avg_sq", "step", "lr", "beta1", "beta2", "eps",
          "weight_decay", "amsgrad", "max_exp_avg_sq", "maximize", "bias_correction",
          "diagnostics", "prev_lr", "check_only", "param_copy", "grad_scale", "found_inf",
-         "rounding", "seed"},
+         "rounding", "seed", "clip_coef"},
         4, 4, {"step"});
     Signature::Parsed a;
     sig.parse(args, nargs, kwnames, a);
@@ -876,7 +882,7 @@ PyObject* adam_family_fast(PyObject* const* args, Py_ssize_t nargs, PyObject* kw
                                 as_bool(a[12], "maximize", false),
                                 as_bool(a[13], "bias_correction", true)};
     const Mode mode{as_bool(a[14], "diagnostics", false), as_bool(a[16], "check_only", false),
-                    parse_step_options(a[18], a[19], a[20], a[21])};
+                    parse_step_options(a[18], a[19], a[20], a[21], a[22])};
     return adam_like(a[0], a[1], a[2], a[3], as_handle(a[11]), as_handle(a[17]), as_step(a[4]), h,
                      mode, as_handle(a[15]));
   });
@@ -897,7 +903,7 @@ PyObject* adagrad_step_fast(PyObject*, PyObject* const* args, Py_ssize_t nargs,
                                {"param", "grad", "state_sum", "step", "lr", "lr_decay",
                                 "weight_decay", "eps", "maximize", "diagnostics", "prev_lr",
                                 "check_only", "param_copy", "grad_scale", "found_inf",
-                                "rounding", "seed"},
+                                "rounding", "seed", "clip_coef"},
                                3, 3, {"step"});
     Signature::Parsed a;
     sig.parse(args, nargs, kwnames, a);
@@ -907,7 +913,7 @@ PyObject* adagrad_step_fast(PyObject*, PyObject* const* args, Py_ssize_t nargs,
                                    as_double(a[7], "eps", 1e-10),
                                    as_bool(a[8], "maximize", false)};
     const Mode mode{as_bool(a[9], "diagnostics", false), as_bool(a[11], "check_only", false),
-                    parse_step_options(a[13], a[14], a[15], a[16])};
+                    parse_step_options(a[13], a[14], a[15], a[16], a[17])};
     return adagrad(a[0], a[1], a[2], as_handle(a[12]), as_step(a[3]), h, mode, as_handle(a[10]));
   });
 }
@@ -919,7 +925,7 @@ PyObject* adam_group_step_fast(PyObject* self, PyObject* const* args, Py_ssize_t
                                {"grads", "step", "lr", "beta1", "beta2", "eps", "weight_decay",
                                 "decoupled", "maximize", "bias_correction", "diagnostics",
                                 "prev_lr", "check_only", "grad_scale", "found_inf", "rounding",
-                                "seed"},
+                                "seed", "clip_coef"},
                                1, 1, {"step"});
     Signature::Parsed a;
     sig.parse(args, nargs, kwnames, a);
@@ -934,7 +940,7 @@ PyObject* adam_group_step_fast(PyObject* self, PyObject* const* args, Py_ssize_t
                                 as_bool(a[8], "maximize", false),
                                 as_bool(a[9], "bias_correction", true)};
     const Mode mode{as_bool(a[10], "diagnostics", false), as_bool(a[12], "check_only", false),
-                    parse_step_options(a[13], a[14], a[15], a[16])};
+                    parse_step_options(a[13], a[14], a[15], a[16], a[17])};
     return group.step(a[0], as_step(a[1]), h, mode, as_handle(a[11]));
   });
 }
@@ -945,7 +951,7 @@ PyObject* adagrad_group_step_fast(PyObject* self, PyObject* const* args, Py_ssiz
     static const Signature sig("AdagradGroup.step",
                                {"grads", "step", "lr", "lr_decay", "weight_decay", "eps",
                                 "maximize", "diagnostics", "prev_lr", "check_only",
-                                "grad_scale", "found_inf", "rounding", "seed"},
+                                "grad_scale", "found_inf", "rounding", "seed", "clip_coef"},
                                1, 1, {"step"});
     Signature::Parsed a;
     sig.parse(args, nargs, kwnames, a);
@@ -956,7 +962,7 @@ PyObject* adagrad_group_step_fast(PyObject* self, PyObject* const* args, Py_ssiz
                                    as_double(a[5], "eps", 1e-10),
                                    as_bool(a[6], "maximize", false)};
     const Mode mode{as_bool(a[7], "diagnostics", false), as_bool(a[9], "check_only", false),
-                    parse_step_options(a[10], a[11], a[12], a[13])};
+                    parse_step_options(a[10], a[11], a[12], a[13], a[14])};
     return group.step(a[0], as_step(a[1]), h, mode, as_handle(a[8]));
   });
 }

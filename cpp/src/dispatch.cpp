@@ -317,6 +317,9 @@ std::string check_step_options(const StepOptions& o) {
   if (o.grad_scale != 0.0f && !(std::isfinite(o.grad_scale) && o.grad_scale > 0.0f)) {
     return bad("grad_scale", o.grad_scale, "finite and > 0 (a float32)");
   }
+  if (!(std::isfinite(o.clip_coef) && o.clip_coef >= 0.0)) {
+    return bad("clip_coef", o.clip_coef, "finite and >= 0");
+  }
   if (o.rounding != Rounding::nearest && o.rounding != Rounding::stochastic) {
     return "rounding must be nearest or stochastic";
   }
@@ -329,6 +332,7 @@ namespace {
 detail::PassOptions pass_options(const StepOptions& o, std::int64_t step) {
   detail::PassOptions pass{};
   pass.unscale = o.grad_scale != 0.0f;
+  pass.clip = o.clip_coef != 1.0;
   pass.stochastic = o.rounding == Rounding::stochastic;
   pass.key = detail::mix64(o.seed ^ detail::mix64(static_cast<std::uint64_t>(step)));
   return pass;
@@ -532,6 +536,8 @@ void adam_step(const AdamBuffers* tensors, std::size_t count, std::int64_t step,
   // torch divides by the float32 scale in float (16-bit and float32) or in double.
   k.f.grad_scale = options.grad_scale;
   k.d.grad_scale = options.grad_scale;
+  k.f.clip_coef = static_cast<float>(options.clip_coef);
+  k.d.clip_coef = options.clip_coef;
   k.sign_flip = h.maximize ? 0x80000000u : 0u;
   k.gamma_defined = step > 1;
 
@@ -561,8 +567,9 @@ void adagrad_step(const AdagradBuffers* tensors, std::size_t count, std::int64_t
     const double lr0 = prev_lr < 0 ? h.lr : prev_lr;
     prev_clr = lr0 / std::fma(static_cast<double>(step - 2), h.lr_decay, 1.0);
   }
-  k.d = {-clr, h.weight_decay, h.eps, options.grad_scale, clr, prev_clr};
+  k.d = {-clr, h.weight_decay, h.eps, options.grad_scale, options.clip_coef, clr, prev_clr};
   k.f.grad_scale = options.grad_scale;
+  k.f.clip_coef = static_cast<float>(options.clip_coef);
   k.pass = pass_options(options, step);
   // torch's 16-bit AdaGrad rounds clr, weight_decay and eps to the param's dtype; so
   // does adamcore's same-dtype layout, to match it. Mixed layouts keep float32.

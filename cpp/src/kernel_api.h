@@ -34,6 +34,7 @@ struct AdamCoeffs {
   T weight_decay;           // L (Adam: added to the gradient)
   T decay_factor;           // K = 1 - lr*wd (AdamW: multiplies the parameter)
   T grad_scale;             // AMP: grads are divided by it (when PassOptions::unscale)
+  T clip_coef;              // grads are multiplied by it (when PassOptions::clip)
   // Γ diagnostics only
   T step_size;              // a_t
   T prev_step_size;         // a_{t-1}
@@ -43,6 +44,7 @@ struct AdamCoeffs {
 // Per-call choices that are not the optimizer's math (StepOptions), uniform over a call.
 struct PassOptions {
   bool unscale;                 // divide grads by grad_scale and write them back
+  bool clip;                    // multiply grads by clip_coef (not written back)
   bool stochastic;              // stochastic rounding of 16-bit params, state, copies
   std::uint64_t key;            // the stochastic stream's key: a hash of (seed, step)
 };
@@ -61,6 +63,7 @@ struct AdagradCoeffs {
   T weight_decay;               // L
   T eps;                        // E
   T grad_scale;
+  T clip_coef;
   // Γ diagnostics only
   T clr;
   T prev_clr;

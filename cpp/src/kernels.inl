@@ -123,7 +123,7 @@ const AdagradCoeffs<Math>& coeffs_for(const AdagradScalars& k) {
 
 template <class V>
 struct AdamConsts {
-  V w, w_less1, b2, c2, d, e, s, l, k, grad_scale;
+  V w, w_less1, b2, c2, d, e, s, l, k, grad_scale, clip_coef;
   // diagnostics
   V a, a_prev, d_prev;
   template <class T>
@@ -131,7 +131,8 @@ struct AdamConsts {
       : w(V::set1(c.one_minus_beta1)), w_less1(V::set1(c.one_minus_beta1_less1)),
         b2(V::set1(c.beta2)), c2(V::set1(c.one_minus_beta2)), d(V::set1(c.bc2_sqrt)),
         e(V::set1(c.eps)), s(V::set1(c.neg_step_size)), l(V::set1(c.weight_decay)),
-        k(V::set1(c.decay_factor)), grad_scale(V::set1(c.grad_scale)), a(V::set1(c.step_size)),
+        k(V::set1(c.decay_factor)), grad_scale(V::set1(c.grad_scale)),
+        clip_coef(V::set1(c.clip_coef)), a(V::set1(c.step_size)),
         a_prev(V::set1(c.prev_step_size)), d_prev(V::set1(c.prev_bc2_sqrt)) {}
 };
 
@@ -199,14 +200,30 @@ inline void store_copy([[maybe_unused]] C* copy_ptr, [[maybe_unused]] V p,
   if constexpr (!std::is_void_v<C>) store_as(copy_ptr, p, sr, detail::sr_copy);
 }
 
-// The grad, unscaled (AMP) and written back when asked, then negated for maximize.
-template <class V, class G>
-inline V load_grad(const G* g_ptr, bool unscale, V grad_scale, std::uint32_t sign_flip) {
+// x rounded to the dtype of G and widened back (16-bit G; other types: x itself).
+template <class G, class V>
+inline V through(V x) {
+  if constexpr (kIs16Bit<G>) {
+    G lanes[V::kLanes];
+    store(lanes, x);
+    return V::load(lanes);
+  } else {
+    return x;
+  }
+}
+
+// The grad, unscaled (AMP, written back) and clipped (not written) when asked, then
+// negated for maximize. A clipped grad is what unscale-then-clip would leave in the
+// grad buffer: the stored quotient times the coefficient, in the grad's dtype.
+template <class V, class G, class C>
+inline V load_grad(const G* g_ptr, const C& c, detail::PassOptions pass,
+                   std::uint32_t sign_flip) {
   V g = V::load(g_ptr);
-  if (unscale) {
-    g = div(g, grad_scale);
+  if (pass.unscale) {
+    g = div(g, c.grad_scale);
     store(const_cast<G*>(g_ptr), g);  // StepOptions: the grads are writable then
   }
+  if (pass.clip) g = through<G>(mul(pass.unscale ? through<G>(g) : g, c.clip_coef));
   return flip_sign(g, sign_flip);
 }
 
@@ -229,10 +246,11 @@ struct SrKeys {
 // S: the state's, G: the grads', C: the param copy's (void: none).
 template <class V, class P, class S, class G, class C, WdMode Wd, bool LerpLow, bool Amsgrad,
           bool Diag>
-inline void adam_lanes(const AdamConsts<V>& c, std::uint32_t sign_flip, bool unscale,
-                       bool gamma_defined, const SrLanes& sr, P* p_ptr, const G* g_ptr,
-                       S* m_ptr, S* v_ptr, S* vmax_ptr, C* copy_ptr, DiagLanes<V>& diag) {
-  V g = load_grad(g_ptr, unscale, c.grad_scale, sign_flip);
+inline void adam_lanes(const AdamConsts<V>& c, std::uint32_t sign_flip,
+                       detail::PassOptions pass, bool gamma_defined, const SrLanes& sr, P* p_ptr,
+                       const G* g_ptr, S* m_ptr, S* v_ptr, S* vmax_ptr, C* copy_ptr,
+                       DiagLanes<V>& diag) {
+  V g = load_grad<V>(g_ptr, c, pass, sign_flip);
   V p = V::load(p_ptr);
   if constexpr (Wd == WdMode::l2) g = fma(p, c.l, g);
   if constexpr (Wd == WdMode::decoupled) p = mul(p, c.k);
@@ -314,7 +332,7 @@ void adam_elements(const AdamScalars& k, const AdamBuffers& b, std::size_t from,
   void* const param_copy = b.param_copy;
   const std::uint32_t sign_flip = k.sign_flip;
   const bool gamma_defined = k.gamma_defined;
-  const bool unscale = k.pass.unscale;
+  const detail::PassOptions pass = k.pass;
   const AdamConsts<V> c(coeffs_for<typename T::Math>(k));
   SrKeys keys{k.pass.key, b.stream};
   SrLanes sr{T::kAny16Bit && k.pass.stochastic, 0, keys.key};
@@ -325,7 +343,7 @@ void adam_elements(const AdamScalars& k, const AdamBuffers& b, std::size_t from,
       sr.index = static_cast<std::uint32_t>(i);
     }
     adam_lanes<V, P, S, G, C, Wd, LerpLow, Amsgrad, Diag>(
-        c, sign_flip, unscale, gamma_defined, sr, param + i, grad + i, exp_avg + i,
+        c, sign_flip, pass, gamma_defined, sr, param + i, grad + i, exp_avg + i,
         exp_avg_sq + i, Amsgrad ? max_exp_avg_sq + i : nullptr,
         offset_or_null<C>(param_copy, i), diag);
   }
@@ -347,18 +365,20 @@ void adam_range(const AdamScalars& k, const AdamBuffers& b, std::size_t begin,
 
 template <class V>
 struct AdagradConsts {
-  V n, l, e, grad_scale, clr, clr_prev;
+  V n, l, e, grad_scale, clip_coef, clr, clr_prev;
   template <class T>
   explicit AdagradConsts(const AdagradCoeffs<T>& c)
       : n(V::set1(c.neg_clr)), l(V::set1(c.weight_decay)), e(V::set1(c.eps)),
-        grad_scale(V::set1(c.grad_scale)), clr(V::set1(c.clr)), clr_prev(V::set1(c.prev_clr)) {}
+        grad_scale(V::set1(c.grad_scale)), clip_coef(V::set1(c.clip_coef)), clr(V::set1(c.clr)),
+        clr_prev(V::set1(c.prev_clr)) {}
 };
 
 template <class V, class P, class S, class G, class C, bool WeightDecay, bool Diag>
-inline void adagrad_lanes(const AdagradConsts<V>& c, std::uint32_t sign_flip, bool unscale,
-                          bool gamma_defined, const SrLanes& sr, P* p_ptr, const G* g_ptr,
-                          S* s_ptr, C* copy_ptr, DiagLanes<V>& diag) {
-  V g = load_grad(g_ptr, unscale, c.grad_scale, sign_flip);
+inline void adagrad_lanes(const AdagradConsts<V>& c, std::uint32_t sign_flip,
+                          detail::PassOptions pass, bool gamma_defined, const SrLanes& sr,
+                          P* p_ptr, const G* g_ptr, S* s_ptr, C* copy_ptr,
+                          DiagLanes<V>& diag) {
+  V g = load_grad<V>(g_ptr, c, pass, sign_flip);
   V p = V::load(p_ptr);
   if constexpr (WeightDecay) g = fma(p, c.l, g);
   const V s_old = V::load(s_ptr);
@@ -389,7 +409,7 @@ void adagrad_elements(const AdagradScalars& k, const AdagradBuffers& b, std::siz
   void* const param_copy = b.param_copy;
   const std::uint32_t sign_flip = k.sign_flip;
   const bool gamma_defined = k.gamma_defined;
-  const bool unscale = k.pass.unscale;
+  const detail::PassOptions pass = k.pass;
   const AdagradConsts<V> c(coeffs_for<typename T::Math>(k));
   SrKeys keys{k.pass.key, b.stream};
   SrLanes sr{T::kAny16Bit && k.pass.stochastic, 0, keys.key};
@@ -399,7 +419,7 @@ void adagrad_elements(const AdagradScalars& k, const AdagradBuffers& b, std::siz
       keys.at(i);
       sr.index = static_cast<std::uint32_t>(i);
     }
-    adagrad_lanes<V, P, S, G, C, WeightDecay, Diag>(c, sign_flip, unscale, gamma_defined, sr,
+    adagrad_lanes<V, P, S, G, C, WeightDecay, Diag>(c, sign_flip, pass, gamma_defined, sr,
                                                     param + i, grad + i, state_sum + i,
                                                     offset_or_null<C>(param_copy, i), diag);
   }

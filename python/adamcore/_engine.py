@@ -188,9 +188,9 @@ class Family:
         """Raise for any setting of ``group`` the extension or Python rejects."""
         raise NotImplementedError
 
-    def native(self, columns: List[List[np.ndarray]]) -> Any:
+    def native(self, columns: List[List[np.ndarray]], copies: Optional[List[Any]] = None) -> Any:
         """The extension's group object over the parameters and buffers (in order of
-        ``buffers``); its constructor checks every array."""
+        ``buffers``) and optional param copies; its constructor checks every array."""
         raise NotImplementedError
 
 
@@ -220,9 +220,9 @@ class _AdamFamily(Family):
         _native(where, None, None, _core.adam_step, [], [], [], [], step=1, amsgrad=amsgrad,
                 max_exp_avg_sq=[] if _is_true(amsgrad) else None, check_only=True)
 
-    def native(self, columns: List[List[np.ndarray]]) -> Any:
+    def native(self, columns: List[List[np.ndarray]], copies: Optional[List[Any]] = None) -> Any:
         return _core.AdamGroup(columns[0], columns[1], columns[2],
-                               columns[3] if len(columns) > 3 else None)
+                               columns[3] if len(columns) > 3 else None, copies)
 
 
 class _AdagradFamily(Family):
@@ -242,9 +242,12 @@ class _AdagradFamily(Family):
                 **self.options(where, group))
         self.fill(where, group, "sum")
 
-    def native(self, columns: List[List[np.ndarray]]) -> Any:
-        return _core.AdagradGroup(columns[0], columns[1])
+    def native(self, columns: List[List[np.ndarray]], copies: Optional[List[Any]] = None) -> Any:
+        return _core.AdagradGroup(columns[0], columns[1], copies)
 
+
+#: The state entry of a parameter's float32 master copy (optimizers with master_weights).
+MASTER = "master_param"
 
 ADAM_FAMILY: Family = _AdamFamily()
 ADAGRAD_FAMILY: Family = _AdagradFamily()
@@ -329,6 +332,9 @@ class Frontend:
     step_is_object = False
     #: Whether a group's ``lr`` may be a callable ``lr(step)``.
     callable_lr = False
+    #: Whether 16-bit params keep float32 master copies in their state
+    #: (``MASTER``); the step updates the masters and writes the params as their copy.
+    master_weights = False
 
     def pointers(self, objects: Sequence[Any]) -> List[int]:
         """Data pointers (only called when ``movable``)."""
@@ -385,6 +391,10 @@ class Frontend:
             counter[key] = count
 
     def new_buffer(self, param: Any, fill: float) -> Any:
+        raise NotImplementedError
+
+    def new_master(self, param: Any) -> Any:
+        """A float32 copy of ``param`` (only called with ``master_weights``)."""
         raise NotImplementedError
 
     def new_step(self) -> Any:
@@ -578,17 +588,23 @@ class Engine:
         # in place, so its options are made afresh at every step.
         reusable = not isinstance(group.get("betas"), list)
         # The buffers follow amsgrad, a bool (checked): the same object, the same buffers.
-        names = self.family.buffers(group)
+        names = self.buffers(group)
         self._checked[g] = (keys, values, options if reusable else None, where, names)
         return options, where, names
+
+    def buffers(self, group: Dict[str, Any]) -> Tuple[str, ...]:
+        """The state entries a step takes: the family's, after the master copy if any."""
+        names = self.family.buffers(group)
+        return (MASTER,) + names if self.frontend.master_weights else names
 
     def new_state(self, g: int, k: int, param: Any, group: Dict[str, Any]) -> Dict[str, Any]:
         """A parameter's state before its first step: step 0 and fresh buffers."""
         state = self.frontend.new_state_dict()
         state["step"] = self.frontend.new_step()
         where = self.frontend.group_name(g)
-        for name in self.family.buffers(group):
-            state[name] = self.frontend.new_buffer(param, self.family.fill(where, group, name))
+        for name in self.buffers(group):
+            state[name] = (self.frontend.new_master(param) if name == MASTER else
+                           self.frontend.new_buffer(param, self.family.fill(where, group, name)))
         return state
 
     # -- the step -------------------------------------------------------------------
@@ -758,9 +774,12 @@ class Engine:
             for name in names:
                 columns.append([frontend.array(frontend.state_name(g, k, name), plan.entries[name][i])
                                 for k, i in zip(members, positions)])
+            copies = None
+            if names[:1] == (MASTER,):  # the masters are stepped; the params are their copy
+                copies = columns.pop(0)
             call = _Call(positions, count, self._label(g, plan.members, positions),
                          [plan.counters[i] for i in positions])
-            call.native = _native(where, call.label, None, family.native, columns)  # checks them all
+            call.native = _native(where, call.label, None, family.native, columns, copies)  # checks them all
             plan.calls.append(call)
         if frontend.movable:  # every object is known to be a usable array by now
             plan.param_pointers = frontend.pointers(params)
@@ -784,7 +803,8 @@ class Engine:
         where = frontend.group_name(g)
         for name in names:
             if name not in state:
-                additions[name] = frontend.new_buffer(param, family.fill(where, group, name))
+                additions[name] = (frontend.new_master(param) if name == MASTER else
+                                   frontend.new_buffer(param, family.fill(where, group, name)))
             else:
                 shape = getattr(state[name], "shape", None)
                 if shape is not None and tuple(shape) != tuple(param.shape):

@@ -1,28 +1,58 @@
-"""Golden vectors: exact float32 trajectories of every optimizer and option combination.
+"""Golden vectors: exact trajectories of every optimizer, option combination and layout.
 
 ``python -m adamcore golden write DIR`` writes one ``.npz`` per case plus
-``manifest.json`` (``format_version``, the generator, and per case its optimizer,
-hyperparameters, step numbers, learning rates, file and SHA-256). Every float32 array
-is stored as its exact bits (``uint32``): the initial state, the gradient of every step
-and every state array after every step; beside them, the float64 reference's state after
-every step from the same inputs (``float64``). ``python -m adamcore golden check DIR
---impl NAME`` replays a set through an implementation (:mod:`adamcore.oracle`).
+``manifest.json``; ``python -m adamcore golden check DIR --impl NAME`` replays a set
+through an implementation (:mod:`adamcore.oracle`) and reports ulps per case, array and
+step, in each array's own dtype.
 
-The cases cover Adam, AdamW, AMSGrad (both with L2 and decoupled decay), maximize,
-no bias correction, both branches of the momentum update (beta1 = 0.9 and 0.3),
-AdaGrad with lr_decay and weight decay; lengths that are and are not multiples of 16
-(1, 15, 16, 17, 33, 67); later step numbers; learning rates that change every step;
+Format (``format_version`` 2; version 1 is its all-float32 subset and is still read).
+The manifest holds the generator and, per case: ``name``, ``file`` and its ``sha256``,
+``optimizer`` ("adam", "adamw", "adagrad"), ``hyper`` (the functional API's keyword
+arguments), ``steps`` (the step number passed to each step: after a ``found_inf`` step it
+repeats, as torch's optimizers keep their count), ``lrs`` (per step), ``size``,
+``arrays`` (the state arrays), ``tags``, and:
+
+- ``layout``: the dtype of ``param``, ``grad``, ``state`` (every optimizer state array)
+  and ``param_copy`` (null when the layout has none), each "float32", "float64",
+  "bfloat16" or "float16" (docs/numerics.md, "Buffer dtypes");
+- ``rounding``: "nearest" or "stochastic", with ``seed`` for the latter (the tensor is
+  alone in its call: stream 0);
+- optionally ``grad_scale`` (per step, a float or null) and ``found_inf`` (per step, a
+  bool), the AMP arguments; and ``reference_steps`` (the step indices the reference
+  arrays are stored for; all steps when absent).
+
+The ``.npz`` holds every value as the bits of its dtype, so that any implementation can
+read them without a bfloat16 type: float32 as ``uint32``, float64 as ``uint64``,
+bfloat16 as ``uint16`` (the top half of a float32) and float16 as ``uint16`` (IEEE
+binary16). Arrays: ``grads`` (steps, size) in the grads' dtype; ``initial_<key>`` (size,)
+and ``expected_<key>`` (steps, size) for every state array and ``param_copy``;
+``expected_grad`` (steps, size), with ``grad_scale``, the gradients as each step writes
+them back; ``reference_<key>`` (float64) the float64 reference's state
+(:mod:`adamcore.reference`, 16-bit buffers rounded once per step to their dtype).
+NaN is compared by position: its sign and payload are not part of the bitwise contract.
+
+The float32 cases cover Adam, AdamW, AMSGrad (both with L2 and decoupled decay),
+maximize, no bias correction, both branches of the momentum update (beta1 = 0.9 and
+0.3), AdaGrad with lr_decay and weight decay; lengths that are and are not multiples of
+16 (1, 15, 16, 17, 33, 67); later step numbers; learning rates that change every step;
 and gradients and states with subnormals, huge (|g|^2 overflows) and tiny (|g|^2
-underflows) magnitudes, zeros (both signs), NaN and +/-Inf.
+underflows) magnitudes, zeros (both signs), NaN and +/-Inf. With ml_dtypes installed,
+the layout cases add bfloat16, float16 and float64 buffers, float32 master weights with
+16-bit grads and a param copy, 16-bit params with float32 state and float32 params with
+bfloat16 state, an AMP case (grad_scale and a found_inf step) and stochastic rounding.
+The expected bits are adamcore's, identical on every ISA of the writing machine (or
+nothing is written); tests/data/make_golden.py writes a committed set from peers instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import platform
+import zipfile
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -32,7 +62,8 @@ import adamcore
 from . import oracle
 from .oracle import FORMAT_VERSION, MANIFEST, Case, state_keys
 
-__all__ = ["add_parser", "build_cases", "write"]
+__all__ = ["add_parser", "build_cases", "build_layout_cases", "case_arrays", "npz_bytes",
+           "trajectory", "write", "write_set"]
 
 _ADAM_BASE = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0,
               "amsgrad": False, "maximize": False, "bias_correction": True}
@@ -146,13 +177,111 @@ def build_cases(seed: int = 2018) -> List[Case]:
     return cases
 
 
-def _trajectory(case: Case, step_fn, dtype) -> Dict[str, np.ndarray]:
-    state = {k: case.initial[k].astype(dtype) for k in case.keys}
-    out = {k: np.empty((len(case.steps), case.size), dtype=dtype) for k in case.keys}
+def _layout_specials(n: int) -> np.ndarray:
+    """Awkward values for a 16-bit or float64 layout's gradients (finite, +-0, subnormals
+    of the dtype, NaN and +-Inf)."""
+    f16_sub = 2.0 ** -20
+    values = [0.0, -0.0, f16_sub, -f16_sub, 1e-30, -1e-38, 3e4, -6e4, np.nan, np.inf, -np.inf]
+    return np.resize(np.array(values, dtype=np.float64), n)
+
+
+# Layout cases of ``golden write``: (name, optimizer, hyper overrides, layout, options)
+_LAYOUT_CONFIGS = (
+    ("bf16-adam", "adam", {}, ("bfloat16",) * 3 + (None,), {}),
+    ("bf16-adamw_amsgrad", "adamw", {"amsgrad": True, "weight_decay": 0.1},
+     ("bfloat16",) * 3 + (None,), {}),
+    ("fp16-adagrad", "adagrad", {"lr_decay": 0.01}, ("float16",) * 3 + (None,), {}),
+    ("fp16-adam_specials", "adam", {"weight_decay": 0.01}, ("float16",) * 3 + (None,),
+     {"specials": True}),
+    ("f64-adamw_amsgrad", "adamw", {"amsgrad": True, "weight_decay": 0.1},
+     ("float64",) * 3 + (None,), {}),
+    ("master-bf16_grads_copy", "adamw", {"weight_decay": 0.1},
+     ("float32", "bfloat16", "float32", "bfloat16"), {}),
+    ("bf16_params-f32_state", "adam", {"amsgrad": True},
+     ("bfloat16", "bfloat16", "float32", None), {}),
+    ("f32_params-bf16_state", "adamw", {"amsgrad": True},
+     ("float32", "float32", "bfloat16", "bfloat16"), {}),
+    ("amp-fp16_grads", "adam", {}, ("float32", "float16", "float32", "float16"),
+     {"grad_scale": 1024.0, "inf_step": 3}),
+    ("sr-bf16-adamw_amsgrad", "adamw", {"amsgrad": True},
+     ("bfloat16",) * 3 + (None,), {"seed": 12345}),
+    ("sr-fp16-adagrad", "adagrad", {}, ("float16",) * 3 + (None,), {"seed": 7}),
+)
+
+
+def _cast(values: np.ndarray, name: str) -> np.ndarray:
+    """float32/float64 values in dtype ``name``, rounded to nearest (16-bit: through float32)."""
+    dtype = oracle.dtype_of(name)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if name in ("bfloat16", "float16"):
+            values = np.asarray(values).astype(np.float32)
+        return np.ascontiguousarray(np.asarray(values).astype(dtype))
+
+
+def build_layout_cases(seed: int = 2018, *, n: int = 37, steps: int = 6) -> List[Case]:
+    """Cases in the other layouts (docs/numerics.md, "Buffer dtypes"), AMP and stochastic
+    rounding, inputs drawn from ``seed`` (expected arrays left empty). Needs ml_dtypes."""
+    oracle.dtype_of("bfloat16")  # raises Unsupported without ml_dtypes
+    rng = np.random.default_rng(seed + 1)
+    cases = []
+    for name, optimizer, overrides, (p, g, s, c), opts in _LAYOUT_CONFIGS:
+        base = _ADAGRAD_BASE if optimizer == "adagrad" else _ADAM_BASE
+        hyper = {**base, **overrides}
+        layout = {"param": p, "grad": g, "state": s, "param_copy": c}
+        case = Case(name=name, optimizer=optimizer, hyper=hyper,
+                    steps=list(range(1, steps + 1)), lrs=_lrs(float(hyper["lr"]), steps,
+                                                              "normal"),
+                    initial={}, grads=np.empty((0, 0)), expected={}, layout=layout,
+                    tags=["layout"] + [k for k in ("specials",) if opts.get(k)])
+        state = _initial_state(optimizer, hyper, n, "late", rng)
+        for key in state:
+            case.initial[key] = _cast(state[key], case.dtype(key))
+        if c:
+            case.initial["param_copy"] = _cast(state["param"], c)
+        grads = (rng.standard_normal((steps, n)) * 10.0 ** rng.integers(-3, 1, (steps, n)))
+        if opts.get("specials"):
+            for k in range(steps):
+                grads[k] = np.roll(np.where(np.arange(n) < 11, _layout_specials(n),
+                                            grads[k]), 3 * k)
+        if "grad_scale" in opts:
+            scale = float(opts["grad_scale"])
+            scales, found, numbers, t = [], [], [], 1
+            for k in range(steps):
+                grads[k] *= scale
+                inf = k == opts["inf_step"]
+                if inf:
+                    grads[k, k] = np.inf
+                scales.append(scale)
+                found.append(inf)
+                numbers.append(t)
+                if inf:
+                    scale /= 2.0  # as GradScaler backs off; the step count stays
+                else:
+                    t += 1
+            case.grad_scale, case.found_inf, case.steps = scales, found, numbers
+        if "seed" in opts:
+            case.rounding, case.seed = "stochastic", int(opts["seed"])
+        case.grads = _cast(grads, g)
+        cases.append(case)
+    return cases
+
+
+def trajectory(case: Case, step_fn, state_dtype=None) -> Dict[str, np.ndarray]:
+    """Every array of ``case`` after every step of ``step_fn`` ({key: (steps, size)});
+    with ``grad_scale``, ``"grad"`` holds the gradients as written back."""
+    wide = state_dtype is not None and np.dtype(state_dtype) == np.float64
+    state = oracle.initial_state(case, state_dtype)
+    out = {k: np.empty((len(case.steps), case.size), dtype=state[k].dtype) for k in case.keys}
+    if case.grad_scale is not None:
+        out["grad"] = np.empty((len(case.steps), case.size),
+                               dtype=np.float64 if wide else case.grads.dtype)
     for k, (step, lr) in enumerate(zip(case.steps, case.lrs)):
-        step_fn(case, state, case.grads[k].copy(), step, lr)
+        grad = case.grads[k].astype(np.float64) if wide else case.grads[k].copy()
+        step_fn(case, state, grad, step, lr, **case.step_options(k))
         for key in case.keys:
             out[key][k] = state[key]
+        if "grad" in out:
+            out["grad"][k] = grad
     return out
 
 
@@ -161,16 +290,120 @@ def _fill(case: Case) -> None:
     results = {}
     for isa in adamcore.available_isas():
         step_fn, _ = oracle.get_step_fn(f"adamcore:{isa}")
-        results[isa] = _trajectory(case, step_fn, np.float32)
+        results[isa] = trajectory(case, step_fn)
     first_isa, expected = next(iter(results.items()))
     for isa, got in results.items():
-        for key in case.keys:
-            if oracle.ulp_distance(expected[key], got[key]).max() != 0:
+        for key in expected:
+            dist = oracle.ulp_distance(expected[key], got[key], case.dtype(key))
+            if dist.max(initial=0) != 0:
                 raise RuntimeError(f"{case.name}: {key} differs between ISA {first_isa} and "
                                    f"{isa}; refusing to write golden vectors")
+    case.expected_grad = expected.pop("grad", None)
     case.expected = expected
     ref_fn, ref_dtype = oracle.get_step_fn("reference")
-    case.reference = _trajectory(case, ref_fn, ref_dtype)
+    reference = trajectory(case, ref_fn, ref_dtype)
+    reference.pop("grad", None)
+    if case.reference_steps is not None:
+        reference = {k: v[case.reference_steps] for k, v in reference.items()}
+    case.reference = reference
+
+
+def case_arrays(case: Case) -> Dict[str, np.ndarray]:
+    """The arrays of a case's ``.npz`` (format 2): every value of a buffer stored as the
+    bits of its dtype (uint32 float32, uint16 bfloat16/float16, uint64 float64); the
+    reference in float64."""
+    arrays = {"grads": oracle.to_bits(case.grads, case.dtype("grad"))}
+    for key in case.keys:
+        arrays[f"initial_{key}"] = oracle.to_bits(case.initial[key], case.dtype(key))
+        arrays[f"expected_{key}"] = oracle.to_bits(case.expected[key], case.dtype(key))
+        if key in case.reference:
+            arrays[f"reference_{key}"] = np.asarray(case.reference[key], dtype=np.float64)
+    if case.expected_grad is not None:
+        arrays["expected_grad"] = oracle.to_bits(case.expected_grad, case.dtype("grad"))
+    return arrays
+
+
+def npz_bytes(arrays: Dict[str, np.ndarray]) -> bytes:
+    """A NumPy-readable ``.npz`` whose bytes depend only on the arrays (sorted members,
+    fixed timestamps), so a regenerated set has the same hashes."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name in sorted(arrays):
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(arrays[name]),
+                                      allow_pickle=False)
+            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, member.getvalue(), compresslevel=9)
+    return buffer.getvalue()
+
+
+def manifest_entry(case: Case, file_name: str, digest: str) -> Dict[str, object]:
+    entry = {"name": case.name, "file": file_name, "sha256": digest,
+             "optimizer": case.optimizer, "hyper": case.hyper, "steps": case.steps,
+             "lrs": case.lrs, "size": case.size, "arrays": list(case.keys),
+             "tags": case.tags, "layout": dict(case.layout), "rounding": case.rounding}
+    if case.seed is not None:
+        entry["seed"] = case.seed
+    if case.grad_scale is not None:
+        entry["grad_scale"] = [None if s is None else float(s) for s in case.grad_scale]
+    if case.found_inf is not None:
+        entry["found_inf"] = [bool(f) for f in case.found_inf]
+    if case.reference_steps is not None:
+        entry["reference_steps"] = list(case.reference_steps)
+    return entry
+
+
+ARRAYS_DOC = {
+    "grads": "bits of the grads' dtype, shape (steps, size)",
+    "initial_<array>": "bits of the array's dtype, shape (size,)",
+    "expected_<array>": "bits of the array's dtype after each step, shape (steps, size)",
+    "expected_grad": "with grad_scale: bits of the gradients as written back by each "
+                     "step, shape (steps, size)",
+    "reference_<array>": "float64 reference after each step (or after the steps listed "
+                         "in reference_steps), shape (steps or len(reference_steps), size)",
+}
+BITS_DOC = {"float32": "uint32", "float64": "uint64", "bfloat16": "uint16 (the top half "
+            "of a float32)", "float16": "uint16 (IEEE binary16)"}
+
+
+def write_set(directory: str, cases: Sequence[Case], *, description: str,
+              generator: Dict[str, object], force: bool = False) -> List[str]:
+    """Write filled ``cases`` and their manifest (format 2) into ``directory``."""
+    if os.path.exists(os.path.join(directory, MANIFEST)) and not force:
+        raise FileExistsError(f"{directory!r} already holds a golden set; pass force=True "
+                              "(--force) to overwrite it")
+    os.makedirs(directory, exist_ok=True)
+    entries, paths = [], []
+    for case in cases:
+        data = npz_bytes(case_arrays(case))
+        file_name = f"{case.name}.npz"
+        path = os.path.join(directory, file_name)
+        with open(path, "wb") as f:
+            f.write(data)
+        entries.append(manifest_entry(case, file_name, hashlib.sha256(data).hexdigest()))
+        paths.append(path)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "description": description,
+        "generator": generator,
+        "arrays": ARRAYS_DOC,
+        "bits": BITS_DOC,
+        "layout": "per case: the dtype of param, grad, state (every optimizer state array) "
+                  "and param_copy (null: none); format 1 cases are all float32",
+        "rounding": "per case: nearest, or stochastic with seed (docs/numerics.md); "
+                    "grad_scale and found_inf, when present, per step",
+        "nan_policy": "NaN is compared by position; NaN sign and payload are not part of "
+                      "the bitwise contract",
+        "cases": entries,
+    }
+    manifest_path = os.path.join(directory, MANIFEST)
+    with open(manifest_path, "w", encoding="utf-8", newline="\n") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+        f.write("\n")
+    paths.append(manifest_path)
+    return paths
 
 
 def write(directory: str, *, seed: int = 2018, force: bool = False) -> List[str]:
@@ -178,49 +411,19 @@ def write(directory: str, *, seed: int = 2018, force: bool = False) -> List[str]
     if os.path.exists(os.path.join(directory, MANIFEST)) and not force:
         raise FileExistsError(f"{directory!r} already holds a golden set; pass force=True "
                               "(--force) to overwrite it")
-    os.makedirs(directory, exist_ok=True)
     cases = build_cases(seed)
-    entries, paths = [], []
+    try:
+        cases += build_layout_cases(seed)
+    except oracle.Unsupported:  # no ml_dtypes: the float32 cases only
+        pass
     for case in cases:
         _fill(case)
-        arrays = {"grads": case.grads.view(np.uint32)}
-        for key in case.keys:
-            arrays[f"initial_{key}"] = case.initial[key].view(np.uint32)
-            arrays[f"expected_{key}"] = case.expected[key].view(np.uint32)
-            arrays[f"reference_{key}"] = case.reference[key]
-        file_name = f"{case.name}.npz"
-        path = os.path.join(directory, file_name)
-        np.savez_compressed(path, **arrays)
-        with open(path, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
-        entries.append({"name": case.name, "file": file_name, "sha256": digest,
-                        "optimizer": case.optimizer, "hyper": case.hyper,
-                        "steps": case.steps, "lrs": case.lrs, "size": case.size,
-                        "arrays": list(case.keys), "tags": case.tags})
-        paths.append(path)
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "description": "adamcore golden vectors: float32 state after every step, stored as "
-                       "uint32 bits; float64 reference beside them",
-        "generator": {"adamcore": adamcore.__version__, "isas": adamcore.available_isas(),
-                      "numpy": np.__version__, "python": platform.python_version(),
-                      "seed": seed},
-        "arrays": {
-            "grads": "uint32 bits of float32, shape (steps, size)",
-            "initial_<array>": "uint32 bits of float32, shape (size,)",
-            "expected_<array>": "uint32 bits of float32 after each step, shape (steps, size)",
-            "reference_<array>": "float64 reference after each step, shape (steps, size)",
-        },
-        "nan_policy": "NaN is compared by position; NaN sign and payload are not part of "
-                      "the bitwise contract",
-        "cases": entries,
-    }
-    manifest_path = os.path.join(directory, MANIFEST)
-    with open(manifest_path, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1)
-        f.write("\n")
-    paths.append(manifest_path)
-    return paths
+    generator = {"adamcore": adamcore.__version__, "isas": adamcore.available_isas(),
+                 "numpy": np.__version__, "python": platform.python_version(), "seed": seed}
+    return write_set(directory, cases, force=True, generator=generator,
+                     description="adamcore golden vectors: every buffer's state after every "
+                                 "step, stored as the bits of its dtype; float64 reference "
+                                 "beside them")
 
 
 def _write_command(args: argparse.Namespace) -> int:

@@ -144,8 +144,16 @@ class _ArrayFrontend(_engine.Frontend):
             for counter in counters:
                 dict.update(counter, entry)
 
+    @property
+    def master_weights(self) -> bool:  # type: ignore[override]
+        return self._optimizer().master_weights
+
     def new_buffer(self, param: Any, fill: float) -> Any:
-        return np.zeros_like(param) if fill == 0 else np.full_like(param, fill)
+        dtype = np.float32 if self.master_weights else param.dtype
+        return np.zeros(param.shape, dtype) if fill == 0 else np.full(param.shape, fill, dtype)
+
+    def new_master(self, param: Any) -> Any:
+        return param.astype(np.float32)  # exact: a 16-bit value widens without rounding
 
     def new_step(self) -> Any:
         return 0
@@ -170,12 +178,17 @@ class Optimizer:
     _family: Family = ADAM_FAMILY
 
     def __init__(self, params: Iterable[Any], defaults: Mapping[str, Any], *,
-                 rounding: str = "nearest", seed: int = 0) -> None:
+                 rounding: str = "nearest", seed: int = 0, master_weights: bool = False) -> None:
         self.defaults: Dict[str, Any] = dict(defaults)
         # How 16-bit params, state and copies are stored (docs/numerics.md); checked by
         # the extension at the first step.
         self.rounding = rounding
         self.seed = seed
+        if not isinstance(master_weights, (bool, np.bool_)):
+            raise TypeError(f"master_weights must be a bool, got {type(master_weights).__name__}")
+        #: 16-bit params keep float32 copies in state['master_param'] (and float32 state);
+        #: each step updates the copy and writes the param as its rounding, in one pass.
+        self.master_weights = bool(master_weights)
         self.param_groups: List[Dict[str, Any]] = []
         #: Per-parameter state keyed by the parameter's index across all groups.
         self.state: Dict[int, Dict[str, Any]] = TrackedStates()
@@ -200,6 +213,7 @@ class Optimizer:
         return {"rounding": self.rounding, "seed": self.seed}
 
     def _attach_engine(self) -> None:
+        self.__dict__.setdefault("master_weights", False)
         self._frontend = _ArrayFrontend(self)
         self._engine = Engine(self._family, self._frontend)
 
@@ -231,6 +245,12 @@ class Optimizer:
         for key, value in self.defaults.items():
             group.setdefault(key, value)
         group["params"] = params
+        if self.master_weights:
+            for k, p in enumerate(params):
+                if getattr(getattr(p, "dtype", None), "name", None) not in ("bfloat16", "float16"):
+                    raise TypeError(f"param_groups[{index}]['params'][{k}] must be a bfloat16 or "
+                                    f"float16 array with master_weights=True, got "
+                                    f"{getattr(p, 'dtype', type(p).__name__)}")
         self._engine.check_settings(index, group)
         groups = self.param_groups + [group]
         _engine.check_params([f"param_groups[{g}]['params'][{k}]" for g, gr in enumerate(groups)
@@ -370,7 +390,8 @@ class Optimizer:
         if not isinstance(saved, Mapping):
             raise ValueError(f"{where} must be a dict, got {type(saved).__name__}")
         family = self._family
-        allowed = {"step", *family.required, *family.optional}
+        names = (*family.required, *family.optional) + ((_engine.MASTER,) if self.master_weights else ())
+        allowed = {"step", *names}
         unknown = sorted(set(saved) - allowed)
         if unknown:
             raise ValueError(f"{where} has entries {unknown} that {type(self).__name__} does not "
@@ -379,9 +400,14 @@ class Optimizer:
         if missing:
             raise ValueError(f"{where} lacks {missing}; is it another optimizer's state?")
         state: Dict[str, Any] = TrackedState(step=_engine.step_count(f"{where}['step']", saved["step"]))
-        for name in (*family.required, *family.optional):
+        # With master weights the state is float32; a 16-bit state saved without them (a
+        # torch fused optimizer's, say) is widened, exactly. The other way is refused.
+        dtype = np.dtype(np.float32) if self.master_weights else param.dtype
+        for name in names:
             if name in saved:
-                state[name] = _state_array(f"{where}['{name}']", saved[name], param, owned)
+                state[name] = _state_array(f"{where}['{name}']", saved[name], param, owned, dtype)
+        if self.master_weights and _engine.MASTER not in state:
+            state[_engine.MASTER] = param.astype(np.float32)
         return state
 
     # -- checkpoint files -----------------------------------------------------------
@@ -412,17 +438,22 @@ class Optimizer:
         return "\n".join(lines)
 
 
-def _state_array(where: str, value: Any, param: np.ndarray, owned: bool) -> np.ndarray:
-    """A loaded state buffer as a private array of its parameter's dtype and shape: a
-    copy, unless ``owned`` and already usable in place.
+def _state_array(where: str, value: Any, param: np.ndarray, owned: bool,
+                 dtype: Optional[np.dtype] = None) -> np.ndarray:
+    """A loaded state buffer as a private array of ``dtype`` (default: its parameter's)
+    and its parameter's shape: a copy, unless ``owned`` and already usable in place. A
+    buffer of the parameter's 16-bit dtype is widened when ``dtype`` is float32.
 
     Accepts NumPy arrays and anything exposing ``__array__`` (torch CPU tensors)."""
+    dtype = param.dtype if dtype is None else dtype
     try:
         array = np.asarray(value)
     except Exception as err:  # a tensor on another device, say
         raise TypeError(f"{where} cannot be read as an array: {err}") from None
-    if array.dtype != param.dtype:
-        raise TypeError(f"{where} has dtype {array.dtype}; the parameter is {param.dtype}")
+    if array.dtype != dtype:
+        if not (dtype == np.float32 and array.dtype == param.dtype):
+            raise TypeError(f"{where} has dtype {array.dtype}; expected {dtype}")
+        array, owned = array.astype(np.float32), True  # exact
     if array.shape != param.shape:
         raise ValueError(f"{where} has shape {tuple(array.shape)} but its parameter has shape "
                          f"{tuple(param.shape)}")
@@ -454,11 +485,11 @@ class Adam(Optimizer):
                  weight_decay: float = ADAM.weight_decay, amsgrad: bool = ADAM.amsgrad, *,
                  maximize: bool = ADAM.maximize,
                  decoupled_weight_decay: bool = ADAM.decoupled_weight_decay,
-                 rounding: str = "nearest", seed: int = 0) -> None:
+                 rounding: str = "nearest", seed: int = 0, master_weights: bool = False) -> None:
         super().__init__(params, dict(ADAM._asdict(), lr=lr, betas=betas, eps=eps,
                                       weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay),
-                         rounding=rounding, seed=seed)
+                         rounding=rounding, seed=seed, master_weights=master_weights)
 
 
 class AdamW(Adam):
@@ -469,9 +500,11 @@ class AdamW(Adam):
     def __init__(self, params: Iterable[Any], lr: LearningRate = ADAM.lr,
                  betas: Tuple[float, float] = ADAM.betas, eps: float = ADAM.eps,
                  weight_decay: float = ADAMW_WEIGHT_DECAY, amsgrad: bool = ADAM.amsgrad, *,
-                 maximize: bool = ADAM.maximize, rounding: str = "nearest", seed: int = 0) -> None:
+                 maximize: bool = ADAM.maximize, rounding: str = "nearest", seed: int = 0,
+                 master_weights: bool = False) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
-                         decoupled_weight_decay=True, rounding=rounding, seed=seed)
+                         decoupled_weight_decay=True, rounding=rounding, seed=seed,
+                         master_weights=master_weights)
 
 
 class AMSGrad(Adam):
@@ -483,9 +516,10 @@ class AMSGrad(Adam):
                  betas: Tuple[float, float] = ADAM.betas, eps: float = ADAM.eps,
                  weight_decay: float = ADAM.weight_decay, *, maximize: bool = ADAM.maximize,
                  decoupled_weight_decay: bool = ADAM.decoupled_weight_decay,
-                 rounding: str = "nearest", seed: int = 0) -> None:
+                 rounding: str = "nearest", seed: int = 0, master_weights: bool = False) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, True, maximize=maximize,
-                         decoupled_weight_decay=decoupled_weight_decay, rounding=rounding, seed=seed)
+                         decoupled_weight_decay=decoupled_weight_decay, rounding=rounding, seed=seed,
+                         master_weights=master_weights)
 
 
 # --------------------------------------------------------------------------- AdaGrad
@@ -505,8 +539,9 @@ class Adagrad(Optimizer):
                  lr_decay: float = ADAGRAD.lr_decay, weight_decay: float = ADAGRAD.weight_decay,
                  initial_accumulator_value: float = ADAGRAD.initial_accumulator_value,
                  eps: float = ADAGRAD.eps, *, maximize: bool = ADAGRAD.maximize,
-                 rounding: str = "nearest", seed: int = 0) -> None:
+                 rounding: str = "nearest", seed: int = 0, master_weights: bool = False) -> None:
         super().__init__(params, dict(ADAGRAD._asdict(), lr=lr, lr_decay=lr_decay, eps=eps,
                                       weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
-                                      maximize=maximize), rounding=rounding, seed=seed)
+                                      maximize=maximize), rounding=rounding, seed=seed,
+                         master_weights=master_weights)

@@ -1,10 +1,13 @@
 """Committed golden trajectories: write them (needs torch 2.13) and read them (needs NumPy).
 
-    python tests/data/make_golden.py [--out DIR]
+    python tests/data/make_golden.py [--out DIR] [--only torch|layouts]
 
 writes ``DIR`` (default: ``tests/data/golden`` beside this file): one ``<case>.npz``
 per case and ``manifest.json`` with every case's optimizer, hyperparameters, step
-numbers, gradient seed and the SHA-256 of its file and of its gradients.
+numbers, gradient seed and the SHA-256 of its file and of its gradients; and
+``DIR/layouts``, the bfloat16/float16/float64 and mixed layouts, AMP and stochastic
+rounding in :mod:`adamcore.golden`'s format 2 (see "layouts" below; needs ml_dtypes),
+which ``python -m adamcore golden check DIR/layouts`` reads.
 
 The expected bits come from *peers*, never from adamcore's kernels:
 
@@ -44,7 +47,6 @@ import io
 import json
 import os
 import sys
-import zipfile
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -359,17 +361,9 @@ def _bits(a: np.ndarray) -> np.ndarray:
 
 def write_npz(path: str, arrays: Dict[str, np.ndarray]) -> bytes:
     """A NumPy-readable ``.npz`` whose bytes depend only on the arrays."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name in sorted(arrays):
-            member = io.BytesIO()
-            np.lib.format.write_array(member, np.ascontiguousarray(arrays[name]),
-                                      allow_pickle=False)
-            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, member.getvalue(), compresslevel=9)
-    data = buffer.getvalue()
+    from adamcore.golden import npz_bytes  # (the same writer as the format-2 sets)
+
+    data = npz_bytes(arrays)
     with open(path, "wb") as f:
         f.write(data)
     return data
@@ -427,6 +421,244 @@ def build(out_dir: str) -> dict:
     return manifest
 
 
+# ---------------------------------------------------------------- layouts (format 2)
+#
+# The other buffer layouts (docs/numerics.md, "Buffer dtypes"), AMP and stochastic
+# rounding, in adamcore.oracle's golden format 2 (``python -m adamcore golden check``
+# reads it; adamcore.golden's docstring describes it) in the directory ``layouts`` beside
+# the torch set. The expected bits come from peers, never from adamcore's kernels:
+#
+# * all-bfloat16 and all-float16: torch 2.13 fused (every element in its vector body: the
+#   tensors are padded with zeros to a multiple of 32) AND the NumPy emulation of the
+#   documented recipe (adamcore._sr_emulation), which must agree bit for bit;
+# * float64: torch 2.13 fused (padded likewise);
+# * the mixed layouts, AMP (grad_scale, found_inf) and stochastic rounding: the NumPy
+#   emulation (torch has none of them in one kernel).
+#
+# The reference arrays hold the float64 reference after the last step only.
+
+DEFAULT_LAYOUT_DIR = os.path.join(DEFAULT_DIR, "layouts")
+LAYOUT_SIZE, LAYOUT_STEPS = 129, 12  # 128 + 1: the last element is a tail on every ISA
+F64_SIZE, F64_STEPS = 65, 8  # 64 + 1 likewise
+_BF, _FP, _F32, _F64 = "bfloat16", "float16", "float32", "float64"
+
+# name, optimizer, options over the defaults, (param, grad, state, copy), first step, extra
+LAYOUT_CASES = (
+    ("bf16-adam", "adam", {}, (_BF, _BF, _BF, None), 1, {}),
+    ("bf16-adamw_amsgrad", "adamw", {"amsgrad": True, "weight_decay": 0.1},
+     (_BF, _BF, _BF, None), 101, {}),
+    ("bf16-adagrad", "adagrad", {"lr_decay": 0.01, "weight_decay": 0.1}, (_BF, _BF, _BF, None),
+     1, {}),
+    ("fp16-adam", "adam", {"weight_decay": 0.01}, (_FP, _FP, _FP, None), 1, {}),
+    ("fp16-adamw_amsgrad", "adamw", {"amsgrad": True, "weight_decay": 0.1},
+     (_FP, _FP, _FP, None), 101, {}),
+    ("fp16-adagrad", "adagrad", {"lr_decay": 0.01}, (_FP, _FP, _FP, None), 1, {}),
+    ("f64-adam", "adam", {}, (_F64, _F64, _F64, None), 1, {}),
+    ("f64-adamw_amsgrad", "adamw", {"amsgrad": True, "weight_decay": 0.1},
+     (_F64, _F64, _F64, None), 101, {}),
+    ("f64-adagrad", "adagrad", {"lr_decay": 0.01, "weight_decay": 0.1},
+     (_F64, _F64, _F64, None), 1, {}),
+    ("master-bf16_grads-bf16_copy", "adamw", {"weight_decay": 0.1}, (_F32, _BF, _F32, _BF),
+     1, {}),
+    ("bf16_params-f32_state", "adam", {"amsgrad": True}, (_BF, _BF, _F32, None), 101, {}),
+    ("f32_params-bf16_state", "adamw", {"amsgrad": True, "weight_decay": 0.1},
+     (_F32, _F32, _BF, None), 101, {}),
+    ("amp-master-fp16_grads-fp16_copy", "adam", {"weight_decay": 0.01},
+     (_F32, _FP, _F32, _FP), 1, {"grad_scale": 65536.0, "inf_step": 5}),
+    ("sr-bf16-adamw_amsgrad", "adamw", {"amsgrad": True, "weight_decay": 0.1},
+     (_BF, _BF, _BF, None), 101, {"seed": 20260901}),
+    ("sr-fp16-adam", "adam", {}, (_FP, _FP, _FP, None), 1, {"seed": 1}),
+    ("sr-fp16-adagrad", "adagrad", {"lr_decay": 0.01}, (_FP, _FP, _FP, None), 1,
+     {"seed": 0xFFFFFFFFFFFFFFFF}),
+    ("sr-f32_params-bf16_state-bf16_copy", "adam", {"amsgrad": True},
+     (_F32, _BF, _BF, _BF), 101, {"seed": 99}),
+    ("sr-bf16_params-f32_state", "adam", {}, (_BF, _BF, _F32, None), 1, {"seed": 3}),
+)
+
+
+def _cast(values: np.ndarray, name: str) -> np.ndarray:
+    """Values in dtype ``name``, rounded to nearest (16-bit: from float32, with the
+    documented conversion of adamcore._sr_emulation)."""
+    from adamcore import _sr_emulation as sr
+    from adamcore import oracle
+
+    values = np.asarray(values)
+    if name == _F64:
+        return values.astype(np.float64)
+    x = values.astype(np.float32)
+    if name == _F32:
+        return x
+    bits = sr.to_bf16_bits(x) if name == _BF else sr.to_f16_bits(x)
+    return bits.view(oracle.dtype_of(name))
+
+
+def layout_case_seed(index: int) -> int:
+    return 0x1A70_0000 + 131 * index
+
+
+def build_layout_cases() -> list:
+    """The layout cases with their inputs (adamcore.oracle.Case; expected left empty)."""
+    from adamcore.oracle import Case
+
+    cases = []
+    for index, (name, optimizer, options, (p, g, s, c), first, extra) in \
+            enumerate(LAYOUT_CASES):
+        base = ADAGRAD_DEFAULTS if optimizer == "adagrad" else ADAM_DEFAULTS
+        hyper = {k: v for k, v in {**base, **options}.items()
+                 if k != "initial_accumulator_value"}
+        n, steps = (F64_SIZE, F64_STEPS) if p == _F64 else (LAYOUT_SIZE, LAYOUT_STEPS)
+        seed = layout_case_seed(index)
+        initial = initial_state(optimizer, {**base, **options}, n, first, seed)
+        grads = gradients(seed, steps, n, False).astype(np.float64)
+        layout = {"param": p, "grad": g, "state": s, "param_copy": c}
+        case = Case(name=name, optimizer=optimizer, hyper=hyper,
+                    steps=list(range(first, first + steps)),
+                    lrs=[float(x) for x in learning_rates(hyper["lr"], steps, True)],
+                    initial={}, grads=np.empty((0, 0)), expected={}, layout=layout,
+                    reference_steps=[steps - 1])
+        for key, value in initial.items():
+            case.initial[key] = _cast(value, case.dtype(key))
+        if c:
+            case.initial["param_copy"] = _cast(np.zeros(n), c)
+        if "grad_scale" in extra:  # GradScaler: scaled grads; an Inf skips the step and
+            scale, t = float(extra["grad_scale"]), first  # halves the scale
+            case.grad_scale, case.found_inf, case.steps = [], [], []
+            for k in range(steps):
+                grads[k] *= scale
+                skip = k == extra["inf_step"]
+                if skip:
+                    grads[k, [3, n - 1]] = [np.inf, -np.inf]
+                case.grad_scale.append(scale)
+                case.found_inf.append(skip)
+                case.steps.append(t)
+                if skip:
+                    scale /= 2.0
+                else:
+                    t += 1
+        if "seed" in extra:
+            case.rounding, case.seed = "stochastic", int(extra["seed"])
+        case.grads = _cast(grads, g)
+        case.tags = [p if p == g == s and not c else "mixed"] + (
+            ["amp"] if case.grad_scale else []) + (["stochastic"] if case.seed is not None
+                                                   else [])
+        cases.append(case)
+    return cases
+
+
+def _torch_layout_trajectory(case) -> dict:
+    """torch fused's trajectory of a same-dtype case, every element in its vector body
+    (zeros appended up to a multiple of 32: zero grads on zero state move nothing)."""
+    import torch
+
+    from adamcore import oracle
+
+    name = case.layout["param"]
+    tdtype = {_BF: torch.bfloat16, _FP: torch.float16, _F64: torch.float64}[name]
+    n = case.size
+    padded = -(-n // 32) * 32
+
+    def to_torch(a):
+        out = torch.zeros(padded, dtype=tdtype)
+        bits = oracle.to_bits(a, name)
+        if name == _F64:
+            out[:n] = torch.from_numpy(bits.view(np.float64).copy())
+        else:
+            out.view(torch.int16)[:n] = torch.from_numpy(bits.view(np.int16).copy())
+        return out
+
+    def to_numpy(t):
+        t = t.detach()[:n]
+        if name == _F64:
+            return t.numpy().copy()
+        return oracle.from_bits(t.view(torch.int16).numpy().view(np.uint16).copy(), name)
+
+    h = case.hyper
+    param = torch.nn.Parameter(to_torch(case.initial["param"]))
+    if case.optimizer == "adagrad":
+        opt = torch.optim.Adagrad([param], lr=case.lrs[0], lr_decay=h["lr_decay"],
+                                  weight_decay=h["weight_decay"], eps=h["eps"],
+                                  maximize=h["maximize"], fused=True)
+        opt.state[param]["sum"].copy_(to_torch(case.initial["state_sum"]))
+        opt.state[param]["step"].fill_(float(case.steps[0] - 1))
+        names = {"state_sum": "sum"}
+    else:
+        cls = torch.optim.AdamW if case.optimizer == "adamw" else torch.optim.Adam
+        opt = cls([param], lr=case.lrs[0], betas=(h["beta1"], h["beta2"]), eps=h["eps"],
+                  weight_decay=h["weight_decay"], amsgrad=h["amsgrad"],
+                  maximize=h["maximize"], fused=True)
+        keys = [k for k in case.keys if k != "param"]
+        names = {k: k for k in keys}
+        if case.steps[0] > 1:
+            opt.state[param] = {"step": torch.tensor(float(case.steps[0] - 1)),
+                                **{k: to_torch(case.initial[k]) for k in keys}}
+    out = {k: [] for k in case.keys}
+    for k in range(len(case.steps)):
+        opt.param_groups[0]["lr"] = case.lrs[k]
+        param.grad = to_torch(case.grads[k])
+        opt.step()
+        out["param"].append(to_numpy(param))
+        for key, tkey in names.items():
+            out[key].append(to_numpy(opt.state[param][tkey]))
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def fill_layout_case(case) -> str:
+    """Fill the expected bits from the peers (refusing on any disagreement) and the
+    reference; returns the source."""
+    from adamcore import golden, oracle
+
+    lay = case.layout
+    same = lay["param"] == lay["grad"] == lay["state"] and not lay["param_copy"]
+    plain = not case.has_options
+    results = {}
+    if same and plain and lay["param"] != _F32:
+        results["torch-fused"] = _torch_layout_trajectory(case)
+    if lay["param"] != _F64:
+        results["emulation"] = golden.trajectory(case, oracle.get_step_fn("emulation")[0])
+    (first, expected), *others = results.items()
+    for source, got in others:
+        for key in expected:
+            if expected[key].tobytes() != got[key].tobytes():
+                raise RuntimeError(f"{case.name}: {key}: {source} disagrees with {first}; "
+                                   f"refusing to write")
+    case.expected_grad = expected.pop("grad", None)
+    case.expected = expected
+    ref_fn, ref_dtype = oracle.get_step_fn("reference")
+    reference = golden.trajectory(case, ref_fn, ref_dtype)
+    case.reference = {k: reference[k][case.reference_steps] for k in case.keys}
+    return "+".join(results)
+
+
+def build_layouts(out_dir: str = DEFAULT_LAYOUT_DIR) -> dict:
+    """Write the layout set (format 2) into ``out_dir``; returns its manifest."""
+    import torch
+    import adamcore
+    from adamcore import golden
+
+    if not torch.__version__.startswith(TORCH_VERSION + "."):
+        raise RuntimeError(f"the golden bits come from torch {TORCH_VERSION}; "
+                           f"found {torch.__version__}")
+    import ml_dtypes
+
+    cases = build_layout_cases()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for case in cases:
+            case.tags.append("source:" + fill_layout_case(case))
+    finally:
+        torch.set_num_threads(threads)
+    golden.write_set(out_dir, cases, force=True, generator={
+        "script": "tests/data/make_golden.py", "torch": torch.__version__,
+        "numpy": np.__version__, "ml_dtypes": ml_dtypes.__version__,
+        "adamcore_emulation": adamcore.__version__},
+        description="adamcore golden vectors for the bfloat16/float16/float64 and mixed "
+                    "layouts, AMP and stochastic rounding, from torch fused and the NumPy "
+                    "emulation of docs/numerics.md; see tests/data/make_golden.py")
+    with open(os.path.join(out_dir, MANIFEST), encoding="utf-8") as f:
+        return json.load(f)
+
+
 # ---------------------------------------------------------------- reading
 
 class GoldenError(ValueError):
@@ -476,7 +708,22 @@ def load(directory: str, manifest_hash: Optional[str] = None) -> List[dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=DEFAULT_DIR, help="directory to write")
+    parser.add_argument("--only", choices=("torch", "layouts"),
+                        help="write only the torch set (format 1) or only the layout set "
+                             "(format 2, into OUT/layouts)")
     args = parser.parse_args(argv)
+    if args.only != "torch":
+        layout_dir = os.path.join(args.out, "layouts")
+        layouts = build_layouts(layout_dir)
+        size = sum(os.path.getsize(os.path.join(layout_dir, e["file"]))
+                   for e in layouts["cases"]) + os.path.getsize(os.path.join(layout_dir,
+                                                                             MANIFEST))
+        print(f"wrote {len(layouts['cases'])} layout cases to {layout_dir} "
+              f"({size / 1024:.1f} KiB)")
+        print(f"layout manifest sha256 {manifest_sha256(layout_dir)} (pin it in "
+              f"tests/test_golden_layouts.py as MANIFEST_SHA256)")
+        if args.only == "layouts":
+            return 0
     manifest = build(args.out)
     size = sum(os.path.getsize(os.path.join(args.out, e["file"])) for e in manifest["cases"])
     size += os.path.getsize(os.path.join(args.out, MANIFEST))

@@ -145,10 +145,16 @@ struct StepOptions {
   float grad_scale = 0.0f;
   // torch's found_inf: when true the step writes nothing at all.
   bool found_inf = false;
+  // Gradient clipping fused into the step: each grad (after unscaling, read back as
+  // stored) is multiplied by clip_coef, and for 16-bit grads rounded to their dtype, as
+  // torch's clip_grad_norm_ leaves it in the grad buffer; the buffer itself is not
+  // written. 1: no clipping. Float layouts use it rounded to float32.
+  double clip_coef = 1.0;
   Rounding rounding = Rounding::nearest;
   std::uint64_t seed = 0;
 };
-// Empty when the options are valid (grad_scale 0, or finite and > 0), else a message
+// Empty when the options are valid (grad_scale 0, or finite and > 0; clip_coef finite
+// and >= 0), else a message
 // that starts with the offending argument's name.
 std::string check_step_options(const StepOptions& options);
 
