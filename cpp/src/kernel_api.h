@@ -80,8 +80,10 @@ struct AdagradScalars {
 // The stochastic-rounding hashes, shared by the host and every ISA. mix64 is
 // SplitMix64's output for state z (the increment, then its finaliser); the 32-bit hash
 // (two multiply-xorshift rounds) is applied per lane by kernels.inl with the same
-// constants.
-constexpr std::uint64_t mix64(std::uint64_t z) {
+// constants. Both are static: each translation unit keeps its own copy, so an
+// unoptimised build emits no weak symbol that the linker could take from an AVX-512
+// file for all callers.
+static constexpr std::uint64_t mix64(std::uint64_t z) {
   z += 0x9E3779B97F4A7C15ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
@@ -93,8 +95,8 @@ constexpr std::uint32_t kHashMul2 = 0x846CA68Bu;
 enum SrBuffer : std::uint32_t { sr_param = 0, sr_exp_avg, sr_exp_avg_sq, sr_max_exp_avg_sq,
                                 sr_state_sum, sr_copy, sr_buffer_count };
 // The key of buffer `which` of a tensor for elements [hi * 2^32, (hi + 1) * 2^32).
-inline std::uint32_t sr_buffer_key(std::uint64_t call_key, std::uint64_t stream,
-                                   std::uint64_t hi, std::uint32_t which) {
+static inline std::uint32_t sr_buffer_key(std::uint64_t call_key, std::uint64_t stream,
+                                          std::uint64_t hi, std::uint32_t which) {
   return static_cast<std::uint32_t>(
       mix64(call_key ^ mix64(stream ^ mix64(hi * sr_buffer_count + which))));
 }
