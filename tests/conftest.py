@@ -16,6 +16,18 @@ def isa(request):
         yield request.param
 
 
+@pytest.fixture(scope="module")
+def torch_on_one_thread():
+    """torch's fused step parallelises even 1,024 elements; on a busy 2-core machine its
+    thread team's waits made each step milliseconds. One thread changes no bit. (Modules
+    comparing with torch use it: pytestmark = pytest.mark.usefixtures(...).)"""
+    torch = pytest.importorskip("torch")
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture
 def report():
     """report(line): a measured figure, printed in the run's summary."""

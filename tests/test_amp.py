@@ -50,12 +50,7 @@ def _case(rng, n, dtype, scale):
     return p, g
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("torch_on_one_thread")
 
 
 @pytest.mark.parametrize("family", ["adam", "adamw-amsgrad", "adagrad"])

@@ -45,12 +45,7 @@ OURS = {"DeepSpeedCPUAdam": DeepSpeedCPUAdam, "DeepSpeedCPUAdagrad": DeepSpeedCP
 HAVE_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_on_one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("torch_on_one_thread")
 
 
 def _signature(cls):

@@ -68,14 +68,7 @@ torch = pytest.importorskip("torch")
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_on_one_thread():
-    """torch's fused step parallelises even 1,024 elements; on a busy 2-core machine its
-    thread team's waits made each step milliseconds. One thread changes no bit."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("torch_on_one_thread")
 
 
 def to_torch(a: np.ndarray) -> "torch.Tensor":
