@@ -22,8 +22,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("ml_dtypes")
 import adamcore.torch as act  # noqa: E402
-from test_dtypes import (TAIL_BOUND_ULPS, _body, _tail_within_bound,  # noqa: E402,F401
-                         _torch_on_one_thread, assert_same_bits, to_numpy, ulps)
+from test_dtypes import (TAIL_BOUND_ULPS, _body, _tail_within_bound,  # noqa: E402
+                         assert_same_bits, to_numpy, ulps)
+
+pytestmark = pytest.mark.usefixtures("torch_on_one_thread")
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
