@@ -159,6 +159,24 @@ def test_grad_scale_needs_writable_grads():
     assert [a.tobytes() for a in (p, g, m, v)] == before
 
 
+@pytest.mark.parametrize("group_class", ["AdamGroup", "AdagradGroup"])
+@pytest.mark.parametrize("shared", ["same array", "overlapping views"])
+def test_a_group_refuses_grads_sharing_memory_when_grad_scale_writes_them(group_class, shared):
+    # Read-only grads may share memory; unscaled in place, a grad given twice would be
+    # divided twice (found by tests/test_fuzz_binding.py's group model).
+    params = [np.ones(8, np.float32), np.ones(8, np.float32)]
+    states = [[np.zeros(8, np.float32) for _ in params]
+              for _ in range(2 if group_class == "AdamGroup" else 1)]
+    group = getattr(adamcore, group_class)(params, *states)
+    backing = np.full(12, 4.0, np.float32)
+    grads = [backing[:8], backing[:8]] if shared == "same array" else [backing[:8], backing[4:]]
+    group.step(grads, step=1)  # only read: fine
+    before = [a.tobytes() for a in params + [x for s in states for x in s] + [backing]]
+    with pytest.raises(ValueError, match=r"^grads\[[01]\] and grads\[[01]\] .*memory"):
+        group.step(grads, step=2, grad_scale=2.0)
+    assert [a.tobytes() for a in params + [x for s in states for x in s] + [backing]] == before
+
+
 def test_optimizer_classes_take_grad_scale_and_skip_on_found_inf():
     rng = np.random.default_rng(8)
     params = [rng.standard_normal(k).astype(np.float32) for k in (7, 300)]

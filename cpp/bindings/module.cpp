@@ -671,11 +671,14 @@ std::vector<py::object> take_grads(py::handle grads, const std::vector<Span>& he
                           " arrays but the group has " + std::to_string(count));
   }
   std::vector<py::object> keep(count);
+  std::vector<Span> written_spans;  // grads unscaled in place must not share memory
   for (std::size_t t = 0; t < count; ++t) {
     const auto index = static_cast<std::ptrdiff_t>(t);
     Buffer g = take_buffer(sequence_item(grads, t), "grads", index, written);
     check_size(g.size, "grads", tensors[t].size, "params", index);
     check_outside(held, g, "grads", index);
+    Span span;
+    if (written && add_span(&span, g, "grads", index) != &span) written_spans.push_back(span);
     if (t == 0) {
       *grad_dtype = g.dtype;
     } else if (g.dtype != *grad_dtype) {
@@ -687,6 +690,8 @@ std::vector<py::object> take_grads(py::handle grads, const std::vector<Span>& he
     tensors[t].grad = g.data;
     keep[t] = std::move(g.array);
   }
+  // (A grad given twice would be divided twice; only read, grads may share memory.)
+  check_disjoint(written_spans.data(), written_spans.size());
   return keep;
 }
 
