@@ -587,6 +587,114 @@ def draw_prev_lr(data, inner, chaos: Chaos):
     return draw_number(data, "prev_lr", inner, chaos)
 
 
+# ---------------------------------------------------------------- AMP, rounding, clipping
+
+# The keywords of a step beyond the optimizer's own (adam_step's docstring), each with
+# values the binding must take and, at the call's defect rate, values it must refuse.
+OPTION_VALUES = {
+    "grad_scale": ([None, 1.0, 0.5, 2.0 ** 16, np.float32(1024.0)],
+                   [0.0, -1.0, math.nan, math.inf, 1e39, 1e-50, "2", True]),
+    "found_inf": ([None, False, True, np.True_, np.False_, 0.0, 1.0, math.nan],
+                  ["yes", [1.0]]),
+    "rounding": ([None, "nearest", "stochastic"], ["up", 1, b"nearest"]),
+    "seed": ([None, 0, 7, 2 ** 64 - 1, np.uint64(5)], [-1, 2 ** 64, 1.5, "3", True]),
+    "clip_coef": ([None, 1.0, 0.5, 0.0, np.float32(0.25)], [-0.5, math.nan, math.inf, "1"]),
+    "max_grad_norm": ([None, None, 1.0, 0.1, 0.0, math.inf], [-1.0, math.nan, "1"]),
+    "norm_type": ([2.0, 1.0, 3, math.inf], [0.0, -1.0, math.nan, None]),
+    "error_if_nonfinite": ([False, True, np.True_], [None, 1]),
+}
+
+
+def draw_options(data, chaos: Chaos) -> Dict[str, Any]:
+    """Some of the AMP / rounding / clipping keywords (most calls give none)."""
+    options: Dict[str, Any] = {}
+    if data.draw(st.integers(0, 2), label="step options") != 0:
+        return options
+    for name, (good, bad) in OPTION_VALUES.items():
+        if not data.draw(st.booleans(), label=f"give {name}"):
+            continue
+        pool = bad if chaos.bad(name) else good
+        options[name] = data.draw(st.sampled_from(pool), label=name)
+    return options
+
+
+def _real(x) -> Optional[float]:
+    """x as the binding's real-number conversion sees it (None: a TypeError)."""
+    if isinstance(x, (bool, np.bool_, str, bytes, list)) or x is None:
+        return None
+    return float(x)
+
+
+def options_value(v: Verdict, options: Dict[str, Any]) -> Dict[str, Any]:
+    """The plain values the binding must see for ``options`` (bad ones: v.bad)."""
+    plain: Dict[str, Any] = {}
+    if "grad_scale" in options and options["grad_scale"] is not None:
+        x = _real(options["grad_scale"])
+        as_float = np.float32(x) if x is not None and abs(x) < 1e39 else np.float32(np.inf)
+        if x is None or not (np.isfinite(as_float) and as_float > 0):
+            v.bad(f"grad_scale={options['grad_scale']!r}")
+        else:
+            plain["grad_scale"] = x
+    if "found_inf" in options and options["found_inf"] is not None:
+        x = options["found_inf"]
+        if isinstance(x, (bool, np.bool_)):
+            plain["found_inf"] = bool(x)
+        elif _real(x) is None:
+            v.bad(f"found_inf={x!r}")
+        else:
+            plain["found_inf"] = _real(x) != 0.0  # (NaN: skipped, as torch's found_inf)
+    if "rounding" in options and options["rounding"] is not None:
+        if options["rounding"] not in ("nearest", "stochastic"):
+            v.bad(f"rounding={options['rounding']!r}")
+        else:
+            plain["rounding"] = options["rounding"]
+    if "seed" in options and options["seed"] is not None:
+        x = options["seed"]
+        if isinstance(x, (bool, np.bool_, float, str)) or not 0 <= int(x) < 2 ** 64:
+            v.bad(f"seed={x!r}")
+        else:
+            plain["seed"] = int(x)
+    if "clip_coef" in options and options["clip_coef"] is not None:
+        x = _real(options["clip_coef"])
+        if x is None or not (math.isfinite(x) and x >= 0):
+            v.bad(f"clip_coef={options['clip_coef']!r}")
+        else:
+            plain["clip_coef"] = x
+    if "norm_type" in options:
+        x = _real(options["norm_type"])
+        if x is None or not x > 0:
+            v.bad(f"norm_type={options['norm_type']!r}")
+        else:
+            plain["norm_type"] = x
+    if "error_if_nonfinite" in options:
+        flag = flag_value(v, "error_if_nonfinite", options["error_if_nonfinite"])
+        if flag is not None:
+            plain["error_if_nonfinite"] = flag
+    if "max_grad_norm" in options and options["max_grad_norm"] is not None:
+        x = _real(options["max_grad_norm"])
+        if x is None or math.isnan(x) or x < 0:
+            v.bad(f"max_grad_norm={options['max_grad_norm']!r}")
+        else:
+            plain["max_grad_norm"] = x
+            if plain.get("clip_coef", 1.0) != 1.0:
+                v.bad("max_grad_norm with clip_coef")
+            if "grad_scale" in plain:
+                v.bad("max_grad_norm with grad_scale")
+    return plain
+
+
+def result_summary(r):
+    """A call's return value, comparable with ==: None, the Γ statistics, the fused
+    clipping's norm (NaN as a string), or a tuple of both."""
+    if r is None:
+        return None
+    if isinstance(r, tuple):
+        return tuple(result_summary(x) for x in r)
+    if isinstance(r, float):
+        return "nan" if math.isnan(r) else r
+    return stats_dict(r)
+
+
 # ---------------------------------------------------------------- running and checking
 
 ADAM_BUFFERS = ["param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"]
@@ -705,6 +813,9 @@ def test_step_functions_step_correctly_or_raise_cleanly(data, seed):
     pool = Pool(seed, data.draw(st.sampled_from(CALL_DTYPES), label="dtype"))
     main_dtype = pool.dt
     chaos = Chaos(data)
+    options = draw_options(data, chaos)
+    # With grad_scale the grads are unscaled in place: written, so they must be writable.
+    written = WRITTEN | ({"grad"} if options.get("grad_scale") is not None else set())
     form = data.draw(st.sampled_from(["single"] * 3 + CONTAINERS), label="form")
     count = 1 if form == "single" else data.draw(st.integers(0, 3), label="tensors")
     sizes = [data.draw(st.sampled_from(SIZES), label="size") for _ in range(count)]
@@ -718,7 +829,7 @@ def test_step_functions_step_correctly_or_raise_cleanly(data, seed):
         if name == "param_copy" and not copy_given:
             continue
         pool.dt = copy_dtype(data, pool, chaos) if name == "param_copy" else main_dtype
-        its = [draw_item(data, pool, n, chaos, name in WRITTEN) for n in sizes]
+        its = [draw_item(data, pool, n, chaos, name in written) for n in sizes]
         n_items = count
         if form != "single" and chaos.bad("list length"):
             n_items = max(0, count + data.draw(st.sampled_from([-1, 1]), label="delta"))
@@ -774,6 +885,7 @@ def test_step_functions_step_correctly_or_raise_cleanly(data, seed):
         kwargs["max_exp_avg_sq"] = buffers["max_exp_avg_sq"]
     if "param_copy" in buffers:
         kwargs["param_copy"] = buffers["param_copy"]
+    kwargs.update(options)
     extra = (data.draw(st.sampled_from(["unknown_kw", "positional", "duplicate"]),
                        label="extra") if chaos.bad("extra argument") else "none")
     args = [buffers[k] for k in names if k not in KEYWORD_BUFFERS]
@@ -800,6 +912,7 @@ def test_step_functions_step_correctly_or_raise_cleanly(data, seed):
             flags[name] = flag_value(v, name, kwargs[name])
     if kwargs.get("prev_lr") is not None:
         number_value(v, "prev_lr", kwargs["prev_lr"])
+    plain_options = options_value(v, options)
     if extra != "none":
         v.bad(f"extra argument ({extra})")
     if op != "adagrad" and flags.get("amsgrad", False) is not None:
@@ -815,7 +928,7 @@ def test_step_functions_step_correctly_or_raise_cleanly(data, seed):
             if k != "param" and isinstance(obj, (list, tuple)):
                 v.bad(f"{k} is a list but param is not")
                 continue
-            checked.append((k, check_array(v, obj, k, k in WRITTEN)))
+            checked.append((k, check_array(v, obj, k, k in written)))
     else:
         lengths = set()
         for k in present:
@@ -830,7 +943,7 @@ def test_step_functions_step_correctly_or_raise_cleanly(data, seed):
                 if isinstance(buffers[k], (list, tuple)):
                     for t, obj in enumerate(real_items(buffers[k])):
                         checked.append((f"{k}[{t}]", check_array(v, obj, f"{k}[{t}]",
-                                                                 k in WRITTEN)))
+                                                                 k in written)))
     arrays = [(label, a) for label, a in checked if a is not None]
     # sizes: every buffer of tensor t as large as param[t] (among the buffers that are
     # arrays at all, so that the list of defects is complete)
@@ -855,6 +968,7 @@ def test_step_functions_step_correctly_or_raise_cleanly(data, seed):
     note(f"outcome {outcome}: {type(error).__name__ if error else result!r} {error or ''}")
     event(f"model: {v.errors[0].split()[0] if v.errors else v.outcome}")
     event(f"{outcome}: {main_dtype}" + (" with param_copy" if copy_given else ""))
+    event(f"{outcome} with " + (", ".join(sorted(plain_options)) or "no step options"))
     event(f"{outcome}" + (f" {type(error).__name__}" if error else "")
           + (f", re-entrant steps ran" if re.inner is not None and re.inner.done else ""))
     outcome_matches(v, outcome, error)
@@ -862,7 +976,7 @@ def test_step_functions_step_correctly_or_raise_cleanly(data, seed):
     # What the buffers must hold now: the re-entrant steps that ran, then this call's.
     inner_done = re.inner.done if (re.inner is not None and mode == "same") else 0
     results: Dict[int, np.ndarray] = {}
-    stats_want = None
+    result_want = None
     if inner_done or (outcome == "ok" and not flags.get("check_only")):
         n_tensors = len(items["param"])  # what the call really got
         tensors = [{k: items[k][t] for k in present} for t in range(n_tensors)]
@@ -888,18 +1002,15 @@ def test_step_functions_step_correctly_or_raise_cleanly(data, seed):
             if kwargs.get("prev_lr") is not None:
                 p = kwargs["prev_lr"]
                 plain_kw["prev_lr"] = float(p.value if isinstance(p, FloatLike) else p)
-            stats_want = stats_dict(clean_call(**plain_kw))
+            result_want = result_summary(clean_call(**plain_kw, **plain_options))
         for tensor, c in zip(tensors, clean):
             for k, it in tensor.items():
-                if k in WRITTEN:
+                if k in written:
                     results[id(it)] = c[k]
     assert_backings(pool, expected_backings(pool, before, results),
                     f"after {outcome} ({error!r})")
     if outcome == "ok":
-        if flags.get("check_only") or not flags.get("diagnostics"):
-            assert result is None
-        else:
-            assert stats_dict(result) == stats_want
+        assert result_summary(result) == result_want  # (None with check_only)
     if mode == "private":
         done = re.inner.done
         want = {k: a.copy() for k, a in re.private_before.items()}
@@ -990,7 +1101,9 @@ def test_groups_step_correctly_or_raise_cleanly(data, seed):
     clean = [{n: clean_copy(items[n][t].obj) for n in held_names} for t in range(count)]
     held_arrays = [(f"{n}[{t}]", items[n][t].obj) for n in held_names for t in range(count)]
     for round_ in range(data.draw(st.integers(1, 2), label="steps")):
-        grad_items = [draw_item(data, pool, n, chaos, False) for n in sizes]
+        options = draw_options(data, chaos)
+        grads_written = options.get("grad_scale") is not None  # unscaled in place
+        grad_items = [draw_item(data, pool, n, chaos, grads_written) for n in sizes]
         gform = data.draw(st.sampled_from(CONTAINERS), label="grads form")
         if chaos.bad("grads length"):
             grad_items = grad_items[:-1] if grad_items else [pool.make(3, "good")]
@@ -1028,6 +1141,7 @@ def test_groups_step_correctly_or_raise_cleanly(data, seed):
             kwargs["prev_lr"] = draw_prev_lr(data, re.inner, chaos)
         if not adagrad and chaos.bad("amsgrad keyword"):
             kwargs["amsgrad"] = True  # not a parameter of AdamGroup.step
+        kwargs.update(options)
 
         gv = Verdict()
         hyper = {}
@@ -1041,6 +1155,7 @@ def test_groups_step_correctly_or_raise_cleanly(data, seed):
         flags = {n: flag_value(gv, n, kwargs[n]) for n in flag_names if n in kwargs}
         if kwargs.get("prev_lr") is not None:
             number_value(gv, "prev_lr", kwargs["prev_lr"])
+        plain_options = options_value(gv, options)
         if "amsgrad" in kwargs:
             gv.bad("amsgrad is not a parameter of AdamGroup.step")
         if not isinstance(grads, (list, tuple)):
@@ -1048,7 +1163,7 @@ def test_groups_step_correctly_or_raise_cleanly(data, seed):
         elif real_len(grads) != count:
             gv.bad("grads has the wrong length")
         else:
-            gchecked = [(f"grads[{t}]", check_array(gv, obj, f"grads[{t}]", False))
+            gchecked = [(f"grads[{t}]", check_array(gv, obj, f"grads[{t}]", grads_written))
                         for t, obj in enumerate(real_items(grads))]
             # The group's dtype, or (float32 groups) one 16-bit grads dtype for all
             # tensors, which must be the param_copies' dtype when the group has copies.
@@ -1064,8 +1179,10 @@ def test_groups_step_correctly_or_raise_cleanly(data, seed):
                     gv.bad(f"{label} has {a.size} elements")
                 if a is not None and a.dtype not in allowed:
                     gv.bad(f"{label} has dtype {a.dtype}, params {param_dtype}")
-            # grads may share memory with each other (they are only read), not with the
-            # state the group holds
+            # grads may share memory with each other when they are only read, not when
+            # grad_scale writes them, and never with the state the group holds
+            if grads_written:
+                check_disjoint(gv, [(label, a) for label, a in gchecked if a is not None])
             for label, a in gchecked:
                 if a is not None:
                     check_disjoint(gv, [(label, a)], held_arrays)
@@ -1076,6 +1193,8 @@ def test_groups_step_correctly_or_raise_cleanly(data, seed):
         pre = [clean_copy(i.obj) for i in grad_items if isinstance(i.obj, np.ndarray)]
         outcome, result, error = call(group.step, [grads], kwargs)
         note(f"outcome {outcome}: {type(error).__name__ if error else result!r} {error or ''}")
+        event(f"group step {outcome} with "
+              + (", ".join(sorted(plain_options)) or "no step options"))
         event(f"group step {outcome}" + (f" {type(error).__name__}" if error else "")
               + (f", re-entrant steps ran" if re.inner is not None and re.inner.done else ""))
         outcome_matches(gv, outcome, error)
@@ -1099,7 +1218,7 @@ def test_groups_step_correctly_or_raise_cleanly(data, seed):
 
         for _ in range(inner_done):
             clean_call(step=1)
-        stats_want = None
+        result_want = None
         if outcome == "ok" and not flags.get("check_only"):
             plain_kw = {k: hyper[k] for k in hyper_names + ["step"] if k in kwargs}
             for k in ("maximize", "bias_correction", "diagnostics", "decoupled"):
@@ -1108,15 +1227,14 @@ def test_groups_step_correctly_or_raise_cleanly(data, seed):
             if kwargs.get("prev_lr") is not None:
                 p = kwargs["prev_lr"]
                 plain_kw["prev_lr"] = float(p.value if isinstance(p, FloatLike) else p)
-            stats_want = stats_dict(clean_call(**plain_kw))
+            result_want = result_summary(clean_call(**plain_kw, **plain_options))
         results = {id(items[n][t]): clean[t][n] for n in held_names for t in range(count)}
+        if grads_written and clean_grads is not None:
+            results.update({id(it): g for it, g in zip(grad_items, clean_grads)})
         assert_backings(pool, expected_backings(pool, before, results),
                         f"step {round_} after {outcome} ({error!r})")
         if outcome == "ok":
-            if flags.get("check_only") or not flags.get("diagnostics"):
-                assert result is None
-            else:
-                assert stats_dict(result) == stats_want
+            assert result_summary(result) == result_want  # (None with check_only)
         if mode == "private":
             want_p = re.private_before["param"].copy()
             want_s = [re.private_before[f"s{i}"].copy() for i in range(1 if adagrad else 2)]
