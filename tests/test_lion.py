@@ -179,3 +179,26 @@ def test_torch_drop_in_matches_the_functional_step():
         adamcore.lion_step(p, g.numpy(), m, lr=1e-3, weight_decay=0.1)
     assert w.detach().numpy().tobytes() == p.tobytes()
     assert opt.state_dict()["state"][0]["exp_avg"].numpy().tobytes() == m.tobytes()
+
+
+def test_numpy_lion_class_equals_the_functional_step_and_reloads():
+    rng = np.random.default_rng(8)
+    params = [rng.standard_normal(5).astype(F32), rng.standard_normal((3, 7)).astype(F32)]
+    copies = [p.copy() for p in params]
+    states = [np.zeros_like(p) for p in params]
+    opt = adamcore.Lion(params, lr=1e-2, weight_decay=0.1, convention="deepspeed")
+    for step in range(6):
+        grads = [rng.standard_normal(p.shape).astype(F32) for p in params]
+        opt.step(grads)
+        for p, g, m in zip(copies, grads, states):
+            adamcore.lion_step(p, g, m, lr=1e-2, weight_decay=0.1, convention="deepspeed")
+        if step == 2:
+            saved = opt.state_dict()
+            fresh = adamcore.Lion(params, lr=0.5)
+            fresh.load_state_dict(saved)
+            assert fresh.param_groups[0]["convention"] == "deepspeed"
+            assert fresh.param_groups[0]["lr"] == 1e-2
+            opt = fresh
+    for p, c, m, i in zip(params, copies, states, range(2)):
+        assert p.tobytes() == c.tobytes()
+        assert opt.state[i]["exp_avg"].tobytes() == m.tobytes()

@@ -234,3 +234,28 @@ def test_adamcore_torch_sgd_momentum_state_dict_interop():
     assert torch.equal(bits(w.detach()), bits(twin.detach()))
     assert torch.equal(bits(ours.state[w]["momentum_buffer"]),
                        bits(theirs.state[twin]["momentum_buffer"]))
+
+
+def test_numpy_sgd_class_matches_torch_and_round_trips_state_dicts():
+    rng = np.random.default_rng(7)
+    shapes = [(4, 8), (16,)]  # whole vectors: torch's body computes every element
+    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    twins = [torch.nn.Parameter(torch.tensor(p.copy())) for p in params]
+    kw = dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01)
+    ours = adamcore.SGD(params, **kw)
+    theirs = torch.optim.SGD(twins, fused=True, **kw)
+    for step in range(12):
+        grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+        for t, g in zip(twins, grads):
+            t.grad = torch.tensor(g.copy())
+        ours.step(grads)
+        theirs.step()
+        if step == 5:
+            saved = ours.state_dict()
+            assert set(saved["state"][1]) == {"momentum_buffer"}
+            ours.load_state_dict(theirs.state_dict())  # torch's tensors, read as arrays
+            theirs.load_state_dict({"state": {i: {k: torch.tensor(v) for k, v in s.items()}
+                                              for i, s in saved["state"].items()},
+                                    "param_groups": saved["param_groups"]})
+    for p, t in zip(params, twins):
+        assert p.tobytes() == t.detach().numpy().tobytes()
