@@ -259,3 +259,24 @@ def test_numpy_sgd_class_matches_torch_and_round_trips_state_dicts():
                                     "param_groups": saved["param_groups"]})
     for p, t in zip(params, twins):
         assert p.tobytes() == t.detach().numpy().tobytes()
+
+
+def test_adamcore_torch_sgd_under_grad_scaler_matches_torch_fused():
+    torch.manual_seed(2)
+    w = torch.nn.Parameter(torch.randn(32))
+    twin = torch.nn.Parameter(w.detach().clone())
+    ours = adamcore.torch.SGD([w], lr=0.1, momentum=0.9)
+    theirs = torch.optim.SGD([twin], lr=0.1, momentum=0.9, fused=True)
+    scalers = [torch.amp.GradScaler("cpu", init_scale=1024.0) for _ in range(2)]
+    for step in range(8):
+        g = torch.randn(32)
+        if step == 3:
+            g[0] = float("inf")  # the scaler skips this step for both
+        for param, opt, scaler in ((w, ours, scalers[0]), (twin, theirs, scalers[1])):
+            opt.zero_grad()
+            scaler.scale((param * g).sum()).backward()
+            scaler.step(opt)
+            scaler.update()
+    assert torch.equal(bits(w.detach()), bits(twin.detach()))
+    assert torch.equal(bits(ours.state[w]["momentum_buffer"]),
+                       bits(theirs.state[twin]["momentum_buffer"]))
