@@ -1107,6 +1107,7 @@ void add_fast_method(py::handle cls, PyMethodDef* def) {
 }  // namespace
 
 #include "norm_bindings.inc"  // grad_norm, clip_grad_norm, GradNorm
+#include "lion_sgd_bindings.inc"  // sgd_step, lion_step
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "adamcore's native kernels (use the adamcore package, not this module)";
@@ -1216,6 +1217,7 @@ validated once and held.
                     "solo_steps_left"_a = s.solo_steps_left, "stalls"_a = s.stalls);
   });
   register_norm(m);
+  register_lion_sgd(m);
 #ifdef ADAMCORE_VERSION
   m.attr("__version__") = ADAMCORE_VERSION;
 #endif

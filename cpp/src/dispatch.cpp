@@ -544,4 +544,116 @@ void adagrad_step(const AdagradBuffers* tensors, std::size_t count, std::int64_t
   run_kernel(kernel, k, tensors, count, diag);
 }
 
+// ---------------------------------------------------------------- SGD and Lion
+std::string check_sgd_hyper(const SgdHyper& h) {
+  if (!std::isfinite(h.lr) || h.lr < 0) return bad("lr", h.lr, "finite and >= 0");
+  if (!std::isfinite(h.momentum) || h.momentum < 0) {
+    return bad("momentum", h.momentum, "finite and >= 0");
+  }
+  if (!std::isfinite(h.dampening)) return bad("dampening", h.dampening, "finite");
+  if (!std::isfinite(h.weight_decay) || h.weight_decay < 0) {
+    return bad("weight_decay", h.weight_decay, "finite and >= 0");
+  }
+  if (h.nesterov && (h.momentum <= 0 || h.dampening != 0)) {
+    return "nesterov needs momentum > 0 and dampening 0 (as torch's SGD), got momentum " +
+           std::to_string(h.momentum) + " and dampening " + std::to_string(h.dampening);
+  }
+  return {};
+}
+
+std::string check_lion_hyper(const LionHyper& h) {
+  if (!std::isfinite(h.lr) || h.lr < 0) return bad("lr", h.lr, "finite and >= 0");
+  if (!std::isfinite(h.beta1) || h.beta1 < 0 || h.beta1 > 1) {
+    return bad("beta1", h.beta1, "in [0, 1]");
+  }
+  if (!std::isfinite(h.beta2) || h.beta2 < 0 || h.beta2 > 1) {
+    return bad("beta2", h.beta2, "in [0, 1]");
+  }
+  if (!std::isfinite(h.weight_decay) || h.weight_decay < 0) {
+    return bad("weight_decay", h.weight_decay, "finite and >= 0");
+  }
+  if (h.convention != LionConvention::paper && h.convention != LionConvention::deepspeed) {
+    return "convention must be paper or deepspeed";
+  }
+  return {};
+}
+
+std::string check_sgd_layout(const Layout& layout) {
+  if (layout_index(layout) < detail::kSameDtypeLayouts) return {};
+  return std::string("unsupported dtypes: params ") + dtype_name(layout.param) + ", grads " +
+         dtype_name(layout.grad) + ", state " + dtype_name(layout.state) + ", param_copy " +
+         dtype_name(layout.param_copy) +
+         ". Accepted: one dtype for params, grads and state (float32, float64, bfloat16 or "
+         "float16) and no param_copy";
+}
+
+std::string check_lion_layout(const Layout& layout, LionConvention convention) {
+  std::string err = check_sgd_layout(layout);
+  if (err.empty() && convention == LionConvention::deepspeed &&
+      layout.param == DType::float64) {
+    err = "the deepspeed convention computes in float32 (as DeepSpeedCPULion, which has no "
+          "float64 kernel): use float32, bfloat16 or float16, or the paper convention";
+  }
+  return err;
+}
+
+void sgd_step(const SgdBuffers* tensors, std::size_t count, bool first_step, const SgdHyper& h,
+              const Layout& layout, const StepOptions& options) {
+  const std::size_t layout_at = layout_index(layout);
+  if (layout_at >= detail::kSameDtypeLayouts) return;  // callers check_sgd_layout first
+  if (options.found_inf) return;
+  detail::SgdScalars k{};
+  // torch passes its hyperparameters as doubles and rounds each to the arithmetic's type
+  // (1 - dampening in double first).
+  k.d = {h.weight_decay, h.momentum, 1.0 - h.dampening, -h.lr, options.grad_scale,
+         options.clip_coef};
+  k.f = {static_cast<float>(k.d.weight_decay), static_cast<float>(k.d.momentum),
+         static_cast<float>(k.d.one_minus_dampening), static_cast<float>(k.d.neg_lr),
+         options.grad_scale, static_cast<float>(options.clip_coef)};
+  k.sign_flip = h.maximize ? 0x80000000u : 0u;
+  k.gamma_defined = false;
+  k.pass = pass_options(options, 0);
+  k.pass.stochastic = false;  // no step number to key it by: nearest even only
+  detail::SgdMomentum momentum = detail::SgdMomentum::none;
+  if (h.momentum != 0) {
+    momentum = first_step ? detail::SgdMomentum::first : detail::SgdMomentum::running;
+  }
+  const detail::SgdRangeFn kernel = detail::kElementwiseRows[static_cast<int>(active_isa())].sgd(
+      layout_at, h.weight_decay != 0, momentum, h.nesterov && h.momentum != 0);
+  run_kernel(kernel, k, tensors, count, nullptr);
+}
+
+void lion_step(const LionBuffers* tensors, std::size_t count, const LionHyper& h,
+               const Layout& layout, const StepOptions& options) {
+  const std::size_t layout_at = layout_index(layout);
+  if (layout_at >= detail::kSameDtypeLayouts) return;  // callers check_lion_layout first
+  if (options.found_inf) return;
+  detail::LionScalars k{};
+  const bool deepspeed = h.convention == LionConvention::deepspeed;
+  // Paper: each constant in double, rounded once to the arithmetic's type.
+  k.d = {h.beta1, 1.0 - h.beta1, h.beta2, 1.0 - h.beta2, h.lr, -h.lr, 1.0 - h.lr * h.weight_decay,
+         options.grad_scale, options.clip_coef};
+  k.f = {static_cast<float>(k.d.beta1), static_cast<float>(k.d.one_minus_beta1),
+         static_cast<float>(k.d.beta2), static_cast<float>(k.d.one_minus_beta2),
+         static_cast<float>(k.d.lr), static_cast<float>(k.d.neg_lr),
+         static_cast<float>(k.d.decay_factor), options.grad_scale,
+         static_cast<float>(options.clip_coef)};
+  if (deepspeed) {
+    // DeepSpeed receives float32 hyperparameters and forms 1 - b and 1 - lr*wd in float.
+    const float lr = static_cast<float>(h.lr);
+    const float wd = static_cast<float>(h.weight_decay);
+    k.f.one_minus_beta1 = 1.0f - k.f.beta1;
+    k.f.one_minus_beta2 = 1.0f - k.f.beta2;
+    k.f.decay_factor = 1.0f - lr * wd;
+  }
+  k.sign_flip = h.maximize ? 0x80000000u : 0u;
+  k.gamma_defined = false;
+  k.pass = pass_options(options, 0);
+  k.pass.stochastic = false;  // no step number to key it by: nearest even only
+  // DeepSpeed decays only when weight_decay > 0; the paper's p * 1 is exact anyway.
+  const detail::LionRangeFn kernel = detail::kElementwiseRows[static_cast<int>(active_isa())].lion(
+      layout_at, h.convention, h.weight_decay > 0);
+  run_kernel(kernel, k, tensors, count, nullptr);
+}
+
 }  // namespace adamcore

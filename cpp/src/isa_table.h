@@ -62,4 +62,32 @@ static_assert(rows_in_isa_order(), "kIsaRows must be indexed by the Isa's value"
 // The row of `isa`, which must be compiled in (callers check isa_compiled).
 inline const IsaRow& isa_row(Isa isa) { return kIsaRows[static_cast<int>(isa)]; }
 
+// SGD's and Lion's entry points per ISA, indexed like kIsaRows (a separate table so the
+// rows above stay as they are; an absent ISA has null pointers).
+struct ElementwiseRow {
+  SgdRangeFn (*sgd)(std::size_t layout, bool weight_decay, SgdMomentum momentum,
+                    bool nesterov);
+  LionRangeFn (*lion)(std::size_t layout, LionConvention convention, bool decay);
+};
+#define ADAMCORE_ELEMENTWISE_ROW(ns) {&ns::sgd_kernel, &ns::lion_kernel}
+inline constexpr ElementwiseRow kElementwiseRows[kIsaCount] = {
+    ADAMCORE_ELEMENTWISE_ROW(scalar),
+#if defined(ADAMCORE_HAVE_AVX2)
+    ADAMCORE_ELEMENTWISE_ROW(avx2),
+#else
+    {nullptr, nullptr},
+#endif
+#if defined(ADAMCORE_HAVE_AVX512)
+    ADAMCORE_ELEMENTWISE_ROW(avx512),
+#else
+    {nullptr, nullptr},
+#endif
+#if defined(ADAMCORE_HAVE_NEON)
+    ADAMCORE_ELEMENTWISE_ROW(neon),
+#else
+    {nullptr, nullptr},
+#endif
+};
+#undef ADAMCORE_ELEMENTWISE_ROW
+
 }  // namespace adamcore::detail

@@ -145,6 +145,50 @@ using AdamRangeFn = void (*)(const AdamScalars&, const AdamBuffers&, std::size_t
 using AdagradRangeFn = void (*)(const AdagradScalars&, const AdagradBuffers&,
                                 std::size_t begin, std::size_t end, DiagAccum* diag);
 
+// SGD's and Lion's constants, per arithmetic (float32 for float32 and 16-bit, double).
+template <class T>
+struct SgdCoeffs {
+  T weight_decay;
+  T momentum;
+  T one_minus_dampening;
+  T neg_lr;
+  T grad_scale;
+  T clip_coef;
+};
+struct SgdScalars {
+  SgdCoeffs<float> f;
+  SgdCoeffs<double> d;
+  std::uint32_t sign_flip;
+  bool gamma_defined;           // always false: SGD has no Γ diagnostics
+  PassOptions pass;
+};
+
+template <class T>
+struct LionCoeffs {
+  T beta1, one_minus_beta1;
+  T beta2, one_minus_beta2;
+  T lr, neg_lr;
+  T decay_factor;               // 1 - lr*wd
+  T grad_scale;
+  T clip_coef;
+};
+struct LionScalars {
+  LionCoeffs<float> f;
+  LionCoeffs<double> d;
+  std::uint32_t sign_flip;
+  bool gamma_defined;           // always false
+  PassOptions pass;
+};
+
+// SGD's and Lion's kernels exist for the first kSameDtypeLayouts rows of kLayouts only.
+inline constexpr std::size_t kSameDtypeLayouts = 4;
+enum class SgdMomentum : int { none = 0, first = 1, running = 2 };
+
+using SgdRangeFn = void (*)(const SgdScalars&, const SgdBuffers&, std::size_t begin,
+                            std::size_t end, DiagAccum* diag);
+using LionRangeFn = void (*)(const LionScalars&, const LionBuffers&, std::size_t begin,
+                             std::size_t end, DiagAccum* diag);
+
 }  // namespace adamcore::detail
 
 // Each ISA file defines these two in its namespace: they return the kernel
@@ -156,6 +200,10 @@ using AdagradRangeFn = void (*)(const AdagradScalars&, const AdagradBuffers&,
                                   bool lerp_low, bool amsgrad, bool diag);          \
   detail::AdagradRangeFn adagrad_kernel(std::size_t layout, bool weight_decay,      \
                                         bool diag);                                 \
+  detail::SgdRangeFn sgd_kernel(std::size_t layout, bool weight_decay,              \
+                                detail::SgdMomentum momentum, bool nesterov);       \
+  detail::LionRangeFn lion_kernel(std::size_t layout, LionConvention convention,    \
+                                  bool decay);                                      \
   }
 
 ADAMCORE_DECLARE_ISA(scalar)

@@ -474,6 +474,188 @@ constexpr FnTable<detail::AdagradRangeFn, sizeof...(I)> adagrad_variants(
   return {{&adagrad_range<I / kAdagradOptions, (I / 2) % 2 == 1, I % 2 == 1>...}};
 }
 
+// ---- SGD (torch.optim.SGD(fused=True)'s vector recipe) and Lion. The same-dtype layouts
+// only: one storage type T for params, grads and state.
+
+template <class Math>
+const detail::SgdCoeffs<Math>& coeffs_for(const detail::SgdScalars& k) {
+  if constexpr (std::is_same_v<Math, double>) {
+    return k.d;
+  } else {
+    return k.f;
+  }
+}
+template <class Math>
+const detail::LionCoeffs<Math>& coeffs_for(const detail::LionScalars& k) {
+  if constexpr (std::is_same_v<Math, double>) {
+    return k.d;
+  } else {
+    return k.f;
+  }
+}
+
+template <class V>
+struct SgdConsts {
+  V weight_decay, momentum, one_minus_dampening, neg_lr, grad_scale, clip_coef;
+  template <class T>
+  explicit SgdConsts(const detail::SgdCoeffs<T>& c)
+      : weight_decay(V::set1(c.weight_decay)), momentum(V::set1(c.momentum)),
+        one_minus_dampening(V::set1(c.one_minus_dampening)), neg_lr(V::set1(c.neg_lr)),
+        grad_scale(V::set1(c.grad_scale)), clip_coef(V::set1(c.clip_coef)) {}
+};
+
+// One vector of SGD. The momentum buffer keeps the rounded value; the update uses the
+// unrounded one (as torch's 16-bit kernel does).
+template <class V, class T, bool WeightDecay, detail::SgdMomentum Momentum, bool Nesterov>
+inline void sgd_lanes(const SgdConsts<V>& c, std::uint32_t sign_flip, detail::PassOptions pass,
+                      SrLanes sr, T* p_ptr, const T* g_ptr, T* m_ptr) {
+  V g = load_grad<V>(g_ptr, c, pass, sign_flip);
+  V p = V::load(p_ptr);
+  if constexpr (WeightDecay) g = fma(p, c.weight_decay, g);
+  if constexpr (Momentum != detail::SgdMomentum::none) {
+    V m = g;  // the first step: the buffer starts as the gradient, undamped
+    if constexpr (Momentum == detail::SgdMomentum::running) {
+      m = fma(c.one_minus_dampening, g, mul(V::load(m_ptr), c.momentum));
+    }
+    store_as(m_ptr, m, sr, detail::sr_exp_avg);
+    g = Nesterov ? fma(m, c.momentum, g) : m;
+  }
+  p = fma(g, c.neg_lr, p);
+  store_as(p_ptr, p, sr, detail::sr_param);
+}
+
+template <std::size_t L, class V, bool WeightDecay, detail::SgdMomentum Momentum, bool Nesterov>
+void sgd_elements(const detail::SgdScalars& k, const SgdBuffers& b, std::size_t from,
+                  std::size_t to) {
+  using T = typename LayoutTypes<L>::Param;
+  if (from == to) return;
+  T* const param = static_cast<T*>(b.param);
+  const T* const grad = static_cast<const T*>(b.grad);
+  T* const momentum_buffer = static_cast<T*>(b.momentum_buffer);
+  const std::uint32_t sign_flip = k.sign_flip;
+  const detail::PassOptions pass = k.pass;
+  const SgdConsts<V> c(coeffs_for<typename LayoutTypes<L>::Math>(k));
+  SrLanes sr = sr_lanes(LayoutTypes<L>::kAny16Bit && pass.stochastic, pass, b.stream, from);
+  for (std::size_t i = from; i < to; i += V::kLanes) {
+    sr.index = static_cast<std::uint32_t>(i);
+    sgd_lanes<V, T, WeightDecay, Momentum, Nesterov>(
+        c, sign_flip, pass, sr, param + i, grad + i,
+        Momentum == detail::SgdMomentum::none ? nullptr : momentum_buffer + i);
+  }
+}
+
+template <std::size_t L, bool WeightDecay, detail::SgdMomentum Momentum, bool Nesterov>
+void sgd_range(const detail::SgdScalars& k, const SgdBuffers& b, std::size_t begin,
+               std::size_t end, DiagAccum*) {
+  using T = LayoutTypes<L>;
+  for_index_halves(begin, end, [&](std::size_t from, std::size_t to) {
+    const Split s = split_for_alignment<typename T::Body>(
+        static_cast<const typename T::Param*>(b.param), from, to);
+    sgd_elements<L, typename T::One, WeightDecay, Momentum, Nesterov>(k, b, from, s.body_begin);
+    sgd_elements<L, typename T::Body, WeightDecay, Momentum, Nesterov>(k, b, s.body_begin,
+                                                                       s.body_end);
+    sgd_elements<L, typename T::One, WeightDecay, Momentum, Nesterov>(k, b, s.body_end, to);
+  });
+}
+
+template <class V>
+struct LionConsts {
+  V beta1, one_minus_beta1, beta2, one_minus_beta2, lr, neg_lr, decay_factor, grad_scale,
+      clip_coef;
+  template <class T>
+  explicit LionConsts(const detail::LionCoeffs<T>& c)
+      : beta1(V::set1(c.beta1)), one_minus_beta1(V::set1(c.one_minus_beta1)),
+        beta2(V::set1(c.beta2)), one_minus_beta2(V::set1(c.one_minus_beta2)),
+        lr(V::set1(c.lr)), neg_lr(V::set1(c.neg_lr)), decay_factor(V::set1(c.decay_factor)),
+        grad_scale(V::set1(c.grad_scale)), clip_coef(V::set1(c.clip_coef)) {}
+};
+
+// sign(x): -1, +1, a zero keeps its sign, NaN stays NaN. Scaling by 2^252 (2^1944 for
+// double, in two exact-or-overflowing multiplies) takes every non-zero magnitude,
+// subnormals included, to >= 1; the clamp to [-1, 1] then leaves only +-1.
+template <class Lane, class V>
+V sign_of(V x) {
+  constexpr Lane kScale = std::is_same_v<Lane, double> ? 0x1p972 : 0x1p126f;
+  const V big = mul(mul(x, V::set1(kScale)), V::set1(kScale));
+  // keep_min(acc, y) is y < acc ? y : acc, so a NaN acc is kept.
+  return keep_max(keep_min(big, V::set1(Lane(1))), V::set1(Lane(-1)));
+}
+
+// One vector of Lion. Paper: c = b1*m + (1-b1)*g; p = p*(1 - lr*wd) - lr*sign(c);
+// m = b2*m + (1-b2)*g, each product and sum rounded. DeepSpeed: the same with fused
+// multiply-adds and the update -copysign(lr, c) (float arithmetic only).
+template <class V, class T, bool DeepSpeed, bool Decay>
+inline void lion_lanes(const LionConsts<V>& c, std::uint32_t sign_flip, detail::PassOptions pass,
+                       SrLanes sr, T* p_ptr, const T* g_ptr, T* m_ptr) {
+  const V g = load_grad<V>(g_ptr, c, pass, sign_flip);
+  V p = V::load(p_ptr);
+  V m = V::load(m_ptr);
+  if constexpr (DeepSpeed && !std::is_same_v<T, double>) {
+    const V interp = fma(g, c.one_minus_beta1, mul(m, c.beta1));
+    using U = typename V::Bits;
+    // -lr with interp's sign bit flipped in: -copysign(lr, interp), NaN's sign included.
+    const V update = from_bits(
+        bit_xor(bit_and(as_bits(interp), U::set1(0x80000000u)), as_bits(c.neg_lr)));
+    p = Decay ? fma(p, c.decay_factor, update) : add(p, update);
+    m = fma(g, c.one_minus_beta2, mul(m, c.beta2));
+  } else {
+    const V interp = add(mul(c.beta1, m), mul(c.one_minus_beta1, g));
+    if constexpr (Decay) p = mul(p, c.decay_factor);
+    using Lane = std::conditional_t<std::is_same_v<T, double>, double, float>;
+    p = sub(p, mul(c.lr, sign_of<Lane>(interp)));
+    m = add(mul(c.beta2, m), mul(c.one_minus_beta2, g));
+  }
+  store_as(p_ptr, p, sr, detail::sr_param);
+  store_as(m_ptr, m, sr, detail::sr_exp_avg);
+}
+
+template <std::size_t L, class V, bool DeepSpeed, bool Decay>
+void lion_elements(const detail::LionScalars& k, const LionBuffers& b, std::size_t from,
+                   std::size_t to) {
+  using T = typename LayoutTypes<L>::Param;
+  if (from == to) return;
+  T* const param = static_cast<T*>(b.param);
+  const T* const grad = static_cast<const T*>(b.grad);
+  T* const exp_avg = static_cast<T*>(b.exp_avg);
+  const std::uint32_t sign_flip = k.sign_flip;
+  const detail::PassOptions pass = k.pass;
+  const LionConsts<V> c(coeffs_for<typename LayoutTypes<L>::Math>(k));
+  SrLanes sr = sr_lanes(LayoutTypes<L>::kAny16Bit && pass.stochastic, pass, b.stream, from);
+  for (std::size_t i = from; i < to; i += V::kLanes) {
+    sr.index = static_cast<std::uint32_t>(i);
+    lion_lanes<V, T, DeepSpeed, Decay>(c, sign_flip, pass, sr, param + i, grad + i,
+                                       exp_avg + i);
+  }
+}
+
+template <std::size_t L, bool DeepSpeed, bool Decay>
+void lion_range(const detail::LionScalars& k, const LionBuffers& b, std::size_t begin,
+                std::size_t end, DiagAccum*) {
+  using T = LayoutTypes<L>;
+  for_index_halves(begin, end, [&](std::size_t from, std::size_t to) {
+    const Split s = split_for_alignment<typename T::Body>(
+        static_cast<const typename T::Param*>(b.param), from, to);
+    lion_elements<L, typename T::One, DeepSpeed, Decay>(k, b, from, s.body_begin);
+    lion_elements<L, typename T::Body, DeepSpeed, Decay>(k, b, s.body_begin, s.body_end);
+    lion_elements<L, typename T::One, DeepSpeed, Decay>(k, b, s.body_end, to);
+  });
+}
+
+// SGD's index: layout * 12 + (wd * 3 + momentum) * 2 + nesterov; Lion's:
+// layout * 4 + deepspeed * 2 + decay. Same-dtype layouts only.
+constexpr std::size_t kSgdOptions = 12;
+constexpr std::size_t kLionOptions = 4;
+
+template <std::size_t... I>
+constexpr FnTable<detail::SgdRangeFn, sizeof...(I)> sgd_variants(std::index_sequence<I...>) {
+  return {{&sgd_range<I / kSgdOptions, (I % kSgdOptions) / 6 == 1,
+                      static_cast<detail::SgdMomentum>((I % 6) / 2), I % 2 == 1>...}};
+}
+template <std::size_t... I>
+constexpr FnTable<detail::LionRangeFn, sizeof...(I)> lion_variants(std::index_sequence<I...>) {
+  return {{&lion_range<I / kLionOptions, (I / 2) % 2 == 1, I % 2 == 1>...}};
+}
+
 }  // namespace
 
 detail::AdamRangeFn adam_kernel(std::size_t layout, WdMode wd, bool lerp_low, bool amsgrad,
@@ -491,6 +673,24 @@ detail::AdagradRangeFn adagrad_kernel(std::size_t layout, bool weight_decay, boo
       adagrad_variants(std::make_index_sequence<detail::kLayoutCount * kAdagradOptions>{});
   return kVariants.fn[layout * kAdagradOptions + static_cast<std::size_t>(weight_decay) * 2 +
                       diag];
+}
+
+detail::SgdRangeFn sgd_kernel(std::size_t layout, bool weight_decay, detail::SgdMomentum momentum,
+                              bool nesterov) {
+  static constexpr auto kVariants =
+      sgd_variants(std::make_index_sequence<detail::kSameDtypeLayouts * kSgdOptions>{});
+  return kVariants.fn[layout * kSgdOptions +
+                      (static_cast<std::size_t>(weight_decay) * 3 +
+                       static_cast<std::size_t>(momentum)) * 2 +
+                      nesterov];
+}
+
+detail::LionRangeFn lion_kernel(std::size_t layout, LionConvention convention, bool decay) {
+  static constexpr auto kVariants =
+      lion_variants(std::make_index_sequence<detail::kSameDtypeLayouts * kLionOptions>{});
+  return kVariants.fn[layout * kLionOptions +
+                      static_cast<std::size_t>(convention == LionConvention::deepspeed) * 2 +
+                      decay];
 }
 
 }  // namespace adamcore::ADAMCORE_NS

@@ -27,14 +27,17 @@ from ._core import (
     get_isa,
     get_num_threads,
     get_parallel_threshold,
+    lion_step,
     set_isa,
     set_num_threads,
     set_parallel_threshold,
+    sgd_step,
 )
 from .clip import GradNorm, clip_coefficient, clip_grad_norm, grad_norm, scale_grads
 
 if TYPE_CHECKING:  # served lazily at run time (see _LAZY)
     from .optim import AMSGrad, Adagrad, Adam, AdamW
+    from .optim import SGD, Lion
 
 __version__: str = _core.__version__
 
@@ -58,11 +61,13 @@ __all__ = [
     "get_num_threads",
     "get_parallel_threshold",
     "grad_norm",
+    "lion_step",
     "runtime_info",
     "scale_grads",
     "set_isa",
     "set_num_threads",
     "set_parallel_threshold",
+    "sgd_step",
     "reference",
     "use_isa",
     "__version__",
@@ -74,6 +79,8 @@ _LAZY = {
     "AdamW": "adamcore.optim",
     "AMSGrad": "adamcore.optim",
     "Adagrad": "adamcore.optim",
+    "SGD": "adamcore.optim",
+    "Lion": "adamcore.optim",
     "oracle": "adamcore.oracle",
     "reddi": "adamcore.reddi",
     "phase": "adamcore.phase",

@@ -53,6 +53,15 @@ def adagrad_step(param: Buffer, grad: Buffer, state_sum: Buffer, *, step: int, l
                  maximize: bool = False, diagnostics: bool = False,
                  prev_lr: float | None = None, check_only: bool = False,
                  param_copy: Buffer | None = None) -> GammaStats | None: ...
+def sgd_step(param: Buffer, grad: Buffer, momentum_buffer: Buffer | None = None, *,
+             lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
+             weight_decay: float = 0.0, nesterov: bool = False, maximize: bool = False,
+             first_step: bool = False, grad_scale: float | None = None,
+             found_inf: float | bool | None = None) -> None: ...
+def lion_step(param: Buffer, grad: Buffer, exp_avg: Buffer, *, lr: float = 1e-4,
+              beta1: float = 0.9, beta2: float = 0.99, weight_decay: float = 0.0,
+              maximize: bool = False, convention: str = "paper",
+              grad_scale: float | None = None, found_inf: float | bool | None = None) -> None: ...
 
 class AdamGroup:
     """A parameter group's Adam state, validated once and held."""

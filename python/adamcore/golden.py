@@ -62,8 +62,8 @@ import adamcore
 from . import oracle
 from .oracle import FORMAT_VERSION, MANIFEST, Case, state_keys
 
-__all__ = ["add_parser", "build_cases", "build_layout_cases", "case_arrays", "npz_bytes",
-           "trajectory", "write", "write_set"]
+__all__ = ["add_parser", "build_cases", "build_layout_cases", "build_lion_sgd_cases",
+           "case_arrays", "npz_bytes", "trajectory", "write", "write_lion_sgd", "write_set"]
 
 _ADAM_BASE = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0,
               "amsgrad": False, "maximize": False, "bias_correction": True}
@@ -426,9 +426,69 @@ def write(directory: str, *, seed: int = 2018, force: bool = False) -> List[str]
                                  "beside them")
 
 
+# ---------------------------------------------------------------- SGD and Lion
+_SGD_BASE = {"lr": 1e-2, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0,
+             "nesterov": False, "maximize": False}
+_LION_BASE = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.99, "weight_decay": 0.0, "maximize": False,
+              "convention": "paper"}
+_LION_SGD_CONFIGS = (
+    ("sgd", "sgd", {}),
+    ("sgd_wd_maximize", "sgd", {"weight_decay": 0.1, "maximize": True}),
+    ("sgd_momentum", "sgd", {"momentum": 0.9}),
+    ("sgd_momentum_dampening_wd", "sgd", {"momentum": 0.9, "dampening": 0.25,
+                                          "weight_decay": 0.05}),
+    ("sgd_nesterov_maximize", "sgd", {"momentum": 0.8, "nesterov": True, "maximize": True}),
+    ("lion", "lion", {}),
+    ("lion_wd_maximize", "lion", {"weight_decay": 0.1, "maximize": True}),
+    ("lion_deepspeed", "lion", {"convention": "deepspeed"}),
+    ("lion_deepspeed_wd", "lion", {"convention": "deepspeed", "weight_decay": 0.1}),
+)
+
+
+def build_lion_sgd_cases(seed: int = 2018) -> List[Case]:
+    """SGD and Lion cases (float32): lengths 64 (whole vectors on every x86 width) and
+    67 (a tail), 'normal' and 'special' inputs (the awkward values of the Adam cases),
+    8 steps from step 1 (SGD's first step creates its momentum buffer)."""
+    rng = np.random.default_rng(seed + 11)
+    cases = []
+    for name, optimizer, overrides in _LION_SGD_CONFIGS:
+        hyper = {**(_SGD_BASE if optimizer == "sgd" else _LION_BASE), **overrides}
+        for kind, n in (("normal", 64), ("normal", 67), ("special", 45)):
+            steps = 8
+            initial = {"param": rng.standard_normal(n).astype(np.float32)}
+            if optimizer == "sgd":
+                initial["momentum_buffer"] = np.zeros(n, np.float32)
+            else:
+                initial["exp_avg"] = (0.1 * rng.standard_normal(n)).astype(np.float32)
+            if kind == "special":
+                every_other = _special_values()[::2]
+                initial["param"][: every_other.size] = every_other
+            cases.append(Case(
+                name=f"{name}-{kind}{n}", optimizer=optimizer, hyper=dict(hyper),
+                steps=list(range(1, steps + 1)), lrs=_lrs(float(hyper["lr"]), steps, kind),
+                initial=initial, grads=_gradients(n, steps, kind, rng), expected={},
+                reference={}, tags=[kind] + ([] if n % 16 else ["multiple_of_16"])))
+    return cases
+
+
+def write_lion_sgd(directory: str, *, seed: int = 2018, force: bool = False) -> List[str]:
+    """Write the SGD and Lion golden set into ``directory`` (its own set: the Adam set's
+    readers expect Adam and AdaGrad only); returns the paths written."""
+    cases = build_lion_sgd_cases(seed)
+    for case in cases:
+        _fill(case)
+    generator = {"adamcore": adamcore.__version__, "isas": adamcore.available_isas(),
+                 "numpy": np.__version__, "python": platform.python_version(), "seed": seed}
+    return write_set(directory, cases, force=force, generator=generator,
+                     description="adamcore golden vectors for SGD and Lion: every buffer's "
+                                 "state after every step, stored as the bits of its dtype; "
+                                 "float64 reference beside them")
+
+
 def _write_command(args: argparse.Namespace) -> int:
     try:
-        paths = write(args.directory, seed=args.seed, force=args.force)
+        writer = write_lion_sgd if getattr(args, "lion_sgd", False) else write
+        paths = writer(args.directory, seed=args.seed, force=args.force)
     except FileExistsError as err:
         print(f"error: {err}")
         return 2
@@ -468,6 +528,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     w.add_argument("directory", metavar="DIR")
     w.add_argument("--seed", type=int, default=2018, help="seed of the inputs")
     w.add_argument("--force", action="store_true", help="overwrite an existing set")
+    w.add_argument("--lion-sgd", action="store_true",
+                   help="write the SGD and Lion cases (a set of their own) instead")
     w.set_defaults(func=_write_command)
     c = sub.add_parser("check", help="check an implementation against the set in DIR")
     c.add_argument("directory", metavar="DIR")

@@ -41,6 +41,8 @@ from .checkpoint import FORMAT_VERSION, CheckpointError
 
 __all__ = [
     "Optimizer",
+    "SGD",
+    "Lion",
     "Adam",
     "AdamW",
     "AMSGrad",
@@ -606,3 +608,159 @@ class Adagrad(Optimizer):
                                       maximize=maximize), rounding=rounding, seed=seed,
                          master_weights=master_weights,
                          max_grad_norm=max_grad_norm, norm_type=norm_type)
+
+
+# ---------------------------------------------------------------- SGD and Lion
+class _ElementwiseOptimizer:
+    """Base of the NumPy SGD and Lion: parameter groups of same-dtype arrays, state keyed
+    by the parameter's index across groups with torch.optim's keys, one native call per
+    group and step. Simpler than Optimizer: no fused clipping, stochastic rounding or
+    master weights (the kernels take the one-dtype layouts only)."""
+
+    _hyper_keys: Tuple[str, ...] = ()
+
+    def __init__(self, params: Iterable[Any], defaults: Mapping[str, Any]) -> None:
+        self.defaults: Dict[str, Any] = dict(defaults)
+        self.param_groups: List[Dict[str, Any]] = []
+        self.state: Dict[int, Dict[str, Any]] = {}
+        if isinstance(params, np.ndarray):
+            raise TypeError("params must be a list of arrays or of param-group dicts, "
+                            "got a single array (wrap it in a list)")
+        groups = [params] if isinstance(params, Mapping) else list(params)
+        if not groups:
+            raise ValueError("the optimizer got an empty parameter list")
+        if not isinstance(groups[0], Mapping):
+            groups = [{"params": groups}]
+        for group in groups:
+            self.add_param_group(group)
+
+    def add_param_group(self, param_group: Mapping[str, Any]) -> None:
+        group = dict(self.defaults, **param_group)
+        group["params"] = list(group["params"])
+        for k, p in enumerate(group["params"]):
+            if not isinstance(p, np.ndarray):
+                raise TypeError(f"param_groups[{len(self.param_groups)}]['params'][{k}] must be "
+                                f"a numpy.ndarray, got {type(p).__name__}")
+        self.param_groups.append(group)
+
+    def _indexed(self) -> List[List[Tuple[int, np.ndarray]]]:
+        out, index = [], 0
+        for group in self.param_groups:
+            out.append([(index + k, p) for k, p in enumerate(group["params"])])
+            index += len(group["params"])
+        return out
+
+    def step(self, grads: Sequence[Optional[np.ndarray]], *, grad_scale: Optional[float] = None,
+             found_inf: Optional[float] = None) -> None:
+        """One step; ``grads`` has one array (or None: skipped) per parameter, in order."""
+        indexed = self._indexed()
+        total = sum(len(pairs) for pairs in indexed)
+        if len(grads) != total:
+            raise ValueError(f"grads has {len(grads)} entries but the optimizer has {total} params")
+        for group, pairs in zip(self.param_groups, indexed):
+            active = [(i, p, grads[i]) for i, p in pairs if grads[i] is not None]
+            if active:
+                self._group_step(group, active, grad_scale, found_inf)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """torch.optim's layout: ``{'state': {index: {...}}, 'param_groups': [...]}``; the
+        arrays are the live buffers."""
+        groups = []
+        for group, pairs in zip(self.param_groups, self._indexed()):
+            saved = {key: value for key, value in group.items() if key != "params"}
+            saved["params"] = [i for i, _ in pairs]
+            groups.append(saved)
+        return {"state": {i: dict(s) for i, s in sorted(self.state.items()) if s},
+                "param_groups": groups}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Hyperparameters and state from ``state_dict`` (this class's or torch.optim's:
+        tensors are read through ``__array__``), checked first and copied."""
+        saved_groups = list(state_dict["param_groups"])
+        if [len(g["params"]) for g in saved_groups] != [len(g["params"]) for g in self.param_groups]:
+            raise ValueError("the state dict's param groups do not match the optimizer's")
+        params = {i: p for pairs in self._indexed() for i, p in pairs}
+        order = [i for g in saved_groups for i in g["params"]]
+        new_state: Dict[int, Dict[str, Any]] = {}
+        for position, saved_index in enumerate(order):
+            entry = state_dict["state"].get(saved_index)
+            if not entry:
+                continue
+            param = params[position]
+            new_state[position] = {}
+            for key, value in entry.items():
+                array = np.asarray(value).copy()  # (torch tensors: __array__ takes no copy=)
+                if key in self._state_keys and (array.shape != param.shape or array.dtype != param.dtype):
+                    raise ValueError(f"state[{saved_index}][{key!r}] has shape {array.shape} and "
+                                     f"dtype {array.dtype}, but its param {param.shape} {param.dtype}")
+                new_state[position][key] = np.ascontiguousarray(array)
+        for group, saved in zip(self.param_groups, saved_groups):
+            group.update({k: v for k, v in saved.items() if k in self._hyper_keys})
+        self.state = new_state
+
+    _state_keys: Tuple[str, ...] = ()
+
+
+class SGD(_ElementwiseOptimizer):
+    """SGD over NumPy arrays (float32, float64, bfloat16, float16), bit-identical to
+    ``torch.optim.SGD(fused=True)`` on the elements torch's vector body computes
+    (docs/numerics.md, "SGD"). State ``momentum_buffer`` as torch keeps it, created at a
+    parameter's first step with momentum."""
+
+    _hyper_keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
+    _state_keys = ("momentum_buffer",)
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, momentum: float = 0.0,
+                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
+                 maximize: bool = False) -> None:
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=nesterov,
+                                      maximize=maximize))
+
+    def _group_step(self, group, active, grad_scale, found_inf) -> None:
+        from . import sgd_step
+
+        hyper = {key: group[key] for key in self._hyper_keys}
+        if group["momentum"] == 0:
+            sgd_step([p for _, p, _ in active], [g for _, _, g in active], grad_scale=grad_scale,
+                     found_inf=found_inf, **hyper)
+            return
+        for first in (False, True):  # continuing buffers, then new ones (torch's first step)
+            chosen = [(i, p, g) for i, p, g in active
+                      if ("momentum_buffer" not in self.state.get(i, {})) == first]
+            if not chosen:
+                continue
+            buffers = [np.empty_like(p) if first else self.state[i]["momentum_buffer"]
+                       for i, p, _ in chosen]
+            sgd_step([p for _, p, _ in chosen], [g for _, _, g in chosen], buffers,
+                     first_step=first, grad_scale=grad_scale, found_inf=found_inf, **hyper)
+            if first and not found_inf:
+                for (i, _, _), buf in zip(chosen, buffers):
+                    self.state.setdefault(i, {})["momentum_buffer"] = buf
+
+
+class Lion(_ElementwiseOptimizer):
+    """Lion (Chen et al. 2023) over NumPy arrays: ``convention="paper"`` (default) or
+    ``"deepspeed"`` (DeepSpeedCPULion's arithmetic; docs/numerics.md, "Lion"). State
+    ``exp_avg``, zero at a parameter's first step."""
+
+    _hyper_keys = ("lr", "betas", "weight_decay", "maximize", "convention")
+    _state_keys = ("exp_avg",)
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-4,
+                 betas: Tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0, *,
+                 maximize: bool = False, convention: str = "paper") -> None:
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay,
+                                      maximize=maximize, convention=convention))
+
+    def _group_step(self, group, active, grad_scale, found_inf) -> None:
+        from . import lion_step
+
+        exp_avgs = [self.state.get(i, {}).get("exp_avg") for i, _, _ in active]
+        exp_avgs = [np.zeros_like(p) if m is None else m for m, (_, p, _) in zip(exp_avgs, active)]
+        lion_step([p for _, p, _ in active], [g for _, _, g in active], exp_avgs,
+                  lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
+                  weight_decay=group["weight_decay"], maximize=group["maximize"],
+                  convention=group["convention"], grad_scale=grad_scale, found_inf=found_inf)
+        for (i, _, _), m in zip(active, exp_avgs):
+            self.state.setdefault(i, {})["exp_avg"] = m

@@ -92,6 +92,10 @@ def state_keys(optimizer: str, amsgrad: bool = False) -> tuple:
         return keys + ("max_exp_avg_sq",) if amsgrad else keys
     if optimizer == "adagrad":
         return ("param", "state_sum")
+    if optimizer == "sgd":
+        return ("param", "momentum_buffer")
+    if optimizer == "lion":
+        return ("param", "exp_avg")
     raise ValueError(f"optimizer must be 'adam', 'adamw' or 'adagrad', got {optimizer!r}")
 
 
@@ -519,7 +523,9 @@ def _adamcore_step_fn(isa: Optional[str]) -> StepFn:
             previous = adamcore.get_isa()
             adamcore.set_isa(isa)
         try:
-            if case.optimizer == "adagrad":
+            if case.optimizer in ELEMENTWISE_OPTIMIZERS:
+                _call_elementwise(adamcore, case, state, grad, step, lr, **options)
+            elif case.optimizer == "adagrad":
                 adamcore.adagrad_step(state["param"], grad, state["state_sum"], step=step,
                                       lr=lr, lr_decay=h["lr_decay"],
                                       weight_decay=h["weight_decay"], eps=h["eps"],
@@ -539,8 +545,36 @@ def _adamcore_step_fn(isa: Optional[str]) -> StepFn:
     return step_fn
 
 
+#: Optimizers whose golden cases the SGD/Lion writer makes (golden.build_lion_sgd_cases).
+ELEMENTWISE_OPTIMIZERS = ("sgd", "lion")
+
+
+def _call_elementwise(module, case: Case, state, grad, step, lr, **extra):
+    """SGD or Lion through ``module``'s sgd_step/lion_step (adamcore's or the reference's).
+    SGD's first step is step 1 (torch creates the momentum buffer then)."""
+    h = case.hyper
+    fn = getattr(module, f"{case.optimizer}_step", None)
+    if fn is None:
+        raise Unsupported(f"{getattr(module, '__name__', module)} has no {case.optimizer}_step")
+    if case.optimizer == "sgd":
+        buffer = state["momentum_buffer"] if h["momentum"] else None
+        fn(state["param"], grad, buffer, lr=lr, momentum=h["momentum"], dampening=h["dampening"],
+           weight_decay=h["weight_decay"], nesterov=h["nesterov"], maximize=h["maximize"],
+           first_step=step == 1, **extra)
+        return
+    if getattr(module, "__name__", "").endswith("reference"):
+        extra = {}  # the float64 reference is the paper's formula for both conventions
+    else:
+        extra = dict(extra, convention=h["convention"])
+    fn(state["param"], grad, state["exp_avg"], lr=lr, beta1=h["beta1"], beta2=h["beta2"],
+       weight_decay=h["weight_decay"], maximize=h["maximize"], **extra)
+
+
 def _call(module, case: Case, state, grad, step, lr, **extra):
     h = case.hyper
+    if case.optimizer in ELEMENTWISE_OPTIMIZERS:
+        _call_elementwise(module, case, state, grad, step, lr, **extra)
+        return
     if case.optimizer == "adagrad":
         module.adagrad_step(state["param"], grad, state["state_sum"], step=step, lr=lr,
                             lr_decay=h["lr_decay"], weight_decay=h["weight_decay"],
@@ -611,6 +645,19 @@ def _torch_step_fn(name: str) -> StepFn:
         param = torch.nn.Parameter(tensor(state["param"]))
         param.grad = tensor(grad)
         counter = torch.tensor(float(step - 1), dtype=torch.float32)
+        if case.optimizer == "lion":
+            raise Unsupported("torch.optim has no Lion")
+        if case.optimizer == "sgd":
+            opt = torch.optim.SGD([param], lr=lr, momentum=h["momentum"],
+                                  dampening=h["dampening"], weight_decay=h["weight_decay"],
+                                  nesterov=h["nesterov"], maximize=h["maximize"], **path)
+            if h["momentum"] and step > 1:  # at step 1 torch creates the buffer itself
+                opt.state[param] = {"momentum_buffer": tensor(state["momentum_buffer"])}
+            opt.step()
+            tensor(state["param"]).copy_(param.detach())
+            if h["momentum"]:
+                tensor(state["momentum_buffer"]).copy_(opt.state[param]["momentum_buffer"])
+            return
         if case.optimizer == "adagrad":
             opt = torch.optim.Adagrad([param], lr=lr, lr_decay=h["lr_decay"],
                                       weight_decay=h["weight_decay"], eps=h["eps"],

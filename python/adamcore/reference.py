@@ -30,7 +30,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
-__all__ = ["adam_step", "adamw_step", "adagrad_step", "adam_scalars", "round_stored"]
+__all__ = ["adam_step", "adamw_step", "adagrad_step", "adam_scalars", "round_stored", "sgd_step",
+           "lion_step"]
 
 
 def _f64(name: str, a: np.ndarray) -> np.ndarray:
@@ -195,3 +196,32 @@ def adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_
     if param_copy is not None:
         _f64("param_copy", param_copy)[...] = p
         lay.store("param_copy", param_copy)
+
+
+def sgd_step(param, grad, momentum_buffer=None, *, lr=1e-3, momentum=0.0, dampening=0.0,
+             weight_decay=0.0, nesterov=False, maximize=False, first_step=False) -> None:
+    """SGD in float64 (all-float64 buffers only): docs/numerics.md's recipe, each fused
+    multiply-add evaluated as a product and a sum (float64 is the reference, not a bit
+    pattern to match)."""
+    p = _f64("param", param)
+    g = -_f64("grad", grad) if maximize else _f64("grad", grad).copy()
+    if weight_decay != 0:
+        g = g + weight_decay * p
+    if momentum != 0:
+        m = _f64("momentum_buffer", momentum_buffer)
+        m[...] = g if first_step else momentum * m + (1.0 - dampening) * g
+        g = g + momentum * m if nesterov else m.copy()
+    p -= lr * g
+
+
+def lion_step(param, grad, exp_avg, *, lr=1e-4, beta1=0.9, beta2=0.99, weight_decay=0.0,
+              maximize=False) -> None:
+    """Lion (Chen et al. 2023) in float64: c = b1*m + (1-b1)*g; p = p*(1 - lr*wd) - lr*sign(c);
+    m = b2*m + (1-b2)*g. sign(0) is 0 and a NaN stays NaN, as in the paper convention."""
+    p = _f64("param", param)
+    g = -_f64("grad", grad) if maximize else _f64("grad", grad)
+    m = _f64("exp_avg", exp_avg)
+    c = beta1 * m + (1.0 - beta1) * g
+    p *= 1.0 - lr * weight_decay
+    p -= lr * np.sign(c)
+    m[...] = beta2 * m + (1.0 - beta2) * g

@@ -46,7 +46,7 @@ import torch
 from . import _engine
 from ._engine import ADAGRAD, ADAGRAD_FAMILY, ADAM, ADAM_FAMILY, ADAMW_WEIGHT_DECAY, Engine, Family
 
-__all__ = ["Adam", "AdamW", "Adagrad", "to_torch_state_dict"]
+__all__ = ["Adam", "AdamW", "Adagrad", "SGD", "Lion", "to_torch_state_dict"]
 
 _GRAD = attrgetter("grad")
 _DATA_PTR = torch.Tensor.data_ptr
@@ -455,3 +455,142 @@ def to_torch_state_dict(state_dict: Mapping[str, Any], **group_options: Any) -> 
                 converted[key] = torch.tensor(np.asarray(value))
         state[index] = converted
     return {"state": state, "param_groups": groups}
+
+
+# ---------------------------------------------------------------- SGD and Lion
+def _view(name: str, tensor: "torch.Tensor") -> Any:
+    """A NumPy view of a CPU tensor's memory (as the Adam drop-ins take it), never a copy."""
+    return _TensorFrontend.array(None, name, tensor)  # type: ignore[arg-type]
+
+
+class _ElementwiseOptimizer(torch.optim.Optimizer):
+    """A torch.optim.Optimizer over CPU tensors whose step is one adamcore call per group
+    (and per kind of state: SGD's parameters without a momentum buffer yet take a first
+    step of their own)."""
+
+    _step_supports_amp_scaling = True  # see _KernelOptimizer
+
+    def _check_flags(self, where: str, group: Mapping[str, Any]) -> None:
+        if group.get("differentiable"):
+            raise ValueError(f"{type(self).__name__} does not support differentiable=True ({where})")
+
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        try:
+            self._check_flags(f"param_groups[{len(self.param_groups) - 1}]", self.param_groups[-1])
+        except BaseException:
+            self.param_groups.pop()
+            raise
+
+    def _arrays(self, g: int, group: Mapping[str, Any]) -> Tuple[List[Any], List[Any], List[Any]]:
+        params, arrays, grads = [], [], []
+        for k, p in enumerate(group["params"]):
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise ValueError(f"param_groups[{g}]['params'][{k}] has a sparse grad; "
+                                 f"{type(self).__name__} takes dense grads only")
+            params.append(p)
+            arrays.append(_view(f"param_groups[{g}]['params'][{k}]", p))
+            grads.append(_view(f"param_groups[{g}]['params'][{k}].grad", p.grad))
+        return params, arrays, grads
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+        """One step over every parameter with a ``.grad``; ``closure`` as in torch.optim."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        amp = _amp_options(self) or {}
+        for g, group in enumerate(self.param_groups):
+            params, arrays, grads = self._arrays(g, group)
+            if params:
+                self._group_step(group, params, arrays, grads, amp)
+        return loss
+
+
+class SGD(_ElementwiseOptimizer):
+    """``torch.optim.SGD`` with adamcore's kernel: bit-identical to ``SGD(fused=True)`` on
+    the elements torch's vector body computes (docs/numerics.md, "SGD"), state
+    ``momentum_buffer`` as torch keeps it, AMP through torch.amp.GradScaler."""
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, momentum: float = 0.0,
+                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
+                 maximize: bool = False, foreach: Optional[bool] = None,
+                 differentiable: bool = False, fused: Optional[bool] = True) -> None:
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if momentum < 0.0:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                        nesterov=nesterov, maximize=maximize, foreach=foreach,
+                        differentiable=differentiable, fused=fused)
+        self._check_flags("defaults", defaults)
+        super().__init__(params, defaults)
+
+    def _group_step(self, group, params, arrays, grads, amp) -> None:
+        from . import sgd_step
+
+        hyper = dict(lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
+                     weight_decay=group["weight_decay"], nesterov=group["nesterov"],
+                     maximize=group["maximize"], **amp)
+        if group["momentum"] == 0:
+            sgd_step(arrays, grads, **hyper)
+            return
+        # Parameters with a buffer continue it; the others start one (torch's first step).
+        running: Tuple[List[Any], List[Any], List[Any]] = ([], [], [])
+        starting: Tuple[List[Any], List[Any], List[Any], List[Any]] = ([], [], [], [])
+        for k, p in enumerate(params):
+            buf = self.state[p].get("momentum_buffer")
+            if buf is None:
+                buf = torch.empty_like(p, memory_format=torch.preserve_format)
+                starting[0].append(arrays[k]), starting[1].append(grads[k])
+                starting[2].append(_view("momentum_buffer", buf)), starting[3].append((p, buf))
+            else:
+                running[0].append(arrays[k]), running[1].append(grads[k])
+                running[2].append(_view(f"state of {tuple(p.shape)} momentum_buffer", buf))
+        if running[0]:
+            sgd_step(*running, **hyper)
+        if starting[0]:
+            # With found_inf torch still creates the buffers (left empty); keep them out of
+            # the state instead, so the next step starts them again.
+            sgd_step(*starting[:3], first_step=True, **hyper)
+            if not amp.get("found_inf"):
+                for p, buf in starting[3]:
+                    self.state[p]["momentum_buffer"] = buf
+
+
+class Lion(_ElementwiseOptimizer):
+    """Lion (Chen et al. 2023) over CPU tensors: ``convention="paper"`` (default) or
+    ``"deepspeed"`` (DeepSpeedCPULion's arithmetic), state ``exp_avg`` as DeepSpeed keeps
+    it (created at the first step, zero)."""
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-4,
+                 betas: Tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0, *,
+                 maximize: bool = False, convention: str = "paper") -> None:
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not (0.0 <= betas[0] <= 1.0 and 0.0 <= betas[1] <= 1.0):
+            raise ValueError(f"Invalid betas: {betas}")
+        if convention not in ("paper", "deepspeed"):
+            raise ValueError(f"convention must be 'paper' or 'deepspeed', got {convention!r}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay,
+                                      maximize=maximize, convention=convention))
+
+    def _group_step(self, group, params, arrays, grads, amp) -> None:
+        from . import lion_step
+
+        exp_avgs = []
+        for p in params:
+            state = self.state[p]
+            if "exp_avg" not in state:
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            exp_avgs.append(_view(f"state of {tuple(p.shape)} exp_avg", state["exp_avg"]))
+        lion_step(arrays, grads, exp_avgs, lr=group["lr"], beta1=group["betas"][0],
+                  beta2=group["betas"][1], weight_decay=group["weight_decay"],
+                  maximize=group["maximize"], convention=group["convention"], **amp)

@@ -190,4 +190,65 @@ void adagrad_step(const AdagradBuffers* tensors, std::size_t count, std::int64_t
                   double prev_lr = -1.0, const Layout& layout = Layout{},
                   const StepOptions& options = StepOptions{});
 
+// ---------------------------------------------------------------- SGD and Lion
+// SGD as torch.optim.SGD(fused=True) computes it (docs/numerics.md, "SGD").
+struct SgdHyper {
+  double lr = 1e-3;
+  double momentum = 0.0;         // 0: no momentum buffer
+  double dampening = 0.0;
+  double weight_decay = 0.0;     // added to the gradient (L2)
+  bool nesterov = false;         // needs momentum > 0 and dampening 0
+  bool maximize = false;
+};
+
+// Lion (Chen et al. 2023) in one of two roundings (docs/numerics.md, "Lion").
+enum class LionConvention : int {
+  paper = 0,      // the paper's formulas, one correctly rounded operation each
+  deepspeed = 1,  // DeepSpeedCPULion's: fused multiply-adds, float32 host scalars,
+                  // the update -copysign(lr, c) (so sign(0) is 1), decay only when wd > 0
+};
+struct LionHyper {
+  double lr = 1e-4;
+  double beta1 = 0.9;
+  double beta2 = 0.99;
+  double weight_decay = 0.0;     // decoupled: the parameter is multiplied by 1 - lr*wd
+  bool maximize = false;
+  LionConvention convention = LionConvention::paper;
+};
+
+// Empty when valid, else a message that starts with the offending argument's name.
+std::string check_sgd_hyper(const SgdHyper& h);
+std::string check_lion_hyper(const LionHyper& h);
+// SGD and Lion take the four one-dtype layouts only (float32, float64, bfloat16,
+// float16; 16-bit computes in float32). Lion's deepspeed convention has no float64.
+std::string check_sgd_layout(const Layout& layout);
+std::string check_lion_layout(const Layout& layout, LionConvention convention);
+
+// momentum_buffer: used only (and then required) when momentum != 0.
+struct SgdBuffers {
+  void* param = nullptr;
+  const void* grad = nullptr;
+  void* momentum_buffer = nullptr;
+  std::size_t size = 0;
+  std::uint64_t stream = 0;  // stochastic-rounding stream (StepOptions)
+};
+
+struct LionBuffers {
+  void* param = nullptr;
+  const void* grad = nullptr;
+  void* exp_avg = nullptr;
+  std::size_t size = 0;
+  std::uint64_t stream = 0;
+};
+
+// One SGD step over `count` tensors. first_step: the momentum buffers hold nothing yet
+// and are set to the (decayed) gradient, as torch does when it creates them. Options:
+// grad_scale and found_inf as torch's fused SGD takes them; clip_coef and rounding as
+// for Adam. Callers validate first (check_sgd_hyper, check_sgd_layout, disjoint buffers).
+void sgd_step(const SgdBuffers* tensors, std::size_t count, bool first_step,
+              const SgdHyper& hyper, const Layout& layout = Layout{},
+              const StepOptions& options = StepOptions{});
+void lion_step(const LionBuffers* tensors, std::size_t count, const LionHyper& hyper,
+               const Layout& layout = Layout{}, const StepOptions& options = StepOptions{});
+
 }  // namespace adamcore
