@@ -98,6 +98,14 @@ def _sqrt_hook(convention: str, sqrt):
 
 # ---------------------------------------------------------------- Adam family
 
+def _amsgrad_max(out: State, s: State, v, h: dict, maximum) -> np.ndarray:
+    """With amsgrad: store maximum(max_exp_avg_sq, v) in ``out`` and return it; else v."""
+    if not h["amsgrad"]:
+        return v
+    out["max_exp_avg_sq"] = maximum(s["max_exp_avg_sq"], v)
+    return out["max_exp_avg_sq"]
+
+
 def _adam_torch_fused(s: State, g, t: int, h: dict) -> State:
     """fl/fma as docs/numerics.md; with tail_width the scalar tail's v = fma(v, B2, fl(fl(C2*g)*g))."""
     out = _copy(s)
@@ -179,9 +187,7 @@ def _adam_torch_foreach(s: State, g, t: int, h: dict) -> State:
         m = fma32(W, d, m) if W < 0.5 else fma32(_r(W - F32(1)), d, g)
         v = fma32(_r(C2 * g), g, _r(v * B2))
         out = {"exp_avg": m, "exp_avg_sq": v}
-        vh = v
-        if h["amsgrad"]:
-            vh = out["max_exp_avg_sq"] = _torch_maximum(s["max_exp_avg_sq"], v)
+        vh = _amsgrad_max(out, s, v, h, _torch_maximum)
         den = _r(_r(_r(h["sqrt"](vh)) / D) + E)
         out["param"] = _r(p + _r(_r(S * m) / den))
     return out
@@ -262,8 +268,7 @@ def _adam_optax(s: State, g, t: int, h: dict) -> State:
             mh = _r(m * R1)
         vh = _r(v * R2)
         out = {"exp_avg": m, "exp_avg_sq": v}
-        if h["amsgrad"]:
-            vh = out["max_exp_avg_sq"] = np.maximum(s["max_exp_avg_sq"], vh)
+        vh = _amsgrad_max(out, s, vh, h, np.maximum)   # optax maxes the bias-corrected v
         u = _r(mh / _r(np.sqrt(_r(vh + _fl(h["eps_root"]))) + _fl(h["eps"])))
         if h["weight_decay"]:
             u = fma32(_fl(h["weight_decay"]), p, u)
@@ -291,9 +296,7 @@ def _adam_keras(s: State, g, t: int, h: dict) -> State:
         m = _r(m + _r(_r(g - m) * _fl(1.0 - h["beta1"])))
         v = _r(v + _r(_r(_r(g * g) - v) * _fl(1.0 - h["beta2"])))
         out = {"exp_avg": m, "exp_avg_sq": v}
-        vh = v
-        if h["amsgrad"]:
-            vh = out["max_exp_avg_sq"] = np.maximum(s["max_exp_avg_sq"], v)
+        vh = _amsgrad_max(out, s, v, h, np.maximum)
         out["param"] = _r(p - _r(_r(m * alpha) / _r(np.sqrt(vh) + _fl(h["eps"]))))
     return out
 
@@ -310,9 +313,7 @@ def _adam_reddi(s: State, g, t: int, h: dict) -> State:
         m = _r(_r(b1 * m) + _r(_fl(1.0 - h["beta1"]) * g))
         v = _r(_r(b2 * v) + _r(_fl(1.0 - h["beta2"]) * _r(g * g)))
         out = {"exp_avg": m, "exp_avg_sq": v}
-        vh = v
-        if h["amsgrad"]:
-            vh = out["max_exp_avg_sq"] = np.maximum(s["max_exp_avg_sq"], v)
+        vh = _amsgrad_max(out, s, v, h, np.maximum)
         out["param"] = _r(p - _r(_r(a_t * m) / _r(np.sqrt(vh) + _fl(h["eps"]))))
     return out
 
