@@ -251,3 +251,212 @@ def run(impl: str, optimizer: str, param, grads, hyper: dict) -> List[State]:
     if impl not in runners:
         raise ValueError(f"impl: {impl!r} is not one of {', '.join(PEERS)} or emulate:<convention>")
     return runners[impl](optimizer, param, grads, hyper)
+
+
+# ---------------------------------------------------------------- oracle step functions
+
+def _unsupported(message: str):
+    from .oracle import Unsupported
+    return Unsupported(message)
+
+
+def _adam_flags(case):
+    """The conventions' keyword arguments of an oracle case (Adam family)."""
+    h = case.hyper
+    return dict(beta1=h["beta1"], beta2=h["beta2"], eps=h["eps"],
+                weight_decay=h["weight_decay"], decoupled=case.optimizer == "adamw",
+                amsgrad=bool(h.get("amsgrad", False)), maximize=bool(h.get("maximize", False)),
+                bias_correction=bool(h.get("bias_correction", True)))
+
+
+def _check_float32(case, peer: str) -> None:
+    lay = case.layout
+    if any(lay[k] != "float32" for k in ("param", "grad", "state")) or lay.get("param_copy") \
+            or case.has_options:
+        raise _unsupported(f"{peer}: float32 buffers without AMP options only")
+
+
+def oracle_step_fn(name: str):
+    """An :mod:`adamcore.oracle` step function (in place) for a peer or an emulation."""
+    if name.startswith("emulate:"):
+        convention, _, width = name[len("emulate:"):].partition("@")
+        known = conventions.ADAM_CONVENTIONS
+        if convention not in known:
+            raise ValueError(f"unknown convention {convention!r}; choose from {', '.join(known)}")
+        return _emulation_step_fn(convention, int(width) if width else None)
+    makers = {"optax": _optax_step_fn, "keras": _keras_step_fn, "deepspeed": _deepspeed_step_fn}
+    return makers[name]()
+
+
+def _emulation_step_fn(convention: str, width):
+    def step_fn(case, state, grad, step, lr):
+        _check_float32(case, convention)
+        tail = width if width is not None else (
+            case.tail_width if case.convention == convention else None)
+        try:
+            if case.optimizer == "adagrad":
+                h = case.hyper
+                new = conventions.adagrad_step(convention, state, grad, step=step, lr=lr,
+                                               lr_decay=h["lr_decay"], eps=h["eps"],
+                                               weight_decay=h["weight_decay"],
+                                               maximize=h["maximize"], tail_width=tail)
+            else:
+                new = conventions.adam_step(convention, state, grad, step=step, lr=lr,
+                                            tail_width=tail, **_adam_flags(case))
+        except ValueError as err:
+            raise _unsupported(str(err)) from None
+        for k, v in new.items():
+            state[k][...] = v
+    step_fn.__name__ = f"emulate:{convention}"
+    return step_fn
+
+
+def _optax_step_fn():
+    import jax
+    import jax.numpy as jnp
+    import optax
+    compiled = {}
+
+    def transform(case, lr):
+        h, flags = case.hyper, None
+        if case.optimizer == "adagrad":
+            if h["lr_decay"] or h["weight_decay"] or h["maximize"]:
+                raise _unsupported("optax.adagrad has no lr_decay, weight_decay or maximize")
+            return optax.adagrad(lr, eps=h["eps"])
+        flags = _adam_flags(case)
+        if flags["maximize"] or not flags["bias_correction"]:
+            raise _unsupported("optax: no maximize, and bias correction is always on")
+        if flags["weight_decay"] and not flags["decoupled"]:
+            raise _unsupported("optax: weight decay is decoupled (adamw) only")
+        kw = dict(b1=h["beta1"], b2=h["beta2"], eps=h["eps"])
+        if flags["decoupled"]:
+            if flags["amsgrad"]:
+                raise _unsupported("optax.adamw has no amsgrad")
+            return optax.adamw(lr, weight_decay=h["weight_decay"], **kw)
+        return (optax.amsgrad if flags["amsgrad"] else optax.adam)(lr, **kw)
+
+    def step_fn(case, state, grad, step, lr):
+        _check_float32(case, "optax")
+        key = (case.name, case.optimizer, lr)
+        if key not in compiled:
+            tx = transform(case, lr)
+
+            @jax.jit
+            def run(p, s, g):
+                u, s = tx.update(g, s, p)
+                return optax.apply_updates(p, u), s
+            compiled[key] = (tx, run)
+        tx, run = compiled[key]
+        p = jnp.asarray(state["param"])
+        s0 = tx.init(p)
+        inner = s0[0]
+        if case.optimizer == "adagrad":
+            inner = inner._replace(sum_of_squares=jnp.asarray(state["state_sum"]))
+        else:
+            fields = dict(count=jnp.asarray(step - 1, jnp.int32),
+                          mu=jnp.asarray(state["exp_avg"]), nu=jnp.asarray(state["exp_avg_sq"]))
+            if "max_exp_avg_sq" in state:
+                fields["nu_max"] = jnp.asarray(state["max_exp_avg_sq"])
+            inner = inner._replace(**fields)
+        p, s = run(p, (inner,) + tuple(s0[1:]), jnp.asarray(grad))
+        state["param"][...] = np.asarray(p)
+        inner = s[0]
+        if case.optimizer == "adagrad":
+            state["state_sum"][...] = np.asarray(inner.sum_of_squares)
+        else:
+            state["exp_avg"][...] = np.asarray(inner.mu)
+            state["exp_avg_sq"][...] = np.asarray(inner.nu)
+            if "max_exp_avg_sq" in state:
+                state["max_exp_avg_sq"][...] = np.asarray(inner.nu_max)
+    step_fn.__name__ = "optax"
+    return step_fn
+
+
+def _keras_step_fn():
+    if os.environ.get("KERAS_BACKEND", "jax") != "jax":
+        raise ValueError("keras: the keras convention is the jax backend's (KERAS_BACKEND=jax)")
+    os.environ["KERAS_BACKEND"] = "jax"
+    import keras
+
+    def step_fn(case, state, grad, step, lr):
+        _check_float32(case, "keras")
+        h = case.hyper
+        var = keras.Variable(state["param"].copy(), dtype="float32")
+        if case.optimizer == "adagrad":
+            if h["lr_decay"] or h["weight_decay"] or h["maximize"]:
+                raise _unsupported("keras Adagrad has no lr_decay, weight_decay or maximize")
+            opt = keras.optimizers.Adagrad(learning_rate=lr, epsilon=h["eps"])
+            slots = {"state_sum": "_accumulators"}
+        else:
+            flags = _adam_flags(case)
+            if flags["maximize"] or not flags["bias_correction"] or (
+                    flags["weight_decay"] and not flags["decoupled"]):
+                raise _unsupported("keras: no maximize or L2 decay; bias correction always on")
+            kw = dict(learning_rate=lr, beta_1=h["beta1"], beta_2=h["beta2"], epsilon=h["eps"],
+                      amsgrad=flags["amsgrad"])
+            opt = (keras.optimizers.AdamW(weight_decay=h["weight_decay"], **kw)
+                   if flags["decoupled"] else keras.optimizers.Adam(**kw))
+            slots = {"exp_avg": "_momentums", "exp_avg_sq": "_velocities",
+                     "max_exp_avg_sq": "_velocity_hats"}
+        opt.build([var])
+        opt.iterations.assign(step - 1)
+        slots = {k: getattr(opt, v)[0] for k, v in slots.items() if k in state}
+        for k, slot in slots.items():
+            slot.assign(state[k])
+        opt.apply_gradients([(grad.copy(), var)])
+        state["param"][...] = np.asarray(var.value)
+        for k, slot in slots.items():
+            state[k][...] = np.asarray(slot.value)
+    step_fn.__name__ = "keras"
+    return step_fn
+
+
+def _deepspeed_step_fn():
+    """DeepSpeed forms beta^t by multiplying once per step inside its C++ object, so one
+    optimizer is kept per case and must be stepped in order (both check modes do)."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import torch
+    kept = {}
+
+    def step_fn(case, state, grad, step, lr):
+        _check_float32(case, "deepspeed")
+        h = case.hyper
+        if case.optimizer == "adagrad":
+            if h["lr_decay"] or h["maximize"]:
+                raise _unsupported("DeepSpeedCPUAdagrad has no lr_decay or maximize")
+        else:
+            flags = _adam_flags(case)
+            if flags["maximize"] or flags["amsgrad"]:
+                raise _unsupported("DeepSpeedCPUAdam has no maximize or amsgrad")
+        if case.name not in kept or kept[case.name][2] != step - 1:
+            p = torch.nn.Parameter(torch.zeros(case.size))
+            if case.optimizer == "adagrad":
+                from deepspeed.ops.adagrad import DeepSpeedCPUAdagrad
+                opt = DeepSpeedCPUAdagrad([p], lr=lr, eps=h["eps"], weight_decay=h["weight_decay"])
+            else:
+                from deepspeed.ops.adam import DeepSpeedCPUAdam
+                opt = DeepSpeedCPUAdam([p], lr=lr, betas=(h["beta1"], h["beta2"]), eps=h["eps"],
+                                       weight_decay=h["weight_decay"],
+                                       bias_correction=flags["bias_correction"],
+                                       adamw_mode=flags["decoupled"])
+            if step != 1:
+                raise _unsupported("deepspeed: its beta^t needs every step from the first")
+            kept[case.name] = [p, opt, 0]
+        p, opt, _ = kept[case.name]
+        opt.param_groups[0]["lr"] = lr
+        p.data.copy_(torch.from_numpy(state["param"]))
+        p.grad = torch.from_numpy(grad.copy())
+        names = ({"state_sum": "exp_avg_sq"} if case.optimizer == "adagrad"
+                 else {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq"})
+        if opt.state[p]:
+            for k, n in names.items():
+                opt.state[p][n].copy_(torch.from_numpy(state[k]))
+        elif step == 1 and any(np.any(state[k]) for k in names):
+            raise _unsupported("deepspeed: starts from zero state")
+        opt.step()
+        kept[case.name][2] = step
+        state["param"][...] = p.detach().numpy()
+        for k, n in names.items():
+            state[k][...] = opt.state[p][n].numpy()
+    step_fn.__name__ = "deepspeed"
+    return step_fn

@@ -129,8 +129,11 @@ class Explanation:
 
 
 def _label_order(label: str):
-    name, _, width = label.partition("@")
-    return name, int(width.split("+")[0] or 0)
+    """Ties list adamcore's own convention first, then the others in the usual order."""
+    base, _, variant = label.partition("+")
+    name, _, width = base.partition("@")
+    order = conventions.ADAM_CONVENTIONS
+    return order.index(name) if name in order else len(order), int(width or 0), variant
 
 
 def _cause(label: str) -> str:
