@@ -352,7 +352,10 @@ def manifest_entry(case: Case, file_name: str, digest: str) -> Dict[str, object]
         entry["found_inf"] = [bool(f) for f in case.found_inf]
     if case.reference_steps is not None:
         entry["reference_steps"] = list(case.reference_steps)
-    entry["convention"] = case.convention
+    # Written when not the default ("torch-fused" without a tail), so that existing sets
+    # regenerate byte for byte; readers take an absent field as "torch-fused".
+    if case.convention != "torch-fused" or case.tail_width is not None:
+        entry["convention"] = case.convention
     if case.tail_width is not None:
         entry["tail_width"] = int(case.tail_width)
     return entry
