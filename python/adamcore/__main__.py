@@ -14,7 +14,8 @@ import sys
 from typing import Sequence
 
 # Modules that each add one subcommand; any not present in this build is skipped.
-_COMMAND_MODULES = ("adamcore.bench", "adamcore.reddi", "adamcore.phase", "adamcore.golden")
+_COMMAND_MODULES = ("adamcore.bench", "adamcore.reddi", "adamcore.phase", "adamcore.golden",
+                    "adamcore.explain", "adamcore.epsilon")
 
 
 def _info(args: argparse.Namespace) -> int:

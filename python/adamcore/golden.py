@@ -352,6 +352,12 @@ def manifest_entry(case: Case, file_name: str, digest: str) -> Dict[str, object]
         entry["found_inf"] = [bool(f) for f in case.found_inf]
     if case.reference_steps is not None:
         entry["reference_steps"] = list(case.reference_steps)
+    # Written when not the default ("torch-fused" without a tail), so that existing sets
+    # regenerate byte for byte; readers take an absent field as "torch-fused".
+    if case.convention != "torch-fused" or case.tail_width is not None:
+        entry["convention"] = case.convention
+    if case.tail_width is not None:
+        entry["tail_width"] = int(case.tail_width)
     return entry
 
 
@@ -485,6 +491,94 @@ def write_lion_sgd(directory: str, *, seed: int = 2018, force: bool = False) -> 
                                  "float64 reference beside them")
 
 
+# ---------------------------------------------------------------- per-convention sets
+
+# (convention, tail width it emulates, optimizers): each set is the emulation's bits,
+# which the real peer reproduces (tests/test_golden_conventions.py). optax's AdaGrad is
+# left out: XLA's rsqrt is not correctly rounded (docs/conventions.md).
+CONVENTION_SETS = (
+    ("torch-fused", 8, ("adam", "adamw", "amsgrad", "adagrad")),
+    ("torch-foreach", None, ("adam", "adamw", "amsgrad", "adagrad")),
+    ("deepspeed", 8, ("adam", "adamw", "adagrad")),
+    ("optax", None, ("adam", "adamw", "amsgrad")),
+    ("keras", None, ("adam", "adamw", "amsgrad", "adagrad")),
+)
+
+
+def build_convention_cases(convention: str, tail_width, optimizers, *, seed: int = 2018,
+                           size: int = 35, steps: int = 12) -> List[Case]:
+    """Small float32 cases whose expected bits follow ``convention`` (size 35 leaves a
+    tail of 3 for vector widths 8 and 16)."""
+    from . import _peers
+    cases = []
+    for k, name in enumerate(optimizers):
+        rng = np.random.default_rng(seed + k)
+        param = rng.standard_normal(size).astype(np.float32)
+        grads = rng.standard_normal((steps, size)).astype(np.float32)
+        if name == "adagrad":
+            init = 0.1 if convention in ("optax", "keras") else 0.0
+            hyper = dict(_ADAGRAD_BASE, eps=1e-7 if convention == "keras" else 1e-10)
+            initial = {"param": param, "state_sum": np.full(size, init, np.float32)}
+            optimizer = "adagrad"
+        else:
+            hyper = dict(_ADAM_BASE, lr=1e-2, amsgrad=name == "amsgrad",
+                         weight_decay=1e-2 if name == "adamw" else 0.0)
+            optimizer = "adamw" if name == "adamw" else "adam"
+            initial = {"param": param}
+            initial.update({key: np.zeros(size, np.float32)
+                            for key in state_keys(optimizer, hyper["amsgrad"])[1:]})
+        case = Case(name=f"{convention}_{name}", optimizer=optimizer, hyper=hyper,
+                    steps=list(range(1, steps + 1)), lrs=[hyper["lr"]] * steps,
+                    initial=initial, grads=grads, expected={}, tags=["convention"],
+                    convention=convention, tail_width=tail_width)
+        emulated = trajectory(case, _peers.oracle_step_fn(f"emulate:{convention}"))
+        case.expected = {key: emulated[key] for key in case.keys}
+        cases.append(case)
+    return cases
+
+
+def write_conventions(directory: str, *, force: bool = False) -> List[str]:
+    """One golden set per convention, in ``directory/<convention>/``."""
+    paths = []
+    for convention, width, optimizers in CONVENTION_SETS:
+        paths += write_set(os.path.join(directory, convention),
+                           build_convention_cases(convention, width, optimizers),
+                           description=f"float32 trajectories in the {convention} convention "
+                                       "(adamcore.conventions' emulation)",
+                           generator={"adamcore": adamcore.__version__, "convention": convention,
+                                      "tail_width": width}, force=force)
+    return paths
+
+
+def _explain_mismatch(report, directory: str, step_fn, dtype) -> None:
+    """Print which convention would explain the first failing case (adamcore.explain)."""
+    from . import explain
+    first = report.first_mismatch
+    if first is None:
+        return
+    loaded = oracle.load(directory, [first.case])[0]
+    if loaded.has_options or any(v != "float32" for k, v in loaded.layout.items()
+                                 if k != "param_copy") or loaded.layout.get("param_copy"):
+        return
+    actual = trajectory(loaded, step_fn, dtype)
+    actual.pop("grad", None)
+    problem = explain.Problem(loaded.optimizer, dict(loaded.hyper), dict(loaded.initial),
+                              loaded.grads, loaded.steps, loaded.lrs, name=loaded.name)
+    result = explain.explain(problem, dict(loaded.expected), actual,
+                             f"golden ({loaded.convention})", "implementation")
+    print("which convention would explain it:\n" + result.format())
+
+
+def _conventions_command(args: argparse.Namespace) -> int:
+    try:
+        paths = write_conventions(args.directory, force=args.force)
+    except FileExistsError as err:
+        print(f"error: {err}")
+        return 2
+    print(f"wrote {len(paths)} cases under {args.directory}")
+    return 0
+
+
 def _write_command(args: argparse.Namespace) -> int:
     try:
         writer = write_lion_sgd if getattr(args, "lion_sgd", False) else write
@@ -517,6 +611,8 @@ def _check_command(args: argparse.Namespace) -> int:
         print(report.format(verbose=args.verbose))
         if not report.passed:
             status = 1
+            if args.explain and dtype is None:
+                _explain_mismatch(report, args.directory, step_fn, dtype)
     return status
 
 
@@ -531,16 +627,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     w.add_argument("--lion-sgd", action="store_true",
                    help="write the SGD and Lion cases (a set of their own) instead")
     w.set_defaults(func=_write_command)
+    wc = sub.add_parser("conventions", help="write one small set per convention into "
+                                            "DIR/<convention>/ (adamcore.conventions)")
+    wc.add_argument("directory", metavar="DIR")
+    wc.add_argument("--force", action="store_true", help="overwrite existing sets")
+    wc.set_defaults(func=_conventions_command)
     c = sub.add_parser("check", help="check an implementation against the set in DIR")
     c.add_argument("directory", metavar="DIR")
     c.add_argument("--impl", default="adamcore",
                    help="adamcore, adamcore:<isa>, reference, torch-default, torch-foreach, "
-                        "torch-fused, or all")
+                        "torch-fused, optax, keras, deepspeed, emulate:<convention>, or all")
     c.add_argument("--mode", choices=("trajectory", "per_step"), default="trajectory",
                    help="carry the implementation's own state, or restart each step from "
                         "the golden state")
     c.add_argument("--tolerance", type=float, default=0.0, help="ulps allowed (default 0)")
     c.add_argument("--case", action="append", help="only this case (repeatable)")
     c.add_argument("--verbose", action="store_true", help="list every differing array/step")
+    c.add_argument("--no-explain", dest="explain", action="store_false",
+                   help="on a mismatch, do not replay the first failing case under every "
+                        "convention (python -m adamcore explain)")
     c.set_defaults(func=_check_command)
     return parser

@@ -182,6 +182,10 @@ class Case:
     found_inf: Optional[List[bool]] = None
     expected_grad: Optional[np.ndarray] = None
     reference_steps: Optional[List[int]] = None
+    # The arithmetic the expected bits follow (adamcore.conventions); tail_width: the
+    # vector width whose scalar tail it emulates (torch-fused, deepspeed), or None.
+    convention: str = "torch-fused"
+    tail_width: Optional[int] = None
 
     def __post_init__(self):
         self.layout = {**DEFAULT_LAYOUT, **(self.layout or {})}
@@ -405,7 +409,9 @@ def load(directory: str, names: Optional[Iterable[str]] = None) -> List[Case]:
                     layout=layout, rounding=entry.get("rounding", "nearest"),
                     seed=entry.get("seed"), grad_scale=entry.get("grad_scale"),
                     found_inf=entry.get("found_inf"),
-                    reference_steps=entry.get("reference_steps"))
+                    reference_steps=entry.get("reference_steps"),
+                    convention=entry.get("convention", "torch-fused"),
+                    tail_width=entry.get("tail_width"))
         with np.load(path, allow_pickle=False) as data:
             case.grads = from_bits(data["grads"], case.dtype("grad"))
             for k in case.keys:
@@ -687,8 +693,15 @@ def _torch_step_fn(name: str) -> StepFn:
     return step_fn
 
 
+# Real peers run through adamcore._peers, each checked against its own convention's set;
+# "emulate:<convention>[@W]" runs adamcore.conventions' emulation.
+_PEER_NAMES = ("optax", "keras", "deepspeed")
+
+
 def implementations() -> List[str]:
-    """Names accepted by :func:`get_step_fn` on this machine."""
+    """Names accepted by :func:`get_step_fn` on this machine that follow adamcore's
+    torch-fused convention (the peers in _PEER_NAMES and "emulate:<convention>" are
+    accepted too, and are checked against sets of their own convention)."""
     import adamcore
 
     names = ["adamcore"] + [f"adamcore:{isa}" for isa in adamcore.available_isas()]
@@ -722,5 +735,9 @@ def get_step_fn(name: str):
             return _torch_step_fn(name), None
         except ImportError:
             raise ValueError(f"{name} needs torch, which is not installed") from None
+    if name in _PEER_NAMES or name.startswith("emulate:"):
+        from . import _peers
+        return _peers.oracle_step_fn(name), None
     raise ValueError(f"unknown implementation {name!r}; choose from "
-                     f"{', '.join(implementations())}")
+                     f"{', '.join(implementations() + list(_PEER_NAMES))} or "
+                     f"emulate:<convention>")
