@@ -287,8 +287,9 @@ def test_state_dict_layout_is_torchs():
     assert sd["param_groups"][0]["decoupled_weight_decay"] is True
     ada = adamcore.Adagrad(_params(1)).state_dict()
     assert sorted(ada["state"][2]) == ["step", "sum"]
-    assert sorted(ada["param_groups"][0]) == ["eps", "initial_accumulator_value", "lr", "lr_decay",
-                                              "maximize", "params", "weight_decay"]
+    assert sorted(ada["param_groups"][0]) == ["convention", "eps", "initial_accumulator_value", "lr",
+                                              "lr_decay", "maximize", "params", "tail_width",
+                                              "weight_decay"]
 
 
 def test_load_state_dict_rejects_bad_dtype_and_keeps_state():

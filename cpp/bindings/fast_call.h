@@ -174,6 +174,37 @@ inline std::uint64_t as_seed(PyObject* o) {
   return static_cast<std::uint64_t>(v);
 }
 
+// A convention name (a str; absent or None: torch-fused).
+inline adamcore::Convention as_convention(PyObject* o) {
+  if (o == nullptr || o == Py_None) return adamcore::Convention::torch_fused;
+  if (!PyUnicode_Check(o)) {
+    throw py::type_error(std::string("convention must be a str, got ") + Py_TYPE(o)->tp_name);
+  }
+  const char* name = PyUnicode_AsUTF8(o);
+  if (name == nullptr) throw py::error_already_set();
+  adamcore::Convention c;
+  if (!adamcore::convention_from_name(name, &c)) {
+    throw py::value_error(std::string("convention must be one of 'torch-fused', 'deepspeed', "
+                                      "'optax', 'keras', got '") + name + "'");
+  }
+  return c;
+}
+
+// tail_width: an int (absent or None: 0); its values are checked with the convention.
+inline int as_tail_width(PyObject* o) {
+  if (o == nullptr || o == Py_None) return 0;
+  if (PyBool_Check(o) || PyFloat_Check(o) || !PyIndex_Check(o)) {
+    throw py::type_error(std::string("tail_width must be an integer, got ") +
+                         Py_TYPE(o)->tp_name);
+  }
+  const long long v = PyLong_AsLongLong(o);
+  if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
+  if (v < 0 || v > 1024) {
+    throw py::value_error("tail_width must be 0, 8 or 16, got " + std::to_string(v));
+  }
+  return static_cast<int>(v);
+}
+
 // None (or absent) -> fallback.
 inline py::handle as_handle(PyObject* o) { return o ? py::handle(o) : py::handle(Py_None); }
 

@@ -500,6 +500,11 @@ py::object run_step(void (*step_fn)(const Buffers*, std::size_t, std::int64_t, c
                     const Buffers* tensors, std::size_t count, std::int64_t step,
                     const Hyper& h, const Mode& mode, double prev_lr,
                     const adamcore::Layout& layout) {
+  check_hyper(adamcore::check_convention(h.convention, h.tail_width, layout));
+  if (mode.diagnostics && h.convention != adamcore::Convention::torch_fused) {
+    throw py::value_error("convention: diagnostics=True is computed for convention="
+                          "'torch-fused' only");
+  }
   if (mode.check_only) return py::none();
   adamcore::GammaStats stats;
   const bool clipping = mode.max_grad_norm >= 0;
@@ -930,7 +935,8 @@ PyObject* adam_family_fast(PyObject* const* args, Py_ssize_t nargs, PyObject* kw
         {"param", "grad", "exp_avg", "exp_avg_sq", "step", "lr", "beta1", "beta2", "eps",
          "weight_decay", "amsgrad", "max_exp_avg_sq", "maximize", "bias_correction",
          "diagnostics", "prev_lr", "check_only", "param_copy", "grad_scale", "found_inf",
-         "rounding", "seed", "clip_coef", "max_grad_norm", "norm_type", "error_if_nonfinite"},
+         "rounding", "seed", "clip_coef", "max_grad_norm", "norm_type", "error_if_nonfinite",
+         "convention", "tail_width"},
         4, 4, {"step"});
     Signature::Parsed a;
     sig.parse(args, nargs, kwnames, a);
@@ -942,7 +948,9 @@ PyObject* adam_family_fast(PyObject* const* args, Py_ssize_t nargs, PyObject* kw
                                 decoupled,
                                 as_bool(a[10], "amsgrad", false),
                                 as_bool(a[12], "maximize", false),
-                                as_bool(a[13], "bias_correction", true)};
+                                as_bool(a[13], "bias_correction", true),
+                                adamcore_py::as_convention(a[26]),
+                                adamcore_py::as_tail_width(a[27])};
     Mode mode{as_bool(a[14], "diagnostics", false), as_bool(a[16], "check_only", false),
               parse_step_options(a[18], a[19], a[20], a[21], a[22])};
     parse_clipping(a[23], a[24], a[25], &mode);
@@ -967,7 +975,7 @@ PyObject* adagrad_step_fast(PyObject*, PyObject* const* args, Py_ssize_t nargs,
                                 "weight_decay", "eps", "maximize", "diagnostics", "prev_lr",
                                 "check_only", "param_copy", "grad_scale", "found_inf",
                                 "rounding", "seed", "clip_coef", "max_grad_norm", "norm_type",
-                                "error_if_nonfinite"},
+                                "error_if_nonfinite", "convention", "tail_width"},
                                3, 3, {"step"});
     Signature::Parsed a;
     sig.parse(args, nargs, kwnames, a);
@@ -975,7 +983,9 @@ PyObject* adagrad_step_fast(PyObject*, PyObject* const* args, Py_ssize_t nargs,
                                    as_double(a[5], "lr_decay", 0.0),
                                    as_double(a[6], "weight_decay", 0.0),
                                    as_double(a[7], "eps", 1e-10),
-                                   as_bool(a[8], "maximize", false)};
+                                   as_bool(a[8], "maximize", false),
+                                   adamcore_py::as_convention(a[21]),
+                                   adamcore_py::as_tail_width(a[22])};
     Mode mode{as_bool(a[9], "diagnostics", false), as_bool(a[11], "check_only", false),
               parse_step_options(a[13], a[14], a[15], a[16], a[17])};
     parse_clipping(a[18], a[19], a[20], &mode);
@@ -991,7 +1001,7 @@ PyObject* adam_group_step_fast(PyObject* self, PyObject* const* args, Py_ssize_t
                                 "decoupled", "maximize", "bias_correction", "diagnostics",
                                 "prev_lr", "check_only", "grad_scale", "found_inf", "rounding",
                                 "seed", "clip_coef", "max_grad_norm", "norm_type",
-                                "error_if_nonfinite"},
+                                "error_if_nonfinite", "convention", "tail_width"},
                                1, 1, {"step"});
     Signature::Parsed a;
     sig.parse(args, nargs, kwnames, a);
@@ -1004,7 +1014,9 @@ PyObject* adam_group_step_fast(PyObject* self, PyObject* const* args, Py_ssize_t
                                 as_bool(a[7], "decoupled", false),
                                 group.amsgrad(),
                                 as_bool(a[8], "maximize", false),
-                                as_bool(a[9], "bias_correction", true)};
+                                as_bool(a[9], "bias_correction", true),
+                                adamcore_py::as_convention(a[21]),
+                                adamcore_py::as_tail_width(a[22])};
     Mode mode{as_bool(a[10], "diagnostics", false), as_bool(a[12], "check_only", false),
               parse_step_options(a[13], a[14], a[15], a[16], a[17])};
     parse_clipping(a[18], a[19], a[20], &mode);
@@ -1019,7 +1031,8 @@ PyObject* adagrad_group_step_fast(PyObject* self, PyObject* const* args, Py_ssiz
                                {"grads", "step", "lr", "lr_decay", "weight_decay", "eps",
                                 "maximize", "diagnostics", "prev_lr", "check_only",
                                 "grad_scale", "found_inf", "rounding", "seed", "clip_coef",
-                                "max_grad_norm", "norm_type", "error_if_nonfinite"},
+                                "max_grad_norm", "norm_type", "error_if_nonfinite",
+                                "convention", "tail_width"},
                                1, 1, {"step"});
     Signature::Parsed a;
     sig.parse(args, nargs, kwnames, a);
@@ -1028,7 +1041,9 @@ PyObject* adagrad_group_step_fast(PyObject* self, PyObject* const* args, Py_ssiz
                                    as_double(a[3], "lr_decay", 0.0),
                                    as_double(a[4], "weight_decay", 0.0),
                                    as_double(a[5], "eps", 1e-10),
-                                   as_bool(a[6], "maximize", false)};
+                                   as_bool(a[6], "maximize", false),
+                                   adamcore_py::as_convention(a[18]),
+                                   adamcore_py::as_tail_width(a[19])};
     Mode mode{as_bool(a[7], "diagnostics", false), as_bool(a[9], "check_only", false),
               parse_step_options(a[10], a[11], a[12], a[13], a[14])};
     parse_clipping(a[15], a[16], a[17], &mode);
@@ -1040,7 +1055,7 @@ constexpr const char* kAdamDoc =
     "adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0.999, "
     "eps=1e-8, weight_decay=0.0, amsgrad=False, max_exp_avg_sq=None, maximize=False, "
     "bias_correction=True, diagnostics=False, prev_lr=None, check_only=False, "
-    "param_copy=None)\n--\n\n"
+    "param_copy=None, convention='torch-fused', tail_width=0)\n--\n\n"
     "One Adam step (L2 weight decay added to the gradient), in place.\n\n"
     "Buffers are C-contiguous, writeable arrays of one size that share no memory\n"
     "(grad may be read-only), or equal-length lists of them for a whole parameter group.\n"
@@ -1052,22 +1067,26 @@ constexpr const char* kAdamDoc =
     "max_exp_avg_sq. bias_correction=False: step size lr, no sqrt(bc2) division.\n"
     "Returns None, or a GammaStats with diagnostics=True (prev_lr: the previous step's lr,\n"
     "default lr). check_only=True: check every argument as a step would, write nothing.\n"
-    "Bit-identical to torch.optim.Adam(fused=True); see docs/numerics.md.";
+    "Bit-identical to torch.optim.Adam(fused=True); see docs/numerics.md.\n"
+    "convention='deepspeed' reproduces DeepSpeedCPUAdam instead (all-float32 buffers, no\n"
+    "amsgrad, no diagnostics); tail_width=8 or 16 (adamcore.torch.torch_tail_width())\n"
+    "gives each tensor's last size % tail_width elements torch fused's scalar-tail recipe.";
 constexpr const char* kAdamWDoc =
     "adamw_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0.999, "
     "eps=1e-8, weight_decay=1e-2, amsgrad=False, max_exp_avg_sq=None, maximize=False, "
     "bias_correction=True, diagnostics=False, prev_lr=None, check_only=False, "
-    "param_copy=None)\n--\n\n"
+    "param_copy=None, convention='torch-fused', tail_width=0)\n--\n\n"
     "One AdamW step (decoupled weight decay: param *= 1 - lr*weight_decay first), in place.\n"
     "Arguments as adam_step. Bit-identical to torch.optim.AdamW(fused=True).";
 constexpr const char* kAdagradDoc =
     "adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0, "
     "eps=1e-10, maximize=False, diagnostics=False, prev_lr=None, check_only=False, "
-    "param_copy=None)\n--\n\n"
+    "param_copy=None, convention='torch-fused', tail_width=0)\n--\n\n"
     "One AdaGrad step, in place; the learning rate is lr / (1 + (step-1)*lr_decay).\n"
     "Dtypes and param_copy as adam_step.\n"
     "state_sum starts at torch's initial_accumulator_value (fill it yourself).\n"
-    "Bit-identical to torch.optim.Adagrad(fused=True).";
+    "Bit-identical to torch.optim.Adagrad(fused=True); convention='deepspeed' (no lr_decay):\n"
+    "DeepSpeedCPUAdagrad's arithmetic. convention and tail_width as adam_step.";
 
 PyMethodDef kStepFunctions[] = {
     {"adam_step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(adam_step_fast)),
@@ -1084,14 +1103,15 @@ PyMethodDef kAdamGroupStep = {
     METH_FASTCALL | METH_KEYWORDS,
     "step(grads, *, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, "
     "decoupled=False, maximize=False, bias_correction=True, diagnostics=False, prev_lr=None, "
-    "check_only=False)"
+    "check_only=False, convention='torch-fused', tail_width=0)"
     "\n--\n\nOne step of every tensor in the group; only the grads are checked."};
 
 PyMethodDef kAdagradGroupStep = {
     "step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(adagrad_group_step_fast)),
     METH_FASTCALL | METH_KEYWORDS,
     "step(grads, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10, "
-    "maximize=False, diagnostics=False, prev_lr=None, check_only=False)\n--\n\n"
+    "maximize=False, diagnostics=False, prev_lr=None, check_only=False, "
+    "convention='torch-fused', tail_width=0)\n--\n\n"
     "One step of every tensor in the group; only the grads are checked."};
 
 // Installs a METH_FASTCALL method on a pybind11 class.

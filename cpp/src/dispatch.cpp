@@ -95,12 +95,13 @@ bool set_isa(Isa isa) {
 namespace {
 
 detail::AdamRangeFn adam_kernel_for(Isa isa, std::size_t layout, detail::WdMode wd,
-                                    bool lerp_low, bool ams, bool diag) {
-  return detail::isa_row(isa).adam(layout, wd, lerp_low, ams, diag);
+                                    bool lerp_low, bool ams, bool diag, detail::Recipe recipe) {
+  return detail::isa_row(isa).adam(layout, wd, lerp_low, ams, diag, recipe);
 }
 
-detail::AdagradRangeFn adagrad_kernel_for(Isa isa, std::size_t layout, bool wd, bool diag) {
-  return detail::isa_row(isa).adagrad(layout, wd, diag);
+detail::AdagradRangeFn adagrad_kernel_for(Isa isa, std::size_t layout, bool wd, bool diag,
+                                          detail::Recipe recipe) {
+  return detail::isa_row(isa).adagrad(layout, wd, diag, recipe);
 }
 
 }  // namespace
@@ -169,6 +170,80 @@ float round_through(DType dtype, float x) {
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------- conventions
+namespace {
+
+constexpr const char* kConventionNames[kConventionCount] = {"torch-fused", "deepspeed", "optax",
+                                                            "keras"};
+
+bool convention_implemented(Convention c) {
+  return c == Convention::torch_fused || c == Convention::deepspeed;
+}
+
+bool valid_convention(Convention c) {
+  const int i = static_cast<int>(c);
+  return i >= 0 && i < kConventionCount;
+}
+
+// "torch-fused, deepspeed": the names a step accepts, for error messages.
+std::string implemented_conventions() {
+  std::string out;
+  for (int i = 0; i < kConventionCount; ++i) {
+    if (!convention_implemented(static_cast<Convention>(i))) continue;
+    out += (out.empty() ? "" : ", ") + std::string(kConventionNames[i]);
+  }
+  return out;
+}
+
+// The element recipe of a convention's vector body and of its scalar tail.
+detail::Recipe body_recipe(Convention c) {
+  return c == Convention::deepspeed ? detail::Recipe::deepspeed : detail::Recipe::torch_body;
+}
+detail::Recipe tail_recipe(Convention c) {
+  return c == Convention::deepspeed ? detail::Recipe::deepspeed_tail : detail::Recipe::torch_tail;
+}
+
+}  // namespace
+
+const char* convention_name(Convention c) {
+  return valid_convention(c) ? kConventionNames[static_cast<int>(c)] : "unknown";
+}
+
+bool convention_from_name(const std::string& name, Convention* out) {
+  for (int i = 0; i < kConventionCount; ++i) {
+    if (name == kConventionNames[i]) {
+      *out = static_cast<Convention>(i);
+      return true;
+    }
+  }
+  return false;
+}
+
+std::string check_convention(Convention c, int tail_width, const Layout& layout) {
+  if (!valid_convention(c) || !convention_implemented(c)) {
+    return std::string("convention must be one of ") + implemented_conventions() + ", got '" +
+           convention_name(c) + "'" +
+           (valid_convention(c) ? " (its recipe is not implemented in the kernels yet)" : "");
+  }
+  if (tail_width != 0 && tail_width != 8 && tail_width != 16) {
+    return "tail_width must be 0, 8 or 16 (the peer's float32 vector width), got " +
+           std::to_string(tail_width);
+  }
+  if (tail_width != 0 && c != Convention::torch_fused && c != Convention::deepspeed) {
+    return std::string("tail_width applies to convention='torch-fused' or 'deepspeed' only, "
+                       "not '") + convention_name(c) + "'";
+  }
+  if ((c != Convention::torch_fused || tail_width != 0) &&
+      !same_layout(layout, detail::kLayouts[0])) {
+    return std::string("convention='") + convention_name(c) + "'" +
+           (tail_width != 0 ? " with tail_width" : "") +
+           " needs float32 params, grads and state and no param_copy; got params " +
+           dtype_name(layout.param) + ", grads " + dtype_name(layout.grad) + ", state " +
+           dtype_name(layout.state) + ", param_copy " + dtype_name(layout.param_copy);
+  }
+  return {};
+}
 
 // ---------------------------------------------------------------- threads
 namespace {
@@ -251,6 +326,9 @@ std::string check_common(double lr, double eps, double weight_decay, std::int64_
 std::string check_adam_hyper(const AdamHyper& h, std::int64_t step) {
   std::string err = check_common(h.lr, h.eps, h.weight_decay, step);
   if (!err.empty()) return err;
+  if (h.convention == Convention::deepspeed && h.amsgrad) {
+    return "convention='deepspeed' has no amsgrad (DeepSpeedCPUAdam does not implement it)";
+  }
   if (!std::isfinite(h.beta1) || h.beta1 < 0 || h.beta1 >= 1) {
     return bad("beta1", h.beta1, "in [0, 1)");
   }
@@ -265,6 +343,10 @@ std::string check_adagrad_hyper(const AdagradHyper& h, std::int64_t step) {
   if (!err.empty()) return err;
   if (!std::isfinite(h.lr_decay) || h.lr_decay < 0) {
     return bad("lr_decay", h.lr_decay, "finite and >= 0");
+  }
+  if (h.convention == Convention::deepspeed && h.lr_decay != 0) {
+    return bad("lr_decay", h.lr_decay,
+               "0 with convention='deepspeed' (DeepSpeedCPUAdagrad has no lr_decay)");
   }
   return {};
 }
@@ -410,17 +492,26 @@ void write_stats(const detail::DiagAccum& acc, std::size_t total, bool defined,
   out->lr_max = acc.lr_max;
 }
 
-// Runs `kernel` over every element of every tensor; fills `diag` if asked.
+// Runs `kernel` over every element of every tensor; fills `diag` if asked. With
+// tail_width W > 0, each tensor's last size % W elements run `tail_kernel` instead (torch
+// cuts its fused step at multiples of a cache line, 16 floats, and each piece runs W-wide
+// vectors then a scalar loop, so only the tensor's last size % W elements take that loop;
+// DeepSpeed rounds each tensor down to its vector width and loops over the rest).
 template <class Kernel, class Scalars, class Buffers>
 void run_kernel(Kernel kernel, const Scalars& k, const Buffers* tensors, std::size_t count,
-                GammaStats* diag) {
+                GammaStats* diag, Kernel tail_kernel = nullptr, std::size_t tail_width = 0) {
   detail::DiagAccum acc;
   detail::diag_init(&acc);
   std::size_t total = 0;
   for (std::size_t t = 0; t < count; ++t) total += tensors[t].size;
   for_all_elements(tensors, count, total, diag ? &acc : nullptr,
                    [&](std::size_t t, std::size_t begin, std::size_t end, detail::DiagAccum* a) {
-                     kernel(k, tensors[t], begin, end, a);
+                     const std::size_t size = tensors[t].size;
+                     const std::size_t tail_at = tail_width ? size - size % tail_width : size;
+                     if (begin < tail_at) kernel(k, tensors[t], begin, std::min(end, tail_at), a);
+                     if (end > tail_at) {
+                       tail_kernel(k, tensors[t], std::max(begin, tail_at), end, a);
+                     }
                    });
   if (diag) write_stats(acc, total, k.gamma_defined, diag);
 }
@@ -476,6 +567,37 @@ void adam_coeffs(const AdamHyper& h, std::int64_t step, double prev_lr,
   f.step_size = static_cast<float>(d.step_size);
   f.prev_step_size = static_cast<float>(d.prev_step_size);
   f.prev_bc2_sqrt = static_cast<float>(d.prev_bc2_sqrt);
+  f.beta1 = static_cast<float>(h.beta1);
+}
+
+// DeepSpeedCPUAdam's constants (its IncrementStep and update_state), all float32: beta^t
+// by one multiplication per step from 1 (so they depend on the step count, as in a run
+// that calls it once per step), the reciprocal of sqrt(1 - beta2^t), step size -lr/bc1
+// and AdamW's factor -lr*wd. Fields: W = 1-b1, B1, B2, C2 = 1-b2, D = 1/sqrt(bc2), E,
+// S = -lr/bc1, L = wd, K = -lr*wd. (Γ diagnostics are not computed for this recipe.)
+void deepspeed_adam_coeffs(const AdamHyper& h, std::int64_t step, detail::AdamCoeffs<float>* f) {
+  const float beta1 = static_cast<float>(h.beta1);
+  const float beta2 = static_cast<float>(h.beta2);
+  const float lr = static_cast<float>(h.lr);
+  float beta1_t = 1.0f, beta2_t = 1.0f;
+  for (std::int64_t t = 0; t < step; ++t) {
+    beta1_t *= beta1;
+    beta2_t *= beta2;
+  }
+  float bc1 = 1.0f, bc2_rsqrt = 1.0f;
+  if (h.bias_correction) {
+    bc1 = 1.0f - beta1_t;
+    bc2_rsqrt = 1.0f / std::sqrt(1.0f - beta2_t);
+  }
+  f->one_minus_beta1 = 1.0f - beta1;
+  f->beta1 = beta1;
+  f->beta2 = beta2;
+  f->one_minus_beta2 = 1.0f - beta2;
+  f->bc2_sqrt = bc2_rsqrt;
+  f->eps = static_cast<float>(h.eps);
+  f->neg_step_size = -lr / bc1;
+  f->weight_decay = static_cast<float>(h.weight_decay);
+  f->decay_factor = -lr * static_cast<float>(h.weight_decay);
 }
 
 }  // namespace
@@ -503,10 +625,19 @@ void adam_step(const AdamBuffers* tensors, std::size_t count, std::int64_t step,
   // deciding in the layout's arithmetic.
   const bool lerp_low = layout.param == DType::float64 ? k.d.one_minus_beta1 < 0.5
                                                        : k.f.one_minus_beta1 < 0.5f;
-  const detail::AdamRangeFn kernel =
-      adam_kernel_for(active_isa(), layout_at, wd, lerp_low, h.amsgrad, diag != nullptr);
-
-  run_kernel(kernel, k, tensors, count, diag);
+  if (h.convention == Convention::deepspeed) {
+    deepspeed_adam_coeffs(h, step, &k.f);
+    diag = nullptr;  // Γ is defined on the canonical recipe's denominator only
+  }
+  const Isa isa = active_isa();
+  const detail::AdamRangeFn kernel = adam_kernel_for(isa, layout_at, wd, lerp_low, h.amsgrad,
+                                                     diag != nullptr, body_recipe(h.convention));
+  const detail::AdamRangeFn tail_kernel =
+      h.tail_width ? adam_kernel_for(isa, layout_at, wd, lerp_low, h.amsgrad, diag != nullptr,
+                                     tail_recipe(h.convention))
+                   : nullptr;
+  run_kernel(kernel, k, tensors, count, diag, tail_kernel,
+             static_cast<std::size_t>(h.tail_width));
 }
 
 void adagrad_step(const AdagradBuffers* tensors, std::size_t count, std::int64_t step,
@@ -538,10 +669,19 @@ void adagrad_step(const AdagradBuffers* tensors, std::size_t count, std::int64_t
   k.f.prev_clr = static_cast<float>(prev_clr);
   k.sign_flip = h.maximize ? 0x80000000u : 0u;
   k.gamma_defined = step > 1;
-  const detail::AdagradRangeFn kernel =
-      adagrad_kernel_for(active_isa(), layout_at, h.weight_decay != 0, diag != nullptr);
+  if (h.convention != Convention::torch_fused) diag = nullptr;  // (as in adam_step)
+  // (torch's AdaGrad scalar loop contracts as its vector body does: no tail recipe.)
+  const bool tail = h.tail_width != 0 && h.convention == Convention::deepspeed;
+  const Isa isa = active_isa();
+  const detail::AdagradRangeFn kernel = adagrad_kernel_for(
+      isa, layout_at, h.weight_decay != 0, diag != nullptr, body_recipe(h.convention));
+  const detail::AdagradRangeFn tail_kernel =
+      tail ? adagrad_kernel_for(isa, layout_at, h.weight_decay != 0, diag != nullptr,
+                                tail_recipe(h.convention))
+           : nullptr;
 
-  run_kernel(kernel, k, tensors, count, diag);
+  run_kernel(kernel, k, tensors, count, diag, tail_kernel,
+             tail ? static_cast<std::size_t>(h.tail_width) : 0);
 }
 
 // ---------------------------------------------------------------- SGD and Lion

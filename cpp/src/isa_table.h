@@ -14,8 +14,9 @@ struct IsaRow {
   Isa isa;
   const char* name;
   bool (*cpu_can_run)();  // null: not compiled into this build
-  AdamRangeFn (*adam)(std::size_t layout, WdMode wd, bool lerp_low, bool amsgrad, bool diag);
-  AdagradRangeFn (*adagrad)(std::size_t layout, bool weight_decay, bool diag);
+  AdamRangeFn (*adam)(std::size_t layout, WdMode wd, bool lerp_low, bool amsgrad, bool diag,
+                      Recipe recipe);
+  AdagradRangeFn (*adagrad)(std::size_t layout, bool weight_decay, bool diag, Recipe recipe);
   NormChunksFn (*norm_chunks)(DType dtype, NormKind kind);
   ScaleFn (*scale)(DType dtype);
 };

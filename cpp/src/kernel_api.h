@@ -11,6 +11,12 @@ namespace adamcore::detail {
 
 enum class WdMode : int { none = 0, l2 = 1, decoupled = 2 };
 
+// The element recipes the kernels are compiled for: the public Conventions, each peer's
+// vector body and scalar tail apart (they contract different products). Non-default
+// recipes are compiled for the all-float32 layout (kLayouts[0]) only.
+enum class Recipe : int { torch_body = 0, torch_tail = 1, deepspeed = 2, deepspeed_tail = 3 };
+constexpr std::size_t kRecipeCount = 4;
+
 // 16-bit storage: the bits of one bfloat16 / IEEE binary16 value. Distinct types so
 // the kernels pick their loads and stores by overload.
 struct Bf16 {
@@ -39,6 +45,8 @@ struct AdamCoeffs {
   T step_size;              // a_t
   T prev_step_size;         // a_{t-1}
   T prev_bc2_sqrt;          // D of step t-1
+  // deepspeed recipe only (its other constants reuse the fields above, see adam_coeffs)
+  T beta1;                  // B1
 };
 
 // Per-call choices that are not the optimizer's math (StepOptions), uniform over a call.
@@ -197,9 +205,10 @@ using LionRangeFn = void (*)(const LionScalars&, const LionBuffers&, std::size_t
 #define ADAMCORE_DECLARE_ISA(ns)                                                    \
   namespace adamcore::ns {                                                          \
   detail::AdamRangeFn adam_kernel(std::size_t layout, detail::WdMode wd,            \
-                                  bool lerp_low, bool amsgrad, bool diag);          \
+                                  bool lerp_low, bool amsgrad, bool diag,           \
+                                  detail::Recipe recipe);                           \
   detail::AdagradRangeFn adagrad_kernel(std::size_t layout, bool weight_decay,      \
-                                        bool diag);                                 \
+                                        bool diag, detail::Recipe recipe);          \
   detail::SgdRangeFn sgd_kernel(std::size_t layout, bool weight_decay,              \
                                 detail::SgdMomentum momentum, bool nesterov);       \
   detail::LionRangeFn lion_kernel(std::size_t layout, LionConvention convention,    \

@@ -25,6 +25,7 @@ using detail::AdagradScalars;
 using detail::AdamCoeffs;
 using detail::AdamScalars;
 using detail::DiagAccum;
+using detail::Recipe;
 using detail::WdMode;
 
 template <DType D>
@@ -123,13 +124,13 @@ const AdagradCoeffs<Math>& coeffs_for(const AdagradScalars& k) {
 
 template <class V>
 struct AdamConsts {
-  V w, w_less1, b2, c2, d, e, s, l, k, grad_scale, clip_coef;
+  V w, w_less1, b1, b2, c2, d, e, s, l, k, grad_scale, clip_coef;
   // diagnostics
   V a, a_prev, d_prev;
   template <class T>
   explicit AdamConsts(const AdamCoeffs<T>& c)
       : w(V::set1(c.one_minus_beta1)), w_less1(V::set1(c.one_minus_beta1_less1)),
-        b2(V::set1(c.beta2)), c2(V::set1(c.one_minus_beta2)), d(V::set1(c.bc2_sqrt)),
+        b1(V::set1(c.beta1)), b2(V::set1(c.beta2)), c2(V::set1(c.one_minus_beta2)), d(V::set1(c.bc2_sqrt)),
         e(V::set1(c.eps)), s(V::set1(c.neg_step_size)), l(V::set1(c.weight_decay)),
         k(V::set1(c.decay_factor)), grad_scale(V::set1(c.grad_scale)),
         clip_coef(V::set1(c.clip_coef)), a(V::set1(c.step_size)),
@@ -259,14 +260,41 @@ inline V load_grad(const G* g_ptr, const C& c, detail::PassOptions pass,
 
 // One vector (or one element) of Adam / AdamW / AMSGrad. P: the params' storage type,
 // S: the state's, G: the grads', C: the param copy's (void: none).
+// DeepSpeedCPUAdam's element recipe (its Step_AVX; Convention::deepspeed): m and v as
+// b*x + (1-b)*y with one fused multiply-add each, the denominator fused with the
+// reciprocal of sqrt(bc2), the update a quotient added by fma, AdamW's decay p*(-lr*wd)+p.
+// Its scalar loop (Tail) is compiled with contraction, which fuses the other product:
+// fma(m, B1, g*W) and fma(v, B2, (g*g)*C2).
+template <class V, class P, class S, class C, WdMode Wd, bool Tail>
+inline void adam_lanes_deepspeed(const AdamConsts<V>& c, V g, V p, SrLanes sr, P* p_ptr,
+                                 S* m_ptr, S* v_ptr, C* copy_ptr) {
+  if constexpr (Wd == WdMode::l2) g = fma(p, c.l, g);
+  const V m_old = V::load(m_ptr);
+  const V v_old = V::load(v_ptr);
+  const V m = Tail ? fma(m_old, c.b1, mul(g, c.w)) : fma(g, c.w, mul(m_old, c.b1));
+  const V v = Tail ? fma(v_old, c.b2, mul(mul(g, g), c.c2)) : fma(mul(g, g), c.c2, mul(v_old, c.b2));
+  const V update = div(m, fma(sqrt(v), c.d, c.e));
+  if constexpr (Wd == WdMode::decoupled) p = fma(p, c.k, p);
+  p = fma(update, c.s, p);
+  store_as(p_ptr, p, sr, detail::sr_param);
+  store_copy(copy_ptr, p, sr);
+  store_as(m_ptr, m, sr, detail::sr_exp_avg);
+  store_as(v_ptr, v, sr, detail::sr_exp_avg_sq);
+}
+
 template <class V, class P, class S, class G, class C, WdMode Wd, bool LerpLow, bool Amsgrad,
-          bool Diag>
+          bool Diag, Recipe R>
 inline void adam_lanes(const AdamConsts<V>& c, std::uint32_t sign_flip,
                        detail::PassOptions pass, bool gamma_defined, SrLanes sr, P* p_ptr,
                        const G* g_ptr, S* m_ptr, S* v_ptr, S* vmax_ptr, C* copy_ptr,
                        DiagLanes<V>& diag) {
   V g = load_grad<V>(g_ptr, c, pass, sign_flip);
   V p = V::load(p_ptr);
+  if constexpr (R == Recipe::deepspeed || R == Recipe::deepspeed_tail) {
+    adam_lanes_deepspeed<V, P, S, C, Wd, R == Recipe::deepspeed_tail>(c, g, p, sr, p_ptr, m_ptr,
+                                                                      v_ptr, copy_ptr);
+    return;
+  }
   if constexpr (Wd == WdMode::l2) g = fma(p, c.l, g);
   if constexpr (Wd == WdMode::decoupled) p = mul(p, c.k);
 
@@ -276,13 +304,20 @@ inline void adam_lanes(const AdamConsts<V>& c, std::uint32_t sign_flip,
   m = LerpLow ? fma(c.w, g_minus_m, m) : fma(c.w_less1, g_minus_m, g);
 
   const V v_old = V::load(v_ptr);
-  const V v = fma(mul(c.c2, g), g, mul(v_old, c.b2));
+  // torch's scalar tail contracts the other product: (v*B2 then + C2*g*g) compiles to
+  // fma(v, B2, C2*g*g) there, fma(C2*g, g, v*B2) in its vector body.
+  const V v = R == Recipe::torch_tail ? fma(v_old, c.b2, mul(mul(c.c2, g), g))
+                                      : fma(mul(c.c2, g), g, mul(v_old, c.b2));
 
   V v_hat = v;
   V v_hat_old = v_old;
   if constexpr (Amsgrad) {
     v_hat_old = V::load(vmax_ptr);
-    v_hat = maximum(v_hat_old, v);  // max of the raw v; NaN propagates
+    if constexpr (R == Recipe::torch_tail) {
+      v_hat = select(less_mask(v_hat_old, v), v, v_hat_old);  // std::max: keeps old on NaN
+    } else {
+      v_hat = maximum(v_hat_old, v);  // max of the raw v; NaN propagates
+    }
     store_as(vmax_ptr, v_hat, sr, detail::sr_max_exp_avg_sq);
   }
   const V den = add(div(sqrt(v_hat), c.d), c.e);
@@ -329,7 +364,7 @@ C* offset_or_null(void* base, std::size_t i) {
 }
 
 // Elements [from, to) of one tensor of layout L at V's width (to - from is a multiple of it).
-template <std::size_t L, class V, WdMode Wd, bool LerpLow, bool Amsgrad, bool Diag>
+template <std::size_t L, class V, WdMode Wd, bool LerpLow, bool Amsgrad, bool Diag, Recipe R>
 void adam_elements(const AdamScalars& k, const AdamBuffers& b, std::size_t from, std::size_t to,
                    DiagAccum* acc) {
   using T = LayoutTypes<L>;
@@ -353,7 +388,7 @@ void adam_elements(const AdamScalars& k, const AdamBuffers& b, std::size_t from,
   DiagLanes<V> diag;
   for (std::size_t i = from; i < to; i += V::kLanes) {
     sr.index = static_cast<std::uint32_t>(i);
-    adam_lanes<V, P, S, G, C, Wd, LerpLow, Amsgrad, Diag>(
+    adam_lanes<V, P, S, G, C, Wd, LerpLow, Amsgrad, Diag, R>(
         c, sign_flip, pass, gamma_defined, sr, param + i, grad + i, exp_avg + i,
         exp_avg_sq + i, Amsgrad ? max_exp_avg_sq + i : nullptr,
         offset_or_null<C>(param_copy, i), diag);
@@ -361,7 +396,7 @@ void adam_elements(const AdamScalars& k, const AdamBuffers& b, std::size_t from,
   if constexpr (Diag) diag.merge_into(acc);
 }
 
-template <std::size_t L, WdMode Wd, bool LerpLow, bool Amsgrad, bool Diag>
+template <std::size_t L, WdMode Wd, bool LerpLow, bool Amsgrad, bool Diag, Recipe R>
 void adam_range(const AdamScalars& k, const AdamBuffers& b, std::size_t begin,
                 std::size_t end, DiagAccum* acc) {
   using T = LayoutTypes<L>;
@@ -370,9 +405,9 @@ void adam_range(const AdamScalars& k, const AdamBuffers& b, std::size_t begin,
   for_index_halves(begin, end, [&](std::size_t from, std::size_t to) {
     const Split s = split_for_alignment<Body>(static_cast<const typename T::Param*>(b.param),
                                               from, to);
-    adam_elements<L, One, Wd, LerpLow, Amsgrad, Diag>(k, b, from, s.body_begin, acc);
-    adam_elements<L, Body, Wd, LerpLow, Amsgrad, Diag>(k, b, s.body_begin, s.body_end, acc);
-    adam_elements<L, One, Wd, LerpLow, Amsgrad, Diag>(k, b, s.body_end, to, acc);
+    adam_elements<L, One, Wd, LerpLow, Amsgrad, Diag, R>(k, b, from, s.body_begin, acc);
+    adam_elements<L, Body, Wd, LerpLow, Amsgrad, Diag, R>(k, b, s.body_begin, s.body_end, acc);
+    adam_elements<L, One, Wd, LerpLow, Amsgrad, Diag, R>(k, b, s.body_end, to, acc);
   });
 }
 
@@ -386,7 +421,7 @@ struct AdagradConsts {
         clr_prev(V::set1(c.prev_clr)) {}
 };
 
-template <class V, class P, class S, class G, class C, bool WeightDecay, bool Diag>
+template <class V, class P, class S, class G, class C, bool WeightDecay, bool Diag, Recipe R>
 inline void adagrad_lanes(const AdagradConsts<V>& c, std::uint32_t sign_flip,
                           detail::PassOptions pass, bool gamma_defined, SrLanes sr,
                           P* p_ptr, const G* g_ptr, S* s_ptr, C* copy_ptr,
@@ -397,7 +432,15 @@ inline void adagrad_lanes(const AdagradConsts<V>& c, std::uint32_t sign_flip,
   const V s_old = V::load(s_ptr);
   const V s = fma(g, g, s_old);
   const V std_dev = add(sqrt(s), c.e);
-  p = add(p, div(mul(c.n, g), std_dev));
+  // DeepSpeedCPUAdagrad adds the quotient times -lr by fma; its scalar loop also stores
+  // that product to the grad, so its compiler rounds it apart; torch divides the product.
+  if constexpr (R == Recipe::deepspeed) {
+    p = fma(div(g, std_dev), c.n, p);
+  } else if constexpr (R == Recipe::deepspeed_tail) {
+    p = add(mul(div(g, std_dev), c.n), p);
+  } else {
+    p = add(p, div(mul(c.n, g), std_dev));
+  }
   store_as(p_ptr, p, sr, detail::sr_param);
   store_copy(copy_ptr, p, sr);
   store_as(s_ptr, s, sr, detail::sr_state_sum);
@@ -407,7 +450,7 @@ inline void adagrad_lanes(const AdagradConsts<V>& c, std::uint32_t sign_flip,
   }
 }
 
-template <std::size_t L, class V, bool WeightDecay, bool Diag>
+template <std::size_t L, class V, bool WeightDecay, bool Diag, Recipe R>
 void adagrad_elements(const AdagradScalars& k, const AdagradBuffers& b, std::size_t from,
                       std::size_t to, DiagAccum* acc) {
   using T = LayoutTypes<L>;
@@ -428,14 +471,14 @@ void adagrad_elements(const AdagradScalars& k, const AdagradBuffers& b, std::siz
   DiagLanes<V> diag;
   for (std::size_t i = from; i < to; i += V::kLanes) {
     sr.index = static_cast<std::uint32_t>(i);
-    adagrad_lanes<V, P, S, G, C, WeightDecay, Diag>(c, sign_flip, pass, gamma_defined, sr,
+    adagrad_lanes<V, P, S, G, C, WeightDecay, Diag, R>(c, sign_flip, pass, gamma_defined, sr,
                                                     param + i, grad + i, state_sum + i,
                                                     offset_or_null<C>(param_copy, i), diag);
   }
   if constexpr (Diag) diag.merge_into(acc);
 }
 
-template <std::size_t L, bool WeightDecay, bool Diag>
+template <std::size_t L, bool WeightDecay, bool Diag, Recipe R>
 void adagrad_range(const AdagradScalars& k, const AdagradBuffers& b, std::size_t begin,
                    std::size_t end, DiagAccum* acc) {
   using T = LayoutTypes<L>;
@@ -444,9 +487,9 @@ void adagrad_range(const AdagradScalars& k, const AdagradBuffers& b, std::size_t
   for_index_halves(begin, end, [&](std::size_t from, std::size_t to) {
     const Split s = split_for_alignment<Body>(static_cast<const typename T::Param*>(b.param),
                                               from, to);
-    adagrad_elements<L, One, WeightDecay, Diag>(k, b, from, s.body_begin, acc);
-    adagrad_elements<L, Body, WeightDecay, Diag>(k, b, s.body_begin, s.body_end, acc);
-    adagrad_elements<L, One, WeightDecay, Diag>(k, b, s.body_end, to, acc);
+    adagrad_elements<L, One, WeightDecay, Diag, R>(k, b, from, s.body_begin, acc);
+    adagrad_elements<L, Body, WeightDecay, Diag, R>(k, b, s.body_begin, s.body_end, acc);
+    adagrad_elements<L, One, WeightDecay, Diag, R>(k, b, s.body_end, to, acc);
   });
 }
 
@@ -466,12 +509,28 @@ struct FnTable {
 template <std::size_t... I>
 constexpr FnTable<detail::AdamRangeFn, sizeof...(I)> adam_variants(std::index_sequence<I...>) {
   return {{&adam_range<I / kAdamOptions, static_cast<WdMode>(I % kAdamOptions / 8),
-                       (I / 4) % 2 == 1, (I / 2) % 2 == 1, I % 2 == 1>...}};
+                       (I / 4) % 2 == 1, (I / 2) % 2 == 1, I % 2 == 1, Recipe::torch_body>...}};
 }
 template <std::size_t... I>
 constexpr FnTable<detail::AdagradRangeFn, sizeof...(I)> adagrad_variants(
     std::index_sequence<I...>) {
-  return {{&adagrad_range<I / kAdagradOptions, (I / 2) % 2 == 1, I % 2 == 1>...}};
+  return {{&adagrad_range<I / kAdagradOptions, (I / 2) % 2 == 1, I % 2 == 1,
+                          Recipe::torch_body>...}};
+}
+// The other recipes, for the all-float32 layout (0) only: index
+// (recipe - 1) * options + the options' index above.
+template <std::size_t... I>
+constexpr FnTable<detail::AdamRangeFn, sizeof...(I)> adam_recipe_variants(
+    std::index_sequence<I...>) {
+  return {{&adam_range<0, static_cast<WdMode>(I % kAdamOptions / 8), (I / 4) % 2 == 1,
+                       (I / 2) % 2 == 1, I % 2 == 1,
+                       static_cast<Recipe>(I / kAdamOptions + 1)>...}};
+}
+template <std::size_t... I>
+constexpr FnTable<detail::AdagradRangeFn, sizeof...(I)> adagrad_recipe_variants(
+    std::index_sequence<I...>) {
+  return {{&adagrad_range<0, (I / 2) % 2 == 1, I % 2 == 1,
+                          static_cast<Recipe>(I / kAdagradOptions + 1)>...}};
 }
 
 // ---- SGD (torch.optim.SGD(fused=True)'s vector recipe) and Lion. The same-dtype layouts
@@ -658,21 +717,32 @@ constexpr FnTable<detail::LionRangeFn, sizeof...(I)> lion_variants(std::index_se
 
 }  // namespace
 
+// recipe != torch_body: layout must be 0 (dispatch checks the convention's layout first).
 detail::AdamRangeFn adam_kernel(std::size_t layout, WdMode wd, bool lerp_low, bool amsgrad,
-                                bool diag) {
+                                bool diag, Recipe recipe) {
   static constexpr auto kVariants =
       adam_variants(std::make_index_sequence<detail::kLayoutCount * kAdamOptions>{});
-  const std::size_t index = layout * kAdamOptions +
-                            ((static_cast<std::size_t>(wd) * 2 + lerp_low) * 2 + amsgrad) * 2 +
-                            diag;
-  return kVariants.fn[index];
+  static constexpr auto kRecipeVariants = adam_recipe_variants(
+      std::make_index_sequence<(detail::kRecipeCount - 1) * kAdamOptions>{});
+  const std::size_t option = ((static_cast<std::size_t>(wd) * 2 + lerp_low) * 2 + amsgrad) * 2 +
+                             diag;
+  if (recipe != Recipe::torch_body) {
+    return kRecipeVariants.fn[(static_cast<std::size_t>(recipe) - 1) * kAdamOptions + option];
+  }
+  return kVariants.fn[layout * kAdamOptions + option];
 }
 
-detail::AdagradRangeFn adagrad_kernel(std::size_t layout, bool weight_decay, bool diag) {
+detail::AdagradRangeFn adagrad_kernel(std::size_t layout, bool weight_decay, bool diag,
+                                      Recipe recipe) {
   static constexpr auto kVariants =
       adagrad_variants(std::make_index_sequence<detail::kLayoutCount * kAdagradOptions>{});
-  return kVariants.fn[layout * kAdagradOptions + static_cast<std::size_t>(weight_decay) * 2 +
-                      diag];
+  static constexpr auto kRecipeVariants = adagrad_recipe_variants(
+      std::make_index_sequence<(detail::kRecipeCount - 1) * kAdagradOptions>{});
+  const std::size_t option = static_cast<std::size_t>(weight_decay) * 2 + diag;
+  if (recipe != Recipe::torch_body) {
+    return kRecipeVariants.fn[(static_cast<std::size_t>(recipe) - 1) * kAdagradOptions + option];
+  }
+  return kVariants.fn[layout * kAdagradOptions + option];
 }
 
 detail::SgdRangeFn sgd_kernel(std::size_t layout, bool weight_decay, detail::SgdMomentum momentum,

@@ -796,6 +796,174 @@ void test_isa_control() {
 
 }  // namespace
 
+// ---------------------------------------------------------------- conventions
+// Every non-default recipe (torch fused's scalar tail at widths 8 and 16, DeepSpeed's
+// Adam and AdaGrad) gives the scalar ISA's bits on every ISA and thread count.
+struct ConventionRun {
+  adamcore::Convention convention;
+  int tail_width;
+};
+const ConventionRun kConventionRuns[] = {{adamcore::Convention::torch_fused, 8},
+                                         {adamcore::Convention::torch_fused, 16},
+                                         {adamcore::Convention::deepspeed, 0},
+                                         {adamcore::Convention::deepspeed, 8}};
+
+void test_conventions_isas_and_threads_match_scalar() {
+  std::mt19937 rng(4321);
+  const std::vector<std::size_t> sizes = {1, 7, 17, 33, 65, 257, 20000 + 13};
+  for (const ConventionRun& run : kConventionRuns) {
+    for (adamcore::AdamHyper h : adam_variants()) {
+      if (run.convention == adamcore::Convention::deepspeed && h.amsgrad) continue;
+      h.convention = run.convention;
+      h.tail_width = run.tail_width;
+      for (std::size_t n : sizes) {
+        const std::size_t offset = n % 3;
+        const AdamState start = make_state(rng, n + offset);
+        std::vector<std::vector<float>> grads;
+        for (int t = 0; t < 6; ++t) grads.push_back(make_values(rng, n + offset, true, 1.0f));
+        adamcore::set_isa(adamcore::Isa::scalar);
+        adamcore::set_num_threads(1);
+        const AdamState ref = run_adam(start, grads, offset, n, h);
+        for (adamcore::Isa isa : supported_isas()) {
+          for (int threads : {1, 3}) {
+            adamcore::set_isa(isa);
+            adamcore::set_num_threads(threads);
+            adamcore::set_parallel_threshold(1024);
+            const AdamState got = run_adam(start, grads, offset, n, h);
+            const std::string what = std::string(adamcore::isa_name(isa)) + " " +
+                                     adamcore::convention_name(run.convention) + " tail " +
+                                     std::to_string(run.tail_width) + " " + describe(h) +
+                                     " n=" + std::to_string(n) + " threads=" +
+                                     std::to_string(threads);
+            check(first_mismatch(got.p, ref.p) < 0, what + ": param");
+            check(first_mismatch(got.m, ref.m) < 0, what + ": exp_avg");
+            check(first_mismatch(got.v, ref.v) < 0, what + ": exp_avg_sq");
+            check(first_mismatch(got.vmax, ref.vmax) < 0, what + ": max_exp_avg_sq");
+          }
+        }
+        adamcore::set_num_threads(1);
+        adamcore::set_parallel_threshold(std::size_t{1} << 14);
+      }
+    }
+  }
+  // DeepSpeed's AdaGrad.
+  for (double wd : {0.0, 0.01}) {
+    adamcore::AdagradHyper h;
+    h.lr = 0.05;
+    h.weight_decay = wd;
+    h.convention = adamcore::Convention::deepspeed;
+    const std::size_t n = 20000 + 7;
+    const auto p0 = make_values(rng, n, false, 1.0f);
+    std::vector<std::vector<float>> grads;
+    for (int t = 0; t < 6; ++t) grads.push_back(make_values(rng, n, true, 1.0f));
+    auto run = [&](adamcore::Isa isa, int threads) {
+      adamcore::set_isa(isa);
+      adamcore::set_num_threads(threads);
+      adamcore::set_parallel_threshold(1024);
+      std::vector<float> p = p0, s(n, 0.0f);
+      for (std::size_t t = 0; t < grads.size(); ++t) {
+        adamcore::AdagradBuffers b{p.data(), grads[t].data(), s.data(), n};
+        adamcore::adagrad_step(&b, 1, static_cast<std::int64_t>(t + 1), h);
+      }
+      p.insert(p.end(), s.begin(), s.end());
+      return p;
+    };
+    const auto ref = run(adamcore::Isa::scalar, 1);
+    for (adamcore::Isa isa : supported_isas()) {
+      for (int threads : {1, 3}) {
+        check(first_mismatch(run(isa, threads), ref) < 0,
+              std::string(adamcore::isa_name(isa)) + " deepspeed adagrad threads=" +
+                  std::to_string(threads));
+      }
+    }
+    adamcore::set_num_threads(1);
+    adamcore::set_parallel_threshold(std::size_t{1} << 14);
+  }
+}
+
+// DeepSpeed's Step_AVX written out plainly for one element (float32 host scalars).
+void plain_deepspeed_adam(float& p, float g, float& m, float& v, std::int64_t t, float lr,
+                          float beta1, float beta2, float eps, float wd, bool adamw) {
+  float beta1_t = 1.0f, beta2_t = 1.0f;
+  for (std::int64_t i = 0; i < t; ++i) {
+    beta1_t *= beta1;
+    beta2_t *= beta2;
+  }
+  const float bc1 = 1.0f - beta1_t;
+  const float bc2 = 1.0f / std::sqrt(1.0f - beta2_t);
+  const float step_size = -lr / bc1;
+  if (!adamw) g = std::fma(p, wd, g);
+  m = std::fma(g, 1.0f - beta1, m * beta1);
+  v = std::fma(g * g, 1.0f - beta2, v * beta2);
+  const float update = m / std::fma(std::sqrt(v), bc2, eps);
+  if (adamw) p = std::fma(p, -lr * wd, p);
+  p = std::fma(update, step_size, p);
+}
+
+void test_deepspeed_matches_plain_recipe() {
+  std::mt19937 rng(7);
+  const std::size_t n = 100;
+  for (bool adamw : {false, true}) {
+    AdamState s = make_state(rng, n);
+    AdamState plain = s;
+    adamcore::AdamHyper h;
+    h.lr = 3e-3;
+    h.beta1 = 0.9;
+    h.beta2 = 0.99;
+    h.weight_decay = 0.1;
+    h.decoupled = adamw;
+    h.convention = adamcore::Convention::deepspeed;
+    adamcore::set_isa(adamcore::Isa::scalar);
+    for (std::int64_t t = 1; t <= 50; ++t) {
+      const auto g = make_values(rng, n, false, 1.0f);
+      adamcore::AdamBuffers b{s.p.data(), g.data(), s.m.data(), s.v.data(), nullptr, n};
+      adamcore::adam_step(&b, 1, t, h);
+      for (std::size_t i = 0; i < n; ++i) {
+        plain_deepspeed_adam(plain.p[i], g[i], plain.m[i], plain.v[i], t, 3e-3f, 0.9f, 0.99f,
+                             1e-8f, 0.1f, adamw);
+      }
+    }
+    const std::string what = std::string("deepspeed vs plain recipe adamw=") + (adamw ? "1" : "0");
+    check(first_mismatch(s.p, plain.p) < 0, what + ": param");
+    check(first_mismatch(s.m, plain.m) < 0, what + ": exp_avg");
+    check(first_mismatch(s.v, plain.v) < 0, what + ": exp_avg_sq");
+  }
+}
+
+void test_convention_checks() {
+  const adamcore::Layout f32;
+  adamcore::Layout bf16;
+  bf16.param = bf16.grad = bf16.state = adamcore::DType::bfloat16;
+  check(adamcore::check_convention(adamcore::Convention::torch_fused, 0, bf16).empty(),
+        "torch-fused runs on every layout");
+  check(adamcore::check_convention(adamcore::Convention::deepspeed, 0, f32).empty(),
+        "deepspeed runs on float32");
+  check(adamcore::check_convention(adamcore::Convention::deepspeed, 0, bf16)
+                .rfind("convention", 0) == 0,
+        "deepspeed on bfloat16 names convention");
+  check(adamcore::check_convention(adamcore::Convention::torch_fused, 8, bf16)
+                .rfind("convention", 0) == 0,
+        "tail_width on bfloat16 is refused");
+  check(adamcore::check_convention(adamcore::Convention::torch_fused, 5, f32)
+                .rfind("tail_width", 0) == 0,
+        "tail_width 5 names tail_width");
+  check(adamcore::check_convention(adamcore::Convention::deepspeed, 16, f32).empty(),
+        "deepspeed takes a tail_width");
+  check(adamcore::check_convention(adamcore::Convention::optax, 0, f32).rfind("convention", 0) ==
+            0,
+        "an unimplemented convention names convention");
+  check(!adamcore::check_convention(static_cast<adamcore::Convention>(9), 0, f32).empty(),
+        "an unknown convention is refused");
+  adamcore::Convention c;
+  check(adamcore::convention_from_name("deepspeed", &c) && c == adamcore::Convention::deepspeed,
+        "convention names parse");
+  check(!adamcore::convention_from_name("DeepSpeed", &c), "convention names are exact");
+  adamcore::AdamHyper ams;
+  ams.amsgrad = true;
+  ams.convention = adamcore::Convention::deepspeed;
+  check(!adamcore::check_adam_hyper(ams, 1).empty(), "deepspeed amsgrad is refused");
+}
+
 int main() {
   std::printf("ISAs supported here:");
   for (adamcore::Isa isa : supported_isas()) std::printf(" %s", adamcore::isa_name(isa));
@@ -804,6 +972,9 @@ int main() {
   test_scalar_matches_plain_recipe();
   test_adam_isas_match_scalar();
   test_adagrad_isas_match_scalar();
+  test_convention_checks();
+  test_deepspeed_matches_plain_recipe();
+  test_conventions_isas_and_threads_match_scalar();
   test_layout_checks();
   test_conversions_on_every_isa();
   test_layouts_isas_match_scalar();

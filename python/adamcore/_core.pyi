@@ -10,6 +10,8 @@ Float32Array = npt.NDArray[np.float32]
 FloatArray = npt.NDArray[np.generic]
 Buffer = Union[FloatArray, Sequence[FloatArray]]
 IsaName = Literal["scalar", "avx2", "avx512", "neon"]
+#: Whose arithmetic a step reproduces (docs/numerics.md, "Conventions in the kernel").
+ConventionName = Literal["torch-fused", "deepspeed", "optax", "keras"]
 
 __version__: str
 
@@ -40,19 +42,22 @@ def adam_step(param: Buffer, grad: Buffer, exp_avg: Buffer, exp_avg_sq: Buffer, 
               max_exp_avg_sq: Buffer | None = None, maximize: bool = False,
               bias_correction: bool = True, diagnostics: bool = False,
               prev_lr: float | None = None, check_only: bool = False,
-              param_copy: Buffer | None = None) -> GammaStats | None: ...
+              param_copy: Buffer | None = None, convention: ConventionName = "torch-fused",
+              tail_width: int = 0) -> GammaStats | None: ...
 def adamw_step(param: Buffer, grad: Buffer, exp_avg: Buffer, exp_avg_sq: Buffer, *, step: int,
                lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
                weight_decay: float = 1e-2, amsgrad: bool = False,
                max_exp_avg_sq: Buffer | None = None, maximize: bool = False,
                bias_correction: bool = True, diagnostics: bool = False,
                prev_lr: float | None = None, check_only: bool = False,
-               param_copy: Buffer | None = None) -> GammaStats | None: ...
+               param_copy: Buffer | None = None, convention: ConventionName = "torch-fused",
+              tail_width: int = 0) -> GammaStats | None: ...
 def adagrad_step(param: Buffer, grad: Buffer, state_sum: Buffer, *, step: int, lr: float = 1e-2,
                  lr_decay: float = 0.0, weight_decay: float = 0.0, eps: float = 1e-10,
                  maximize: bool = False, diagnostics: bool = False,
                  prev_lr: float | None = None, check_only: bool = False,
-                 param_copy: Buffer | None = None) -> GammaStats | None: ...
+                 param_copy: Buffer | None = None, convention: ConventionName = "torch-fused",
+                 tail_width: int = 0) -> GammaStats | None: ...
 def sgd_step(param: Buffer, grad: Buffer, momentum_buffer: Buffer | None = None, *,
              lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
              weight_decay: float = 0.0, nesterov: bool = False, maximize: bool = False,
@@ -74,7 +79,8 @@ class AdamGroup:
              beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
              weight_decay: float = 0.0, decoupled: bool = False, maximize: bool = False,
              bias_correction: bool = True, diagnostics: bool = False,
-             prev_lr: float | None = None, check_only: bool = False) -> GammaStats | None: ...
+             prev_lr: float | None = None, check_only: bool = False,
+             convention: ConventionName = "torch-fused", tail_width: int = 0) -> GammaStats | None: ...
     @property
     def count(self) -> int: ...
     @property
@@ -91,7 +97,8 @@ class AdagradGroup:
     def step(self, grads: Sequence[FloatArray], *, step: int, lr: float = 1e-2,
              lr_decay: float = 0.0, weight_decay: float = 0.0, eps: float = 1e-10,
              maximize: bool = False, diagnostics: bool = False,
-             prev_lr: float | None = None, check_only: bool = False) -> GammaStats | None: ...
+             prev_lr: float | None = None, check_only: bool = False,
+             convention: ConventionName = "torch-fused", tail_width: int = 0) -> GammaStats | None: ...
     @property
     def count(self) -> int: ...
     @property

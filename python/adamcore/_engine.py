@@ -64,6 +64,8 @@ ADAM = AdamDefaults()
 ADAGRAD = AdagradDefaults()
 #: AdamW's weight decay (torch.optim.AdamW's default); everything else as ADAM.
 ADAMW_WEIGHT_DECAY = 1e-2
+#: The convention optimizers use unless told otherwise (torch fused's arithmetic).
+DEFAULT_CONVENTION = "torch-fused"
 
 # ------------------------------------------------------------------------- error names
 
@@ -194,6 +196,13 @@ class Family:
         raise NotImplementedError
 
 
+def convention_options(group: Dict[str, Any]) -> Dict[str, Any]:
+    """The group's convention and tail_width (absent, as in older state dicts: torch-fused
+    without the tail recipe); the extension checks both."""
+    return {"convention": group.get("convention", DEFAULT_CONVENTION),
+            "tail_width": group.get("tail_width", 0)}
+
+
 class _AdamFamily(Family):
     name = "adam"
     required = ("exp_avg", "exp_avg_sq")
@@ -210,7 +219,7 @@ class _AdamFamily(Family):
             raise TypeError(f"{where}: betas must be a pair (beta1, beta2), got {betas!r}") from None
         return {"beta1": beta1, "beta2": beta2, "eps": group["eps"],
                 "weight_decay": group["weight_decay"], "decoupled": group["decoupled_weight_decay"],
-                "maximize": group["maximize"]}
+                "maximize": group["maximize"], **convention_options(group)}
 
     def check_settings(self, where: str, group: Dict[str, Any], lr: Any) -> None:
         options = self.options(where, group)
@@ -235,7 +244,7 @@ class _AdagradFamily(Family):
 
     def options(self, where: str, group: Dict[str, Any]) -> Dict[str, Any]:
         return {"lr_decay": group["lr_decay"], "weight_decay": group["weight_decay"],
-                "eps": group["eps"], "maximize": group["maximize"]}
+                "eps": group["eps"], "maximize": group["maximize"], **convention_options(group)}
 
     def check_settings(self, where: str, group: Dict[str, Any], lr: Any) -> None:
         _native(where, None, None, _EMPTY_ADAGRAD.step, [], step=1, lr=lr, check_only=True,

@@ -35,8 +35,8 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 
 from . import _engine, checkpoint
-from ._engine import (ADAGRAD, ADAGRAD_FAMILY, ADAM, ADAM_FAMILY, ADAMW_WEIGHT_DECAY, Engine, Family,
-                      TrackedState, TrackedStates)
+from ._engine import (ADAGRAD, ADAGRAD_FAMILY, ADAM, ADAM_FAMILY, ADAMW_WEIGHT_DECAY, DEFAULT_CONVENTION,
+                      Engine, Family, TrackedState, TrackedStates)
 from .checkpoint import FORMAT_VERSION, CheckpointError
 
 __all__ = [
@@ -541,10 +541,12 @@ class Adam(Optimizer):
                  maximize: bool = ADAM.maximize,
                  decoupled_weight_decay: bool = ADAM.decoupled_weight_decay,
                  rounding: str = "nearest", seed: int = 0, master_weights: bool = False,
-                 max_grad_norm: Optional[float] = None, norm_type: float = 2.0) -> None:
+                 max_grad_norm: Optional[float] = None, norm_type: float = 2.0,
+                 convention: str = DEFAULT_CONVENTION, tail_width: int = 0) -> None:
         super().__init__(params, dict(ADAM._asdict(), lr=lr, betas=betas, eps=eps,
                                       weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
-                                      decoupled_weight_decay=decoupled_weight_decay),
+                                      decoupled_weight_decay=decoupled_weight_decay,
+                                      convention=convention, tail_width=tail_width),
                          rounding=rounding, seed=seed, master_weights=master_weights,
                          max_grad_norm=max_grad_norm, norm_type=norm_type)
 
@@ -559,11 +561,13 @@ class AdamW(Adam):
                  weight_decay: float = ADAMW_WEIGHT_DECAY, amsgrad: bool = ADAM.amsgrad, *,
                  maximize: bool = ADAM.maximize, rounding: str = "nearest", seed: int = 0,
                  master_weights: bool = False,
-                 max_grad_norm: Optional[float] = None, norm_type: float = 2.0) -> None:
+                 max_grad_norm: Optional[float] = None, norm_type: float = 2.0,
+                 convention: str = DEFAULT_CONVENTION, tail_width: int = 0) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
                          decoupled_weight_decay=True, rounding=rounding, seed=seed,
                          master_weights=master_weights,
-                         max_grad_norm=max_grad_norm, norm_type=norm_type)
+                         max_grad_norm=max_grad_norm, norm_type=norm_type,
+                         convention=convention, tail_width=tail_width)
 
 
 class AMSGrad(Adam):
@@ -576,11 +580,13 @@ class AMSGrad(Adam):
                  weight_decay: float = ADAM.weight_decay, *, maximize: bool = ADAM.maximize,
                  decoupled_weight_decay: bool = ADAM.decoupled_weight_decay,
                  rounding: str = "nearest", seed: int = 0, master_weights: bool = False,
-                 max_grad_norm: Optional[float] = None, norm_type: float = 2.0) -> None:
+                 max_grad_norm: Optional[float] = None, norm_type: float = 2.0,
+                 convention: str = DEFAULT_CONVENTION, tail_width: int = 0) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, True, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay, rounding=rounding, seed=seed,
                          master_weights=master_weights,
-                         max_grad_norm=max_grad_norm, norm_type=norm_type)
+                         max_grad_norm=max_grad_norm, norm_type=norm_type,
+                         convention=convention, tail_width=tail_width)
 
 
 # --------------------------------------------------------------------------- AdaGrad
@@ -601,11 +607,13 @@ class Adagrad(Optimizer):
                  initial_accumulator_value: float = ADAGRAD.initial_accumulator_value,
                  eps: float = ADAGRAD.eps, *, maximize: bool = ADAGRAD.maximize,
                  rounding: str = "nearest", seed: int = 0, master_weights: bool = False,
-                 max_grad_norm: Optional[float] = None, norm_type: float = 2.0) -> None:
+                 max_grad_norm: Optional[float] = None, norm_type: float = 2.0,
+                 convention: str = DEFAULT_CONVENTION, tail_width: int = 0) -> None:
         super().__init__(params, dict(ADAGRAD._asdict(), lr=lr, lr_decay=lr_decay, eps=eps,
                                       weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
-                                      maximize=maximize), rounding=rounding, seed=seed,
+                                      maximize=maximize, convention=convention,
+                                      tail_width=tail_width), rounding=rounding, seed=seed,
                          master_weights=master_weights,
                          max_grad_norm=max_grad_norm, norm_type=norm_type)
 

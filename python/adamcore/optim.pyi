@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 import numpy.typing as npt
 
-from ._core import GammaStats
+from ._core import ConventionName, GammaStats
 from .checkpoint import FORMAT_VERSION as FORMAT_VERSION
 from .checkpoint import CheckpointError as CheckpointError
 
@@ -34,21 +34,25 @@ class Adam(Optimizer):
     def __init__(self, params: ParamsArg, lr: LearningRate = ...,
                  betas: Tuple[float, float] = ..., eps: float = ...,
                  weight_decay: float = ..., amsgrad: bool = ..., *, maximize: bool = ...,
-                 decoupled_weight_decay: bool = ...) -> None: ...
+                 decoupled_weight_decay: bool = ..., convention: ConventionName = ...,
+                 tail_width: int = ...) -> None: ...
 
 class AdamW(Adam):
     def __init__(self, params: ParamsArg, lr: LearningRate = ...,
                  betas: Tuple[float, float] = ..., eps: float = ...,
                  weight_decay: float = ..., amsgrad: bool = ..., *,
-                 maximize: bool = ...) -> None: ...
+                 maximize: bool = ..., convention: ConventionName = ...,
+                 tail_width: int = ...) -> None: ...
 
 class AMSGrad(Adam):
     def __init__(self, params: ParamsArg, lr: LearningRate = ...,
                  betas: Tuple[float, float] = ..., eps: float = ...,
                  weight_decay: float = ..., *, maximize: bool = ...,
-                 decoupled_weight_decay: bool = ...) -> None: ...
+                 decoupled_weight_decay: bool = ..., convention: ConventionName = ...,
+                 tail_width: int = ...) -> None: ...
 
 class Adagrad(Optimizer):
     def __init__(self, params: ParamsArg, lr: LearningRate = ..., lr_decay: float = ...,
                  weight_decay: float = ..., initial_accumulator_value: float = ...,
-                 eps: float = ..., *, maximize: bool = ...) -> None: ...
+                 eps: float = ..., *, maximize: bool = ..., convention: ConventionName = ...,
+                 tail_width: int = ...) -> None: ...

@@ -44,9 +44,10 @@ import numpy as np
 import torch
 
 from . import _engine
-from ._engine import ADAGRAD, ADAGRAD_FAMILY, ADAM, ADAM_FAMILY, ADAMW_WEIGHT_DECAY, Engine, Family
+from ._engine import (ADAGRAD, ADAGRAD_FAMILY, ADAM, ADAM_FAMILY, ADAMW_WEIGHT_DECAY, DEFAULT_CONVENTION,
+                      Engine, Family)
 
-__all__ = ["Adam", "AdamW", "Adagrad", "SGD", "Lion", "to_torch_state_dict"]
+__all__ = ["Adam", "AdamW", "Adagrad", "SGD", "Lion", "to_torch_state_dict", "torch_tail_width"]
 
 _GRAD = attrgetter("grad")
 _DATA_PTR = torch.Tensor.data_ptr
@@ -376,18 +377,21 @@ class Adam(_KernelOptimizer):
     as in torch; results equal ``torch.optim.Adam(fused=True)``'s."""
 
     _group_fallbacks = {"amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
-                        "differentiable": False, "decoupled_weight_decay": False, "fused": None}
+                        "differentiable": False, "decoupled_weight_decay": False, "fused": None,
+                        "convention": DEFAULT_CONVENTION, "tail_width": 0}
 
     def __init__(self, params: Iterable[Any], lr: float = ADAM.lr, betas: Tuple[float, float] = ADAM.betas,
                  eps: float = ADAM.eps, weight_decay: float = ADAM.weight_decay,
                  amsgrad: bool = ADAM.amsgrad, *, foreach: Optional[bool] = None,
                  maximize: bool = ADAM.maximize, capturable: bool = False, differentiable: bool = False,
                  fused: Optional[bool] = True,
-                 decoupled_weight_decay: bool = ADAM.decoupled_weight_decay) -> None:
+                 decoupled_weight_decay: bool = ADAM.decoupled_weight_decay,
+                 convention: str = DEFAULT_CONVENTION, tail_width: int = 0) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize, foreach=foreach,
                                       capturable=capturable, differentiable=differentiable,
-                                      fused=fused, decoupled_weight_decay=decoupled_weight_decay))
+                                      fused=fused, decoupled_weight_decay=decoupled_weight_decay,
+                                      convention=convention, tail_width=tail_width))
 
 
 class AdamW(Adam):
@@ -400,10 +404,12 @@ class AdamW(Adam):
                  eps: float = ADAM.eps, weight_decay: float = ADAMW_WEIGHT_DECAY,
                  amsgrad: bool = ADAM.amsgrad, *, maximize: bool = ADAM.maximize,
                  foreach: Optional[bool] = None, capturable: bool = False,
-                 differentiable: bool = False, fused: Optional[bool] = True) -> None:
+                 differentiable: bool = False, fused: Optional[bool] = True,
+                 convention: str = DEFAULT_CONVENTION, tail_width: int = 0) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable, differentiable=differentiable,
-                         fused=fused, decoupled_weight_decay=True)
+                         fused=fused, decoupled_weight_decay=True, convention=convention,
+                         tail_width=tail_width)
 
 
 class Adagrad(_KernelOptimizer):
@@ -412,18 +418,30 @@ class Adagrad(_KernelOptimizer):
     ``torch.optim.Adagrad(fused=True)``'s."""
 
     _family = ADAGRAD_FAMILY
-    _group_fallbacks = {"foreach": None, "maximize": False, "differentiable": False, "fused": None}
+    _group_fallbacks = {"foreach": None, "maximize": False, "differentiable": False, "fused": None,
+                        "convention": DEFAULT_CONVENTION, "tail_width": 0}
 
     def __init__(self, params: Iterable[Any], lr: float = ADAGRAD.lr, lr_decay: float = ADAGRAD.lr_decay,
                  weight_decay: float = ADAGRAD.weight_decay,
                  initial_accumulator_value: float = ADAGRAD.initial_accumulator_value,
                  eps: float = ADAGRAD.eps, foreach: Optional[bool] = None, *,
                  maximize: bool = ADAGRAD.maximize, differentiable: bool = False,
-                 fused: Optional[bool] = True) -> None:
+                 fused: Optional[bool] = True, convention: str = DEFAULT_CONVENTION,
+                 tail_width: int = 0) -> None:
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
                                       foreach=foreach, maximize=maximize,
-                                      differentiable=differentiable, fused=fused))
+                                      differentiable=differentiable, fused=fused,
+                                      convention=convention, tail_width=tail_width))
+
+
+def torch_tail_width() -> int:
+    """torch's ``Vec<float>::size()`` for the CPU capability it picked: 16 with AVX-512,
+    else 8. Its fused Adam/AdamW/Adagrad run each tensor's last ``numel % width``
+    elements through a scalar loop; pass this as ``tail_width`` (with
+    ``convention="torch-fused"``) to reproduce those elements too."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return 16 if capability.upper().startswith("AVX512") else 8
 
 
 def to_torch_state_dict(state_dict: Mapping[str, Any], **group_options: Any) -> Dict[str, Any]:

@@ -50,6 +50,24 @@ struct ThreadingStatus {
 };
 ThreadingStatus threading_status();
 
+// ---------------------------------------------------------------- conventions
+// Whose arithmetic a step reproduces, bit for bit (docs/numerics.md, "Conventions in the
+// kernel"). Non-default conventions exist for the all-float32 layout only.
+enum class Convention : int {
+  torch_fused = 0,  // torch.optim's fused CPU kernels (the default; canonical recipe)
+  deepspeed = 1,    // DeepSpeedCPUAdam / DeepSpeedCPUAdagrad (float32 host scalars)
+  optax = 2,        // optax.adam / adamw / amsgrad / adagrad under jax.jit
+  keras = 3,        // keras.optimizers.Adam / AdamW / Adagrad (keras 3)
+};
+constexpr int kConventionCount = 4;
+const char* convention_name(Convention c);  // "torch-fused", "deepspeed", "optax", "keras"
+// Parses one of convention_name's names. Returns false for anything else.
+bool convention_from_name(const std::string& name, Convention* out);
+// Empty when the convention (and tail_width) can run on `layout`, else a message that
+// starts with the offending argument's name.
+struct Layout;
+std::string check_convention(Convention c, int tail_width, const Layout& layout);
+
 // ---------------------------------------------------------------- hyperparameters
 struct AdamHyper {
   double lr = 1e-3;
@@ -61,6 +79,11 @@ struct AdamHyper {
   bool amsgrad = false;          // keep a running max of exp_avg_sq
   bool maximize = false;         // ascend instead of descend
   bool bias_correction = true;   // false: step_size = lr and no sqrt(bc2) division
+  Convention convention = Convention::torch_fused;
+  // torch-fused and deepspeed: 8 or 16 gives each tensor's last size % tail_width
+  // elements the peer's scalar-loop recipe (its float32 vector width: torch's
+  // Vec<float>::size(), DeepSpeed's SIMD_WIDTH); 0: the vector recipe everywhere.
+  int tail_width = 0;
 };
 
 struct AdagradHyper {
@@ -69,6 +92,8 @@ struct AdagradHyper {
   double weight_decay = 0.0;
   double eps = 1e-10;
   bool maximize = false;
+  Convention convention = Convention::torch_fused;
+  int tail_width = 0;  // as AdamHyper::tail_width
 };
 
 // Returns an empty string when the hyperparameters are valid, else a message that
@@ -182,6 +207,8 @@ struct GammaStats {
 // check_layout, and buffers must not overlap: the callers (bindings, tests) validate
 // before calling. With `diag` non-null the Γ statistics over all tensors are written
 // there; `prev_lr` is the learning rate of the previous step (negative: same as lr).
+// Γ is computed for Convention::torch_fused only (`diag` is left untouched otherwise); a
+// non-default convention must pass check_convention for `layout`.
 void adam_step(const AdamBuffers* tensors, std::size_t count, std::int64_t step,
                const AdamHyper& hyper, GammaStats* diag = nullptr, double prev_lr = -1.0,
                const Layout& layout = Layout{}, const StepOptions& options = StepOptions{});
