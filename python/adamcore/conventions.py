@@ -8,7 +8,8 @@ a fused multiply-add rounded once.
 Conventions (docs/conventions.md has the formulas and the measured exceptions):
 
 ``torch-fused``    adamcore's canonical recipe = torch ``fused=True`` vector body. With
-                   ``tail_width=W`` the last ``n % W`` elements follow torch's scalar tail.
+                   ``tail_width=W`` the last ``n % W`` elements follow torch's scalar tail
+                   (DeepSpeed's ``tail_width`` likewise selects its scalar tail).
 ``torch-foreach``  torch's for-loop and ``foreach=True`` paths (separate multiply and add).
 ``deepspeed``      DeepSpeedCPUAdam / DeepSpeedCPUAdagrad 0.19.8 (float32 host scalars,
                    beta^t by repeated multiplication, reciprocal of sqrt(bc2), its fmas).
@@ -245,8 +246,8 @@ def _adam_optax(s: State, g, t: int, h: dict) -> State:
     rewrites a division by a scalar as a multiplication by its float32 reciprocal):
     m = fma(fl(1-b1), g, fl(b1*m)) ; v = fma(fl(1-b2), fl(g*g), fl(b2*v)) ;
     R_i = fl(1 / fl(1 - fl(b_i^t))) ; mh = fl(m * R1) (nesterov: fma(b1, fl(m * R1'), fl(fl(1-b1)*fl(g*R1))),
-    R1' at t+1) ; vh = fl(v * R2) (amsgrad: vmax = max(vmax, vh), vh = vmax) ;
-    u = fl(mh / fl(fl(sqrt(fl(vh + eps_root))) + eps)) ; AdamW: u = fma(wd, p, u) ;
+    R1' at t+1) ; x = fma(v, R2, eps_root) (amsgrad: vmax = max(vmax, fl(v * R2)),
+    x = fl(vmax + eps_root)) ; u = fl(mh / fl(fl(sqrt(x)) + eps)) ; AdamW: u = fma(wd, p, u) ;
     p = fma(fl(-lr), u, p)."""
     if h["maximize"] or not h["bias_correction"]:
         raise ValueError("optax: no maximize and bias correction is always on")
@@ -266,10 +267,12 @@ def _adam_optax(s: State, g, t: int, h: dict) -> State:
             mh = fma32(_fl(b1), _r(m * R1_next), _r(W * _r(g * R1)))
         else:
             mh = _r(m * R1)
-        vh = _r(v * R2)
         out = {"exp_avg": m, "exp_avg_sq": v}
-        vh = _amsgrad_max(out, s, vh, h, np.maximum)   # optax maxes the bias-corrected v
-        u = _r(mh / _r(np.sqrt(_r(vh + _fl(h["eps_root"]))) + _fl(h["eps"])))
+        if h["amsgrad"]:   # optax maxes the bias-corrected v
+            shifted = _r(_amsgrad_max(out, s, _r(v * R2), h, np.maximum) + _fl(h["eps_root"]))
+        else:              # XLA contracts v * R2 + eps_root
+            shifted = fma32(v, R2, _fl(h["eps_root"]))
+        u = _r(mh / _r(np.sqrt(shifted) + _fl(h["eps"])))
         if h["weight_decay"]:
             u = fma32(_fl(h["weight_decay"]), p, u)
         out["param"] = fma32(_fl(-h["lr"]), u, p)
