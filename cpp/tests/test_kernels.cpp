@@ -21,6 +21,7 @@
 #endif
 
 #include "adamcore/adamcore.h"
+#include "check.h"
 #include "kernel_api.h"
 #include "team.h"
 
@@ -31,16 +32,7 @@
 
 namespace {
 
-int g_failures = 0;
-int g_checks = 0;
-
-void check(bool ok, const std::string& what) {
-  ++g_checks;
-  if (!ok) {
-    ++g_failures;
-    if (g_failures <= 20) std::printf("FAIL: %s\n", what.c_str());
-  }
-}
+using adamcore_test::check;
 
 std::uint32_t bits(float x) {
   std::uint32_t b;
@@ -982,6 +974,5 @@ int main() {
   test_concurrent_callers();
   test_floating_point_mode_reaches_helpers();
   test_stall_guard();
-  std::printf("%d checks, %d failed\n", g_checks, g_failures);
-  return g_failures == 0 ? 0 : 1;
+  return adamcore_test::report();
 }

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "adamcore/adamcore.h"
+#include "check.h"
 #include "kernel_api.h"
 
 // The kernels' scalar 16-bit conversions, to build test buffers.
@@ -24,16 +25,7 @@
 
 namespace {
 
-int g_failures = 0;
-int g_checks = 0;
-
-void check(bool ok, const std::string& what) {
-  ++g_checks;
-  if (!ok) {
-    ++g_failures;
-    if (g_failures <= 20) std::printf("FAIL: %s\n", what.c_str());
-  }
-}
+using adamcore_test::check;
 
 // Raw bytes of one buffer of `n` elements of `dtype`, filled from float values.
 struct Raw {
@@ -373,6 +365,5 @@ int main() {
   test_isas_and_threads_match_scalar();
   test_scalar_matches_plain_recipes();
   test_found_inf_and_checks();
-  std::printf("%d checks, %d failures\n", g_checks, g_failures);
-  return g_failures == 0 ? 0 : 1;
+  return adamcore_test::report();
 }

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "adamcore/adamcore.h"
+#include "check.h"
 #include "adamcore/norm.h"
 #include "kernel_api.h"
 
@@ -32,16 +33,7 @@ using adamcore::DType;
 using adamcore::GradBuffer;
 namespace conv = adamcore::testnormconv;
 
-int g_failures = 0;
-int g_checks = 0;
-
-void check(bool ok, const std::string& what) {
-  ++g_checks;
-  if (!ok) {
-    ++g_failures;
-    if (g_failures <= 30) std::printf("FAIL: %s\n", what.c_str());
-  }
-}
+using adamcore_test::check;
 
 std::uint64_t bits64(double x) {
   std::uint64_t b;
@@ -445,6 +437,5 @@ int main() {
   test_nonfinite();
   test_accuracy();
   test_coefficient_and_scaling();
-  std::printf("%d checks, %d failures\n", g_checks, g_failures);
-  return g_failures == 0 ? 0 : 1;
+  return adamcore_test::report();
 }
