@@ -77,6 +77,19 @@ def _shape_check(shapes: List[Tuple[int, ...]]) -> Callable[[List[Any]], bool]:
     return check
 
 
+
+def _param_group_list(params: Any) -> List[Mapping[str, Any]]:
+    """The constructor's ``params`` (arrays, or param-group dicts) as a list of groups."""
+    if isinstance(params, np.ndarray):
+        raise TypeError("params must be a list of arrays or of param-group dicts, "
+                        "got a single array (wrap it in a list)")
+    groups = [params] if isinstance(params, Mapping) else list(params)
+    if not groups:
+        raise ValueError("the optimizer got an empty parameter list")
+    if not isinstance(groups[0], Mapping):
+        groups = [{"params": groups}]
+    return groups
+
 class _ArrayFrontend(_engine.Frontend):
     """The engine's view of an ``Optimizer``: parameters are the arrays themselves, state
     is keyed by the parameter's index across all groups, steps are ints in the state."""
@@ -214,17 +227,7 @@ class Optimizer:
         #: Per-parameter state keyed by the parameter's index across all groups.
         self.state: Dict[int, Dict[str, Any]] = TrackedStates()
         self._attach_engine()
-        if isinstance(params, np.ndarray):
-            raise TypeError("params must be a list of arrays or of param-group dicts, "
-                            "got a single array (wrap it in a list)")
-        if isinstance(params, Mapping):
-            params = [params]
-        groups = list(params)
-        if not groups:
-            raise ValueError("the optimizer got an empty parameter list")
-        if not isinstance(groups[0], Mapping):
-            groups = [{"params": groups}]
-        for group in groups:
+        for group in _param_group_list(params):
             self.add_param_group(group)
 
     @property
@@ -631,15 +634,7 @@ class _ElementwiseOptimizer:
         self.defaults: Dict[str, Any] = dict(defaults)
         self.param_groups: List[Dict[str, Any]] = []
         self.state: Dict[int, Dict[str, Any]] = {}
-        if isinstance(params, np.ndarray):
-            raise TypeError("params must be a list of arrays or of param-group dicts, "
-                            "got a single array (wrap it in a list)")
-        groups = [params] if isinstance(params, Mapping) else list(params)
-        if not groups:
-            raise ValueError("the optimizer got an empty parameter list")
-        if not isinstance(groups[0], Mapping):
-            groups = [{"params": groups}]
-        for group in groups:
+        for group in _param_group_list(params):
             self.add_param_group(group)
 
     def add_param_group(self, param_group: Mapping[str, Any]) -> None:
