@@ -1,8 +1,11 @@
 """convention= and tail_width=: each peer's arithmetic reproduced bit for bit against the
-real peer (torch fused and DeepSpeed's CPU Adam/AdaGrad, scalar tails included), and the
-same bits on every ISA and thread count."""
+real peer (torch fused and DeepSpeed's CPU Adam/AdaGrad, scalar tails included; optax under
+jax.jit; Keras 3 on the jax backend), and the same bits on every ISA and thread count."""
 
 from __future__ import annotations
+
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -276,7 +279,14 @@ def _adam_buffers(n=40, dtype=np.float32):
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(convention="tensorflow"), "convention"),
-    (dict(convention="optax"), "convention"),
+    (dict(convention="optax", maximize=True), "maximize"),
+    (dict(convention="optax", weight_decay=0.1), "weight_decay"),
+    (dict(convention="keras", bias_correction=False), "bias_correction"),
+    (dict(convention="keras", nesterov=True), "nesterov"),
+    (dict(eps_root=1e-8), "eps_root"),
+    (dict(convention="optax", eps_root=-1.0), "eps_root"),
+    (dict(convention="optax", nesterov=True, amsgrad=True), "nesterov"),
+    (dict(convention="keras", tail_width=8), "tail_width"),
     (dict(convention=3), "convention"),
     (dict(tail_width=7), "tail_width"),
     (dict(tail_width=8.0), "tail_width"),
@@ -348,3 +358,242 @@ def test_torch_adapter_takes_a_convention():
         b.step()
     _assert_same_bits(ours.detach().numpy(), theirs.detach().numpy(), "adamcore.torch.Adam")
     assert a.state_dict()["param_groups"][0]["convention"] == "torch-fused"
+
+
+# ------------------------------------------------------------------ optax and keras
+
+PEER_SIZES = [37, 1_000_003]
+
+
+def _isas_and_threads():
+    """(isa, threads) for every ISA this CPU runs, one and two threads (small parts, so
+    two threads split even the mid-size tensors)."""
+    return [(isa, threads) for isa in adamcore.available_isas() for threads in (1, 2)]
+
+
+def _run_ours_everywhere(run):
+    """run() on every ISA and thread count; returns the list of results."""
+    saved_threads, saved_threshold = adamcore.get_num_threads(), adamcore.get_parallel_threshold()
+    results = []
+    try:
+        for isa, threads in _isas_and_threads():
+            adamcore.set_num_threads(threads)
+            adamcore.set_parallel_threshold(1024)
+            with adamcore.use_isa(isa):
+                results.append(((isa, threads), run()))
+    finally:
+        adamcore.set_num_threads(saved_threads)
+        adamcore.set_parallel_threshold(saved_threshold)
+    return results
+
+
+def _adam_ours(p0, grads, *, decoupled, amsgrad, **kw):
+    """adamcore's Adam/AdamW over the given grads from p0 and zero state."""
+    n = p0.size
+    p, m, v = p0.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)
+    vmax = np.zeros(n, np.float32) if amsgrad else None
+    fn = adamcore.adamw_step if decoupled else adamcore.adam_step
+    for t, g in enumerate(grads, start=1):
+        fn(p, g, m, v, step=t, amsgrad=amsgrad, max_exp_avg_sq=vmax, **kw)
+    return {"param": p, "exp_avg": m, "exp_avg_sq": v, "max_exp_avg_sq": vmax}
+
+
+def _compare_everywhere(run, theirs, what):
+    for (isa, threads), ours in _run_ours_everywhere(run):
+        for name, value in theirs.items():
+            _assert_same_bits(ours[name], value, f"{what} {name} on {isa}, {threads} threads")
+
+
+OPTAX_CASES = {
+    "adam": dict(),
+    "adam-eps_root": dict(eps_root=1e-12),
+    "adam-nesterov": dict(nesterov=True),
+    "adamw": dict(weight_decay=0.1),
+    "adamw-nesterov-eps_root": dict(weight_decay=0.1, nesterov=True, eps_root=1e-10),
+    "amsgrad": dict(amsgrad=True),
+    "amsgrad-eps_root": dict(amsgrad=True, eps_root=1e-12),
+}
+
+
+def _optax_peer(p0, grads, case, lr, b1, b2, eps):
+    """optax 0.2.8's adam/adamw/amsgrad, one jax.jit-compiled step (update and
+    apply_updates), float32 on CPU; returns its params and moments."""
+    jax = pytest.importorskip("jax")
+    optax = pytest.importorskip("optax")
+    jnp = jax.numpy
+    eps_root = case.get("eps_root", 0.0)
+    if case.get("amsgrad"):
+        tx = optax.amsgrad(lr, b1=b1, b2=b2, eps=eps, eps_root=eps_root)
+    elif "weight_decay" in case:
+        tx = optax.adamw(lr, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
+                         weight_decay=case["weight_decay"], nesterov=case.get("nesterov", False))
+    else:
+        tx = optax.adam(lr, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
+                        nesterov=case.get("nesterov", False))
+    cpu = jax.devices("cpu")[0]
+
+    @jax.jit
+    def step(params, state, grad):
+        updates, state = tx.update(grad, state, params)
+        return optax.apply_updates(params, updates), state
+
+    params = jax.device_put(jnp.asarray(p0), cpu)
+    state = tx.init(params)
+    for g in grads:
+        params, state = step(params, state, jax.device_put(jnp.asarray(g), cpu))
+    moments = state[0]  # ScaleByAdamState / ScaleByAmsgradState
+    out = {"param": np.asarray(params), "exp_avg": np.asarray(moments.mu),
+           "exp_avg_sq": np.asarray(moments.nu)}
+    if case.get("amsgrad"):
+        out["max_exp_avg_sq"] = np.asarray(moments.nu_max)  # optax maxes the bias-corrected v
+    assert all(x.dtype == np.float32 for x in out.values())
+    return out
+
+
+def _peer_grads(n, steps, seed):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal(n).astype(np.float32), [_grads(rng, n) for _ in range(steps)]
+
+
+@pytest.mark.parametrize("n", PEER_SIZES)
+@pytest.mark.parametrize("case", sorted(OPTAX_CASES))
+def test_optax_is_bitwise_on_every_element(n, case):
+    kw = OPTAX_CASES[case]
+    p0, grads = _peer_grads(n, STEPS, seed=11)
+    hyper = dict(lr=3e-3, beta1=0.9, beta2=0.999, eps=1e-8)
+    theirs = _optax_peer(p0, grads, kw, hyper["lr"], hyper["beta1"], hyper["beta2"], hyper["eps"])
+    decoupled = "weight_decay" in kw
+    ours = dict(hyper, weight_decay=kw.get("weight_decay", 0.0), eps_root=kw.get("eps_root", 0.0),
+                nesterov=kw.get("nesterov", False), convention="optax")
+    _compare_everywhere(lambda: _adam_ours(p0, grads, decoupled=decoupled,
+                                           amsgrad=kw.get("amsgrad", False), **ours),
+                        theirs, f"optax {case}")
+
+
+def test_optax_host_scalars_match_over_1000_steps():
+    # optax's bias corrections 1/(1 - b^t) come from the host; 1000 steps of a small
+    # tensor with b2 = 0.99 and 0.999 check every one against XLA's.
+    for b2 in (0.99, 0.999):
+        p0, grads = _peer_grads(5, 1000, seed=12)
+        theirs = _optax_peer(p0, grads, {"nesterov": True}, 1e-3, 0.9, b2, 1e-8)
+        ours = _adam_ours(p0, grads, decoupled=False, amsgrad=False, lr=1e-3, beta1=0.9,
+                          beta2=b2, eps=1e-8, nesterov=True, convention="optax")
+        for name, value in theirs.items():
+            _assert_same_bits(ours[name], value, f"optax b2={b2} {name} at step 1000")
+
+
+def test_optax_adagrad_is_refused_naming_convention():
+    # optax.adagrad's update is rsqrt(s + eps) * g and XLA's rsqrt is not correctly
+    # rounded, so no IEEE recipe matches it bit for bit: refused, nothing written.
+    p, g, s, _ = _adam_buffers()
+    before = [x.copy() for x in (p, s)]
+    with pytest.raises(ValueError, match="convention='optax' has no AdaGrad recipe"):
+        adamcore.adagrad_step(p, g, s, step=1, convention="optax")
+    for x, y in zip((p, s), before):
+        assert np.array_equal(_bits(x), _bits(y))
+
+
+def _keras_or_skip():
+    """keras with the jax backend (set before keras is first imported)."""
+    if "keras" not in sys.modules:
+        os.environ.setdefault("KERAS_BACKEND", "jax")
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "jax":
+        pytest.skip(f"keras runs the {keras.backend.backend()} backend, not jax")
+    return keras
+
+
+KERAS_CASES = {
+    "adam": dict(),
+    "adam-b2-0.99": dict(beta2=0.99),
+    "adamw": dict(weight_decay=0.1),
+    "amsgrad": dict(amsgrad=True),
+    "adamw-amsgrad": dict(weight_decay=0.1, amsgrad=True),
+}
+
+
+def _keras_adam_peer(p0, grads, case, lr, b1, b2, eps):
+    """keras.optimizers.Adam / AdamW (Keras 3, jax backend), eager apply_gradients."""
+    keras = _keras_or_skip()
+    kw = dict(learning_rate=lr, beta_1=b1, beta_2=b2, epsilon=eps,
+              amsgrad=case.get("amsgrad", False))
+    opt = (keras.optimizers.AdamW(weight_decay=case["weight_decay"], **kw)
+           if "weight_decay" in case else keras.optimizers.Adam(**kw))
+    var = keras.Variable(p0.copy(), dtype="float32")
+    for g in grads:
+        opt.apply_gradients([(keras.ops.convert_to_tensor(g), var)])
+    out = {"param": np.asarray(var.value), "exp_avg": np.asarray(opt._momentums[0].value),
+           "exp_avg_sq": np.asarray(opt._velocities[0].value)}
+    if case.get("amsgrad"):
+        out["max_exp_avg_sq"] = np.asarray(opt._velocity_hats[0].value)
+    assert int(opt.iterations.value) == len(grads)
+    return out
+
+
+@pytest.mark.parametrize("n", PEER_SIZES)
+@pytest.mark.parametrize("case", sorted(KERAS_CASES))
+def test_keras_adam_is_bitwise_on_every_element(n, case):
+    kw = KERAS_CASES[case]
+    p0, grads = _peer_grads(n, STEPS, seed=13)
+    hyper = dict(lr=3e-3, beta1=0.9, beta2=kw.get("beta2", 0.999), eps=1e-7)
+    theirs = _keras_adam_peer(p0, grads, kw, hyper["lr"], hyper["beta1"], hyper["beta2"],
+                              hyper["eps"])
+    decoupled = "weight_decay" in kw
+    _compare_everywhere(lambda: _adam_ours(p0, grads, decoupled=decoupled,
+                                           amsgrad=kw.get("amsgrad", False),
+                                           weight_decay=kw.get("weight_decay", 0.0),
+                                           convention="keras", **hyper),
+                        theirs, f"keras {case}")
+
+
+def test_keras_host_scalars_match_over_1000_steps():
+    # Keras's alpha = lr*sqrt(1 - b2^t)/(1 - b1^t) with XLA's float32 pow, from the host:
+    # 1000 steps of a small tensor, b2 = 0.99 (where pow's rounding differs most often).
+    p0, grads = _peer_grads(5, 1000, seed=14)
+    theirs = _keras_adam_peer(p0, grads, {}, 1e-3, 0.9, 0.99, 1e-7)
+    ours = _adam_ours(p0, grads, decoupled=False, amsgrad=False, lr=1e-3, beta1=0.9,
+                      beta2=0.99, eps=1e-7, convention="keras")
+    for name, value in theirs.items():
+        _assert_same_bits(ours[name], value, f"keras {name} at step 1000")
+
+
+@pytest.mark.parametrize("n", PEER_SIZES)
+def test_keras_adagrad_is_bitwise_on_every_element(n):
+    keras = _keras_or_skip()
+    p0, grads = _peer_grads(n, STEPS, seed=15)
+    opt = keras.optimizers.Adagrad(learning_rate=0.05, initial_accumulator_value=0.1,
+                                   epsilon=1e-7)
+    var = keras.Variable(p0.copy(), dtype="float32")
+    for g in grads:
+        opt.apply_gradients([(keras.ops.convert_to_tensor(g), var)])
+    theirs = {"param": np.asarray(var.value), "state_sum": np.asarray(opt._accumulators[0].value)}
+
+    def run():
+        p, s = p0.copy(), np.full(n, 0.1, np.float32)
+        for t, g in enumerate(grads, start=1):
+            adamcore.adagrad_step(p, g, s, step=t, lr=0.05, eps=1e-7, convention="keras")
+        return {"param": p, "state_sum": s}
+
+    _compare_everywhere(run, theirs, "keras adagrad")
+
+
+def test_keras_adagrad_rejects_torch_only_options():
+    p, g, s, _ = _adam_buffers()
+    before = p.copy()
+    for kwargs in (dict(lr_decay=0.1), dict(weight_decay=0.1), dict(maximize=True)):
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            adamcore.adagrad_step(p, g, s, step=1, convention="keras", **kwargs)
+    assert np.array_equal(_bits(p), _bits(before))
+
+
+def test_optax_and_keras_differ_from_the_other_recipes():
+    # Distinct arithmetic: a convention that fell back to another recipe would pass the
+    # cross-ISA comparisons above only by accident; this would catch it.
+    p0, grads = _peer_grads(999, 10, seed=16)
+    runs = {c: _adam_ours(p0, grads, decoupled=True, amsgrad=False, lr=1e-2, weight_decay=0.1,
+                          convention=c)["param"]
+            for c in ("torch-fused", "deepspeed", "optax", "keras")}
+    for a in runs:
+        for b in runs:
+            if a < b:
+                assert np.any(_bits(runs[a]) != _bits(runs[b])), (a, b)

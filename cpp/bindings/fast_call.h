@@ -38,7 +38,7 @@ class Signature {
   // The most parameters a signature may have: parsed arguments live in a fixed array
   // on the stack of their own call, so a __float__ or __index__ that calls a step
   // again (re-entrancy) cannot overwrite the outer call's arguments.
-  static constexpr std::size_t kMaxParams = 28;
+  static constexpr std::size_t kMaxParams = 32;
   using Parsed = PyObject* [kMaxParams];
 
   // Fills out[i] with a borrowed reference or nullptr when absent.

@@ -936,7 +936,7 @@ PyObject* adam_family_fast(PyObject* const* args, Py_ssize_t nargs, PyObject* kw
          "weight_decay", "amsgrad", "max_exp_avg_sq", "maximize", "bias_correction",
          "diagnostics", "prev_lr", "check_only", "param_copy", "grad_scale", "found_inf",
          "rounding", "seed", "clip_coef", "max_grad_norm", "norm_type", "error_if_nonfinite",
-         "convention", "tail_width"},
+         "convention", "tail_width", "eps_root", "nesterov"},
         4, 4, {"step"});
     Signature::Parsed a;
     sig.parse(args, nargs, kwnames, a);
@@ -950,7 +950,9 @@ PyObject* adam_family_fast(PyObject* const* args, Py_ssize_t nargs, PyObject* kw
                                 as_bool(a[12], "maximize", false),
                                 as_bool(a[13], "bias_correction", true),
                                 adamcore_py::as_convention(a[26]),
-                                adamcore_py::as_tail_width(a[27])};
+                                adamcore_py::as_tail_width(a[27]),
+                                as_double(a[28], "eps_root", 0.0),
+                                as_bool(a[29], "nesterov", false)};
     Mode mode{as_bool(a[14], "diagnostics", false), as_bool(a[16], "check_only", false),
               parse_step_options(a[18], a[19], a[20], a[21], a[22])};
     parse_clipping(a[23], a[24], a[25], &mode);
@@ -1001,7 +1003,8 @@ PyObject* adam_group_step_fast(PyObject* self, PyObject* const* args, Py_ssize_t
                                 "decoupled", "maximize", "bias_correction", "diagnostics",
                                 "prev_lr", "check_only", "grad_scale", "found_inf", "rounding",
                                 "seed", "clip_coef", "max_grad_norm", "norm_type",
-                                "error_if_nonfinite", "convention", "tail_width"},
+                                "error_if_nonfinite", "convention", "tail_width", "eps_root",
+                                "nesterov"},
                                1, 1, {"step"});
     Signature::Parsed a;
     sig.parse(args, nargs, kwnames, a);
@@ -1016,7 +1019,9 @@ PyObject* adam_group_step_fast(PyObject* self, PyObject* const* args, Py_ssize_t
                                 as_bool(a[8], "maximize", false),
                                 as_bool(a[9], "bias_correction", true),
                                 adamcore_py::as_convention(a[21]),
-                                adamcore_py::as_tail_width(a[22])};
+                                adamcore_py::as_tail_width(a[22]),
+                                as_double(a[23], "eps_root", 0.0),
+                                as_bool(a[24], "nesterov", false)};
     Mode mode{as_bool(a[10], "diagnostics", false), as_bool(a[12], "check_only", false),
               parse_step_options(a[13], a[14], a[15], a[16], a[17])};
     parse_clipping(a[18], a[19], a[20], &mode);
@@ -1055,7 +1060,8 @@ constexpr const char* kAdamDoc =
     "adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0.999, "
     "eps=1e-8, weight_decay=0.0, amsgrad=False, max_exp_avg_sq=None, maximize=False, "
     "bias_correction=True, diagnostics=False, prev_lr=None, check_only=False, "
-    "param_copy=None, convention='torch-fused', tail_width=0)\n--\n\n"
+    "param_copy=None, convention='torch-fused', tail_width=0, eps_root=0.0, nesterov=False)"
+    "\n--\n\n"
     "One Adam step (L2 weight decay added to the gradient), in place.\n\n"
     "Buffers are C-contiguous, writeable arrays of one size that share no memory\n"
     "(grad may be read-only), or equal-length lists of them for a whole parameter group.\n"
@@ -1070,12 +1076,17 @@ constexpr const char* kAdamDoc =
     "Bit-identical to torch.optim.Adam(fused=True); see docs/numerics.md.\n"
     "convention='deepspeed' reproduces DeepSpeedCPUAdam instead (all-float32 buffers, no\n"
     "amsgrad, no diagnostics); tail_width=8 or 16 (adamcore.torch.torch_tail_width())\n"
-    "gives each tensor's last size % tail_width elements torch fused's scalar-tail recipe.";
+    "gives each tensor's last size % tail_width elements torch fused's scalar-tail recipe.\n"
+    "convention='optax' (optax.adam/adamw/amsgrad under jax.jit; eps_root, nesterov) and\n"
+    "'keras' (keras.optimizers.Adam/AdamW): all-float32, no maximize, bias correction on,\n"
+    "weight decay decoupled only (adamw_step); amsgrad with optax keeps the max of the\n"
+    "bias-corrected exp_avg_sq in max_exp_avg_sq, as optax.amsgrad does.";
 constexpr const char* kAdamWDoc =
     "adamw_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0.999, "
     "eps=1e-8, weight_decay=1e-2, amsgrad=False, max_exp_avg_sq=None, maximize=False, "
     "bias_correction=True, diagnostics=False, prev_lr=None, check_only=False, "
-    "param_copy=None, convention='torch-fused', tail_width=0)\n--\n\n"
+    "param_copy=None, convention='torch-fused', tail_width=0, eps_root=0.0, nesterov=False)"
+    "\n--\n\n"
     "One AdamW step (decoupled weight decay: param *= 1 - lr*weight_decay first), in place.\n"
     "Arguments as adam_step. Bit-identical to torch.optim.AdamW(fused=True).";
 constexpr const char* kAdagradDoc =
@@ -1086,7 +1097,9 @@ constexpr const char* kAdagradDoc =
     "Dtypes and param_copy as adam_step.\n"
     "state_sum starts at torch's initial_accumulator_value (fill it yourself).\n"
     "Bit-identical to torch.optim.Adagrad(fused=True); convention='deepspeed' (no lr_decay):\n"
-    "DeepSpeedCPUAdagrad's arithmetic. convention and tail_width as adam_step.";
+    "DeepSpeedCPUAdagrad's arithmetic; 'keras' (no lr_decay, weight_decay or maximize):\n"
+    "keras.optimizers.Adagrad's. 'optax' is refused (XLA's rsqrt is not correctly rounded).\n"
+    "convention and tail_width as adam_step.";
 
 PyMethodDef kStepFunctions[] = {
     {"adam_step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(adam_step_fast)),
@@ -1103,7 +1116,7 @@ PyMethodDef kAdamGroupStep = {
     METH_FASTCALL | METH_KEYWORDS,
     "step(grads, *, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, "
     "decoupled=False, maximize=False, bias_correction=True, diagnostics=False, prev_lr=None, "
-    "check_only=False, convention='torch-fused', tail_width=0)"
+    "check_only=False, convention='torch-fused', tail_width=0, eps_root=0.0, nesterov=False)"
     "\n--\n\nOne step of every tensor in the group; only the grads are checked."};
 
 PyMethodDef kAdagradGroupStep = {

@@ -178,7 +178,8 @@ constexpr const char* kConventionNames[kConventionCount] = {"torch-fused", "deep
                                                             "keras"};
 
 bool convention_implemented(Convention c) {
-  return c == Convention::torch_fused || c == Convention::deepspeed;
+  return c == Convention::torch_fused || c == Convention::deepspeed ||
+         c == Convention::optax || c == Convention::keras;
 }
 
 bool valid_convention(Convention c) {
@@ -197,8 +198,17 @@ std::string implemented_conventions() {
 }
 
 // The element recipe of a convention's vector body and of its scalar tail.
-detail::Recipe body_recipe(Convention c) {
-  return c == Convention::deepspeed ? detail::Recipe::deepspeed : detail::Recipe::torch_body;
+detail::Recipe body_recipe(Convention c, bool nesterov = false) {
+  switch (c) {
+    case Convention::deepspeed:
+      return detail::Recipe::deepspeed;
+    case Convention::optax:
+      return nesterov ? detail::Recipe::optax_nesterov : detail::Recipe::optax;
+    case Convention::keras:
+      return detail::Recipe::keras;
+    default:
+      return detail::Recipe::torch_body;
+  }
 }
 detail::Recipe tail_recipe(Convention c) {
   return c == Convention::deepspeed ? detail::Recipe::deepspeed_tail : detail::Recipe::torch_tail;
@@ -329,6 +339,28 @@ std::string check_adam_hyper(const AdamHyper& h, std::int64_t step) {
   if (h.convention == Convention::deepspeed && h.amsgrad) {
     return "convention='deepspeed' has no amsgrad (DeepSpeedCPUAdam does not implement it)";
   }
+  if (!std::isfinite(h.eps_root) || h.eps_root < 0) {
+    return bad("eps_root", h.eps_root, "finite and >= 0");
+  }
+  const bool optax = h.convention == Convention::optax;
+  if (!optax && (h.eps_root != 0 || h.nesterov)) {
+    return std::string(h.nesterov ? "nesterov" : "eps_root") +
+           " applies to convention='optax' only, not '" + convention_name(h.convention) + "'";
+  }
+  if (h.nesterov && h.amsgrad) {
+    return "nesterov must be False with amsgrad (optax.amsgrad has no Nesterov form)";
+  }
+  if (optax || h.convention == Convention::keras) {
+    const std::string peer = std::string(" with convention='") + convention_name(h.convention) +
+                             "' (the peer has no such option)";
+    if (h.maximize) return "maximize must be False" + peer;
+    if (!h.bias_correction) return "bias_correction must be True" + peer;
+    if (h.weight_decay != 0 && !h.decoupled) {
+      return bad("weight_decay", h.weight_decay,
+                 ("0 in adam_step" + peer + "; its weight decay is decoupled: use adamw_step")
+                     .c_str());
+    }
+  }
   if (!std::isfinite(h.beta1) || h.beta1 < 0 || h.beta1 >= 1) {
     return bad("beta1", h.beta1, "in [0, 1)");
   }
@@ -347,6 +379,18 @@ std::string check_adagrad_hyper(const AdagradHyper& h, std::int64_t step) {
   if (h.convention == Convention::deepspeed && h.lr_decay != 0) {
     return bad("lr_decay", h.lr_decay,
                "0 with convention='deepspeed' (DeepSpeedCPUAdagrad has no lr_decay)");
+  }
+  if (h.convention == Convention::optax) {
+    // optax.adagrad's update is rsqrt(s + eps) * g and XLA's rsqrt is not correctly
+    // rounded (up to 2 ulp measured), so no IEEE recipe reproduces it.
+    return "convention='optax' has no AdaGrad recipe: optax.adagrad uses XLA's rsqrt, which "
+           "is not correctly rounded, so its bits cannot be reproduced exactly";
+  }
+  if (h.convention == Convention::keras) {
+    const char* rule = "0 with convention='keras' (keras.optimizers.Adagrad has no such option)";
+    if (h.lr_decay != 0) return bad("lr_decay", h.lr_decay, rule);
+    if (h.weight_decay != 0) return bad("weight_decay", h.weight_decay, rule);
+    if (h.maximize) return "maximize must be False with convention='keras' (no such option)";
   }
   return {};
 }
@@ -600,6 +644,56 @@ void deepspeed_adam_coeffs(const AdamHyper& h, std::int64_t step, detail::AdamCo
   f->decay_factor = -lr * static_cast<float>(h.weight_decay);
 }
 
+// fl(fl(base)^t): the power rounded once; optax's `1 - decay**count` under XLA equals
+// 1 minus it for steps 1..1000, betas 0.9 to 0.999 (measured). A double pow of a float
+// rounds to that except in vanishingly rare near-ties.
+float rounded_power(double base, std::int64_t t) {
+  return static_cast<float>(std::pow(static_cast<double>(static_cast<float>(base)),
+                                     static_cast<double>(t)));
+}
+
+// 1 / (1 - b^t) in float32, optax's bias correction as XLA applies it (a multiplication by
+// the reciprocal of the float32 denominator).
+float optax_bc_recip(double beta, std::int64_t t) {
+  return 1.0f / (1.0f - rounded_power(beta, t));
+}
+
+// optax.scale_by_adam's constants under jax.jit: W = fl(1-b1), B1, B2, C2 = fl(1-b2) (Python
+// doubles cast to float32), R1, R1 of step t+1, R2, eps, eps_root, S = -lr (its
+// scale_by_learning_rate), L = wd (add_decayed_weights).
+void optax_adam_coeffs(const AdamHyper& h, std::int64_t step, detail::AdamCoeffs<float>* f) {
+  f->one_minus_beta1 = static_cast<float>(1.0 - h.beta1);
+  f->beta1 = static_cast<float>(h.beta1);
+  f->beta2 = static_cast<float>(h.beta2);
+  f->one_minus_beta2 = static_cast<float>(1.0 - h.beta2);
+  f->bc1_recip = optax_bc_recip(h.beta1, step);
+  f->bc1_recip_next = optax_bc_recip(h.beta1, step + 1);
+  f->bc2_recip = optax_bc_recip(h.beta2, step);
+  f->eps = static_cast<float>(h.eps);
+  f->eps_root = static_cast<float>(h.eps_root);
+  f->neg_step_size = static_cast<float>(-h.lr);
+  f->weight_decay = static_cast<float>(h.weight_decay);
+}
+
+// keras.optimizers.Adam's constants (Keras 3, all float32): b^t = ops.power(b, t), which
+// on the jax backend is XLA's float32 pow and gives the C library's powf bits (measured,
+// steps 1..1000, betas 0.9 to 0.999, apart from XLA flushing subnormal powers to 0, which
+// leaves 1 - b^t unchanged); alpha = fl(fl(lr * fl(sqrt(1 - b2^t))) / fl(1 - b1^t)).
+void keras_adam_coeffs(const AdamHyper& h, std::int64_t step, detail::AdamCoeffs<float>* f) {
+  const float lr = static_cast<float>(h.lr);
+  const float t = static_cast<float>(step);
+  const float beta1_t = std::pow(static_cast<float>(h.beta1), t);
+  const float beta2_t = std::pow(static_cast<float>(h.beta2), t);
+  const float sqrt_bc2 = std::sqrt(1.0f - beta2_t);
+  const float scaled_lr = lr * sqrt_bc2;
+  f->alpha = scaled_lr / (1.0f - beta1_t);
+  f->lr = lr;
+  f->one_minus_beta1 = static_cast<float>(1.0 - h.beta1);
+  f->one_minus_beta2 = static_cast<float>(1.0 - h.beta2);
+  f->eps = static_cast<float>(h.eps);
+  f->weight_decay = static_cast<float>(h.weight_decay);
+}
+
 }  // namespace
 
 void adam_step(const AdamBuffers* tensors, std::size_t count, std::int64_t step,
@@ -625,13 +719,15 @@ void adam_step(const AdamBuffers* tensors, std::size_t count, std::int64_t step,
   // deciding in the layout's arithmetic.
   const bool lerp_low = layout.param == DType::float64 ? k.d.one_minus_beta1 < 0.5
                                                        : k.f.one_minus_beta1 < 0.5f;
-  if (h.convention == Convention::deepspeed) {
-    deepspeed_adam_coeffs(h, step, &k.f);
-    diag = nullptr;  // Γ is defined on the canonical recipe's denominator only
-  }
+  if (h.convention == Convention::deepspeed) deepspeed_adam_coeffs(h, step, &k.f);
+  if (h.convention == Convention::optax) optax_adam_coeffs(h, step, &k.f);
+  if (h.convention == Convention::keras) keras_adam_coeffs(h, step, &k.f);
+  // Γ is defined on the canonical recipe's denominator only
+  if (h.convention != Convention::torch_fused) diag = nullptr;
   const Isa isa = active_isa();
-  const detail::AdamRangeFn kernel = adam_kernel_for(isa, layout_at, wd, lerp_low, h.amsgrad,
-                                                     diag != nullptr, body_recipe(h.convention));
+  const detail::AdamRangeFn kernel =
+      adam_kernel_for(isa, layout_at, wd, lerp_low, h.amsgrad, diag != nullptr,
+                      body_recipe(h.convention, h.nesterov));
   const detail::AdamRangeFn tail_kernel =
       h.tail_width ? adam_kernel_for(isa, layout_at, wd, lerp_low, h.amsgrad, diag != nullptr,
                                      tail_recipe(h.convention))

@@ -14,8 +14,17 @@ enum class WdMode : int { none = 0, l2 = 1, decoupled = 2 };
 // The element recipes the kernels are compiled for: the public Conventions, each peer's
 // vector body and scalar tail apart (they contract different products). Non-default
 // recipes are compiled for the all-float32 layout (kLayouts[0]) only.
-enum class Recipe : int { torch_body = 0, torch_tail = 1, deepspeed = 2, deepspeed_tail = 3 };
-constexpr std::size_t kRecipeCount = 4;
+// optax's Nesterov form is a recipe of its own (it needs next step's bias correction).
+enum class Recipe : int {
+  torch_body = 0,
+  torch_tail = 1,
+  deepspeed = 2,
+  deepspeed_tail = 3,
+  optax = 4,
+  optax_nesterov = 5,
+  keras = 6,
+};
+constexpr std::size_t kRecipeCount = 7;
 
 // 16-bit storage: the bits of one bfloat16 / IEEE binary16 value. Distinct types so
 // the kernels pick their loads and stores by overload.
@@ -47,6 +56,14 @@ struct AdamCoeffs {
   T prev_bc2_sqrt;          // D of step t-1
   // deepspeed recipe only (its other constants reuse the fields above, see adam_coeffs)
   T beta1;                  // B1
+  // optax recipes only: reciprocals of the bias corrections, 1 / (1 - b^t)
+  T bc1_recip;              // R1
+  T bc1_recip_next;         // R1 of step t+1 (Nesterov)
+  T bc2_recip;              // R2
+  T eps_root;               // added under the square root
+  // keras recipe only
+  T lr;                     // AdamW's p - p*wd*lr
+  T alpha;                  // lr * sqrt(1 - b2^t) / (1 - b1^t)
 };
 
 // Per-call choices that are not the optimizer's math (StepOptions), uniform over a call.

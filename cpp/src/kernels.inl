@@ -125,6 +125,7 @@ const AdagradCoeffs<Math>& coeffs_for(const AdagradScalars& k) {
 template <class V>
 struct AdamConsts {
   V w, w_less1, b1, b2, c2, d, e, s, l, k, grad_scale, clip_coef;
+  V r1, r1_next, r2, eps_root, lr, alpha;  // optax and keras recipes
   // diagnostics
   V a, a_prev, d_prev;
   template <class T>
@@ -133,7 +134,10 @@ struct AdamConsts {
         b1(V::set1(c.beta1)), b2(V::set1(c.beta2)), c2(V::set1(c.one_minus_beta2)), d(V::set1(c.bc2_sqrt)),
         e(V::set1(c.eps)), s(V::set1(c.neg_step_size)), l(V::set1(c.weight_decay)),
         k(V::set1(c.decay_factor)), grad_scale(V::set1(c.grad_scale)),
-        clip_coef(V::set1(c.clip_coef)), a(V::set1(c.step_size)),
+        clip_coef(V::set1(c.clip_coef)), r1(V::set1(c.bc1_recip)),
+        r1_next(V::set1(c.bc1_recip_next)), r2(V::set1(c.bc2_recip)),
+        eps_root(V::set1(c.eps_root)), lr(V::set1(c.lr)), alpha(V::set1(c.alpha)),
+        a(V::set1(c.step_size)),
         a_prev(V::set1(c.prev_step_size)), d_prev(V::set1(c.prev_bc2_sqrt)) {}
 };
 
@@ -282,6 +286,57 @@ inline void adam_lanes_deepspeed(const AdamConsts<V>& c, V g, V p, SrLanes sr, P
   store_as(v_ptr, v, sr, detail::sr_exp_avg_sq);
 }
 
+// optax.adam / adamw / amsgrad under jax.jit on CPU (Convention::optax): XLA contracts
+// a*b + c into one fused multiply-add and divides by a bias correction as a multiplication
+// by its float32 reciprocal. amsgrad keeps the max of the bias-corrected v (optax's
+// nu_max); AdamW adds wd*p to the update before scaling by -lr.
+template <class V, class P, class S, class C, WdMode Wd, bool Amsgrad, bool Nesterov>
+inline void adam_lanes_optax(const AdamConsts<V>& c, V g, V p, SrLanes sr, P* p_ptr, S* m_ptr,
+                             S* v_ptr, S* vmax_ptr, C* copy_ptr) {
+  const V m = fma(c.w, g, mul(c.b1, V::load(m_ptr)));
+  const V v = fma(c.c2, mul(g, g), mul(c.b2, V::load(v_ptr)));
+  V m_hat = mul(m, c.r1);
+  if constexpr (Nesterov) m_hat = fma(c.b1, mul(m, c.r1_next), mul(c.w, mul(g, c.r1)));
+  V shifted;
+  if constexpr (Amsgrad) {
+    const V v_max = maximum(V::load(vmax_ptr), mul(v, c.r2));  // NaN propagates, as jnp
+    store_as(vmax_ptr, v_max, sr, detail::sr_max_exp_avg_sq);
+    shifted = add(v_max, c.eps_root);
+  } else {
+    shifted = fma(v, c.r2, c.eps_root);
+  }
+  V update = div(m_hat, add(sqrt(shifted), c.e));
+  if constexpr (Wd == WdMode::decoupled) update = fma(c.l, p, update);
+  p = fma(c.s, update, p);
+  store_as(p_ptr, p, sr, detail::sr_param);
+  store_copy(copy_ptr, p, sr);
+  store_as(m_ptr, m, sr, detail::sr_exp_avg);
+  store_as(v_ptr, v, sr, detail::sr_exp_avg_sq);
+}
+
+// keras.optimizers.Adam / AdamW (Keras 3, jax backend, eager apply_gradients;
+// Convention::keras): one rounding per op, no fma; weight decay p - p*wd*lr first; the
+// moments as m + (g - m)*(1-b1); the step alpha folds lr and both bias corrections.
+template <class V, class P, class S, class C, WdMode Wd, bool Amsgrad>
+inline void adam_lanes_keras(const AdamConsts<V>& c, V g, V p, SrLanes sr, P* p_ptr, S* m_ptr,
+                             S* v_ptr, S* vmax_ptr, C* copy_ptr) {
+  if constexpr (Wd == WdMode::decoupled) p = sub(p, mul(mul(p, c.l), c.lr));
+  const V m_old = V::load(m_ptr);
+  const V v_old = V::load(v_ptr);
+  const V m = add(m_old, mul(sub(g, m_old), c.w));
+  const V v = add(v_old, mul(sub(mul(g, g), v_old), c.c2));
+  V v_hat = v;
+  if constexpr (Amsgrad) {
+    v_hat = maximum(V::load(vmax_ptr), v);
+    store_as(vmax_ptr, v_hat, sr, detail::sr_max_exp_avg_sq);
+  }
+  p = sub(p, div(mul(m, c.alpha), add(sqrt(v_hat), c.e)));
+  store_as(p_ptr, p, sr, detail::sr_param);
+  store_copy(copy_ptr, p, sr);
+  store_as(m_ptr, m, sr, detail::sr_exp_avg);
+  store_as(v_ptr, v, sr, detail::sr_exp_avg_sq);
+}
+
 template <class V, class P, class S, class G, class C, WdMode Wd, bool LerpLow, bool Amsgrad,
           bool Diag, Recipe R>
 inline void adam_lanes(const AdamConsts<V>& c, std::uint32_t sign_flip,
@@ -293,6 +348,16 @@ inline void adam_lanes(const AdamConsts<V>& c, std::uint32_t sign_flip,
   if constexpr (R == Recipe::deepspeed || R == Recipe::deepspeed_tail) {
     adam_lanes_deepspeed<V, P, S, C, Wd, R == Recipe::deepspeed_tail>(c, g, p, sr, p_ptr, m_ptr,
                                                                       v_ptr, copy_ptr);
+    return;
+  }
+  if constexpr (R == Recipe::optax || R == Recipe::optax_nesterov) {
+    adam_lanes_optax<V, P, S, C, Wd, Amsgrad, R == Recipe::optax_nesterov>(
+        c, g, p, sr, p_ptr, m_ptr, v_ptr, vmax_ptr, copy_ptr);
+    return;
+  }
+  if constexpr (R == Recipe::keras) {
+    adam_lanes_keras<V, P, S, C, Wd, Amsgrad>(c, g, p, sr, p_ptr, m_ptr, v_ptr, vmax_ptr,
+                                              copy_ptr);
     return;
   }
   if constexpr (Wd == WdMode::l2) g = fma(p, c.l, g);
@@ -430,8 +495,9 @@ inline void adagrad_lanes(const AdagradConsts<V>& c, std::uint32_t sign_flip,
   V p = V::load(p_ptr);
   if constexpr (WeightDecay) g = fma(p, c.l, g);
   const V s_old = V::load(s_ptr);
-  const V s = fma(g, g, s_old);
-  const V std_dev = add(sqrt(s), c.e);
+  // Keras rounds g*g apart and adds eps under the square root.
+  const V s = R == Recipe::keras ? add(s_old, mul(g, g)) : fma(g, g, s_old);
+  const V std_dev = R == Recipe::keras ? sqrt(add(s, c.e)) : add(sqrt(s), c.e);
   // DeepSpeedCPUAdagrad adds the quotient times -lr by fma; its scalar loop also stores
   // that product to the grad, so its compiler rounds it apart; torch divides the product.
   if constexpr (R == Recipe::deepspeed) {

@@ -15,6 +15,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 #if defined(__x86_64__) || defined(__i386__)
 #include <xmmintrin.h>
@@ -789,8 +790,9 @@ void test_isa_control() {
 }  // namespace
 
 // ---------------------------------------------------------------- conventions
-// Every non-default recipe (torch fused's scalar tail at widths 8 and 16, DeepSpeed's
-// Adam and AdaGrad) gives the scalar ISA's bits on every ISA and thread count.
+// Every non-default recipe (torch fused's scalar tail at widths 8 and 16, DeepSpeed's,
+// optax's and Keras's Adam and AdaGrad) gives the scalar ISA's bits on every ISA and
+// thread count.
 struct ConventionRun {
   adamcore::Convention convention;
   int tail_width;
@@ -798,16 +800,35 @@ struct ConventionRun {
 const ConventionRun kConventionRuns[] = {{adamcore::Convention::torch_fused, 8},
                                          {adamcore::Convention::torch_fused, 16},
                                          {adamcore::Convention::deepspeed, 0},
-                                         {adamcore::Convention::deepspeed, 8}};
+                                         {adamcore::Convention::deepspeed, 8},
+                                         {adamcore::Convention::optax, 0},
+                                         {adamcore::Convention::keras, 0}};
+
+// adam_variants() that `run` accepts, plus optax's Nesterov and eps_root forms.
+std::vector<adamcore::AdamHyper> convention_variants(const ConventionRun& run) {
+  std::vector<adamcore::AdamHyper> out;
+  for (adamcore::AdamHyper h : adam_variants()) {
+    h.convention = run.convention;
+    h.tail_width = run.tail_width;
+    if (!adamcore::check_adam_hyper(h, 1).empty()) continue;
+    out.push_back(h);
+    if (run.convention != adamcore::Convention::optax) continue;
+    h.eps_root = 1e-10;
+    out.push_back(h);
+    if (h.amsgrad) continue;
+    h.nesterov = true;
+    out.push_back(h);
+  }
+  return out;
+}
 
 void test_conventions_isas_and_threads_match_scalar() {
   std::mt19937 rng(4321);
   const std::vector<std::size_t> sizes = {1, 7, 17, 33, 65, 257, 20000 + 13};
   for (const ConventionRun& run : kConventionRuns) {
-    for (adamcore::AdamHyper h : adam_variants()) {
-      if (run.convention == adamcore::Convention::deepspeed && h.amsgrad) continue;
-      h.convention = run.convention;
-      h.tail_width = run.tail_width;
+    const std::vector<adamcore::AdamHyper> hypers = convention_variants(run);
+    check(!hypers.empty(), std::string(adamcore::convention_name(run.convention)) + " runs");
+    for (const adamcore::AdamHyper& h : hypers) {
       for (std::size_t n : sizes) {
         const std::size_t offset = n % 3;
         const AdamState start = make_state(rng, n + offset);
@@ -838,12 +859,16 @@ void test_conventions_isas_and_threads_match_scalar() {
       }
     }
   }
-  // DeepSpeed's AdaGrad.
-  for (double wd : {0.0, 0.01}) {
+  // DeepSpeed's and Keras's AdaGrad (Keras has no weight decay).
+  for (const auto& [convention, wd] :
+       {std::pair{adamcore::Convention::deepspeed, 0.0},
+        std::pair{adamcore::Convention::deepspeed, 0.01},
+        std::pair{adamcore::Convention::keras, 0.0}}) {
     adamcore::AdagradHyper h;
     h.lr = 0.05;
+    h.eps = 1e-7;
     h.weight_decay = wd;
-    h.convention = adamcore::Convention::deepspeed;
+    h.convention = convention;
     const std::size_t n = 20000 + 7;
     const auto p0 = make_values(rng, n, false, 1.0f);
     std::vector<std::vector<float>> grads;
@@ -864,7 +889,8 @@ void test_conventions_isas_and_threads_match_scalar() {
     for (adamcore::Isa isa : supported_isas()) {
       for (int threads : {1, 3}) {
         check(first_mismatch(run(isa, threads), ref) < 0,
-              std::string(adamcore::isa_name(isa)) + " deepspeed adagrad threads=" +
+              std::string(adamcore::isa_name(isa)) + " " +
+                  adamcore::convention_name(convention) + " adagrad threads=" +
                   std::to_string(threads));
       }
     }
@@ -941,9 +967,31 @@ void test_convention_checks() {
         "tail_width 5 names tail_width");
   check(adamcore::check_convention(adamcore::Convention::deepspeed, 16, f32).empty(),
         "deepspeed takes a tail_width");
-  check(adamcore::check_convention(adamcore::Convention::optax, 0, f32).rfind("convention", 0) ==
+  check(adamcore::check_convention(adamcore::Convention::optax, 0, f32).empty() &&
+            adamcore::check_convention(adamcore::Convention::keras, 0, f32).empty(),
+        "optax and keras run on float32");
+  check(adamcore::check_convention(adamcore::Convention::keras, 8, f32).rfind("tail_width", 0) ==
             0,
-        "an unimplemented convention names convention");
+        "keras has no tail");
+  adamcore::AdamHyper optax_hyper;
+  optax_hyper.convention = adamcore::Convention::optax;
+  optax_hyper.nesterov = true;
+  check(adamcore::check_adam_hyper(optax_hyper, 1).empty(), "optax takes nesterov");
+  optax_hyper.amsgrad = true;
+  check(adamcore::check_adam_hyper(optax_hyper, 1).rfind("nesterov", 0) == 0,
+        "optax nesterov with amsgrad names nesterov");
+  optax_hyper.convention = adamcore::Convention::keras;
+  check(adamcore::check_adam_hyper(optax_hyper, 1).rfind("nesterov", 0) == 0,
+        "nesterov outside optax names nesterov");
+  adamcore::AdamHyper keras_l2;
+  keras_l2.convention = adamcore::Convention::keras;
+  keras_l2.weight_decay = 0.1;
+  check(adamcore::check_adam_hyper(keras_l2, 1).rfind("weight_decay", 0) == 0,
+        "keras refuses L2 weight decay");
+  adamcore::AdagradHyper optax_adagrad;
+  optax_adagrad.convention = adamcore::Convention::optax;
+  check(adamcore::check_adagrad_hyper(optax_adagrad, 1).rfind("convention", 0) == 0,
+        "optax adagrad is refused naming convention");
   check(!adamcore::check_convention(static_cast<adamcore::Convention>(9), 0, f32).empty(),
         "an unknown convention is refused");
   adamcore::Convention c;

@@ -43,7 +43,8 @@ def adam_step(param: Buffer, grad: Buffer, exp_avg: Buffer, exp_avg_sq: Buffer, 
               bias_correction: bool = True, diagnostics: bool = False,
               prev_lr: float | None = None, check_only: bool = False,
               param_copy: Buffer | None = None, convention: ConventionName = "torch-fused",
-              tail_width: int = 0) -> GammaStats | None: ...
+              tail_width: int = 0, eps_root: float = 0.0,
+              nesterov: bool = False) -> GammaStats | None: ...
 def adamw_step(param: Buffer, grad: Buffer, exp_avg: Buffer, exp_avg_sq: Buffer, *, step: int,
                lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
                weight_decay: float = 1e-2, amsgrad: bool = False,
@@ -51,7 +52,8 @@ def adamw_step(param: Buffer, grad: Buffer, exp_avg: Buffer, exp_avg_sq: Buffer,
                bias_correction: bool = True, diagnostics: bool = False,
                prev_lr: float | None = None, check_only: bool = False,
                param_copy: Buffer | None = None, convention: ConventionName = "torch-fused",
-              tail_width: int = 0) -> GammaStats | None: ...
+               tail_width: int = 0, eps_root: float = 0.0,
+               nesterov: bool = False) -> GammaStats | None: ...
 def adagrad_step(param: Buffer, grad: Buffer, state_sum: Buffer, *, step: int, lr: float = 1e-2,
                  lr_decay: float = 0.0, weight_decay: float = 0.0, eps: float = 1e-10,
                  maximize: bool = False, diagnostics: bool = False,
@@ -80,7 +82,8 @@ class AdamGroup:
              weight_decay: float = 0.0, decoupled: bool = False, maximize: bool = False,
              bias_correction: bool = True, diagnostics: bool = False,
              prev_lr: float | None = None, check_only: bool = False,
-             convention: ConventionName = "torch-fused", tail_width: int = 0) -> GammaStats | None: ...
+             convention: ConventionName = "torch-fused", tail_width: int = 0,
+             eps_root: float = 0.0, nesterov: bool = False) -> GammaStats | None: ...
     @property
     def count(self) -> int: ...
     @property

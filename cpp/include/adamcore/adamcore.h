@@ -84,6 +84,10 @@ struct AdamHyper {
   // elements the peer's scalar-loop recipe (its float32 vector width: torch's
   // Vec<float>::size(), DeepSpeed's SIMD_WIDTH); 0: the vector recipe everywhere.
   int tail_width = 0;
+  // optax only (its scale_by_adam): eps_root is added to the bias-corrected v under the
+  // square root; nesterov uses Dozat's Nadam form of the bias-corrected m (no amsgrad).
+  double eps_root = 0.0;
+  bool nesterov = false;
 };
 
 struct AdagradHyper {
