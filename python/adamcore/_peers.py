@@ -50,7 +50,8 @@ def torch_vector_width() -> int:
 
 
 def deepspeed_vector_width() -> int:
-    """Float32 lanes of DeepSpeed's CPU ops, built with -march=native (AVX-512: 16, else 8)."""
+    """Float32 lanes of DeepSpeed's CPU ops. DeepSpeed (a peer, not adamcore) JIT-builds them
+    for the host CPU, so they use its widest vectors (AVX-512: 16, else 8)."""
     return torch_vector_width()
 
 
