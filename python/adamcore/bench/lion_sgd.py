@@ -8,20 +8,13 @@ ratio to adamcore. Run: ``python -m adamcore.bench.lion_sgd [--sizes ...] [--rou
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from typing import Callable, Dict, List
 
 import numpy as np
 
 import adamcore
 
-
-def _time_batch(step: Callable[[], None], steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) / steps
+from .side_by_side import measure
 
 
 def _sgd_contenders(n: int) -> Dict[str, Callable[[], None]]:
@@ -59,27 +52,6 @@ def _lion_contenders(n: int) -> Dict[str, Callable[[], None]]:
     except Exception as err:  # optional peer; its op may not build here
         print(f"(DeepSpeedCPULion left out: {err})")
     return out
-
-
-def measure(make: Callable[[int], Dict[str, Callable[[], None]]], sizes: List[int], rounds: int,
-            batch_seconds: float) -> List[dict]:
-    rows = []
-    for n in sizes:
-        contenders = make(n)
-        names = list(contenders)
-        for name in names:  # warm up and size the batch to about batch_seconds
-            contenders[name]()
-        per_step = min(_time_batch(contenders[name], 3) for name in names)
-        steps = max(1, int(batch_seconds / max(per_step, 1e-7)))
-        samples: Dict[str, List[float]] = {name: [] for name in names}
-        for r in range(rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:
-                samples[name].append(_time_batch(contenders[name], steps))
-        base = statistics.median(samples["adamcore"])
-        for name in names:
-            median = statistics.median(samples[name])
-            rows.append(dict(size=n, impl=name, median_us=median * 1e6, ratio=median / base))
-    return rows
 
 
 def main(argv: List[str] | None = None) -> None:
