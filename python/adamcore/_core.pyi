@@ -12,6 +12,9 @@ Buffer = Union[FloatArray, Sequence[FloatArray]]
 IsaName = Literal["scalar", "avx2", "avx512", "neon"]
 #: Whose arithmetic a step reproduces (docs/numerics.md, "Conventions in the kernel").
 ConventionName = Literal["torch-fused", "deepspeed", "optax", "keras"]
+RoundingName = Literal["nearest", "stochastic"]
+NormType = Union[float, int, Literal["inf"]]
+
 
 __version__: str
 
@@ -36,30 +39,49 @@ class GammaStats:
     def fraction_negative(self) -> float: ...
     def as_dict(self) -> dict[str, Union[bool, int, float]]: ...
 
+# What a step returns: None; its GammaStats with diagnostics=True; the total norm of the
+# grads with max_grad_norm= (NaN when found_inf skipped the step); both, with both.
+StepResult = Union[GammaStats, float, tuple[GammaStats, float], None]
+
 def adam_step(param: Buffer, grad: Buffer, exp_avg: Buffer, exp_avg_sq: Buffer, *, step: int,
               lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
               weight_decay: float = 0.0, amsgrad: bool = False,
               max_exp_avg_sq: Buffer | None = None, maximize: bool = False,
               bias_correction: bool = True, diagnostics: bool = False,
               prev_lr: float | None = None, check_only: bool = False,
-              param_copy: Buffer | None = None, convention: ConventionName = "torch-fused",
+              param_copy: Buffer | None = None, grad_scale: float | None = None,
+              found_inf: float | bool | None = None, rounding: RoundingName = "nearest",
+              seed: int = 0, clip_coef: float | None = None,
+              max_grad_norm: float | None = None, norm_type: NormType = 2.0,
+              error_if_nonfinite: bool = False,
+              convention: ConventionName = "torch-fused",
               tail_width: int = 0, eps_root: float = 0.0,
-              nesterov: bool = False) -> GammaStats | None: ...
+              nesterov: bool = False) -> StepResult: ...
 def adamw_step(param: Buffer, grad: Buffer, exp_avg: Buffer, exp_avg_sq: Buffer, *, step: int,
                lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
                weight_decay: float = 1e-2, amsgrad: bool = False,
                max_exp_avg_sq: Buffer | None = None, maximize: bool = False,
                bias_correction: bool = True, diagnostics: bool = False,
                prev_lr: float | None = None, check_only: bool = False,
-               param_copy: Buffer | None = None, convention: ConventionName = "torch-fused",
+               param_copy: Buffer | None = None, grad_scale: float | None = None,
+               found_inf: float | bool | None = None, rounding: RoundingName = "nearest",
+               seed: int = 0, clip_coef: float | None = None,
+               max_grad_norm: float | None = None, norm_type: NormType = 2.0,
+               error_if_nonfinite: bool = False,
+               convention: ConventionName = "torch-fused",
                tail_width: int = 0, eps_root: float = 0.0,
-               nesterov: bool = False) -> GammaStats | None: ...
+               nesterov: bool = False) -> StepResult: ...
 def adagrad_step(param: Buffer, grad: Buffer, state_sum: Buffer, *, step: int, lr: float = 1e-2,
                  lr_decay: float = 0.0, weight_decay: float = 0.0, eps: float = 1e-10,
                  maximize: bool = False, diagnostics: bool = False,
                  prev_lr: float | None = None, check_only: bool = False,
-                 param_copy: Buffer | None = None, convention: ConventionName = "torch-fused",
-                 tail_width: int = 0) -> GammaStats | None: ...
+                 param_copy: Buffer | None = None, grad_scale: float | None = None,
+                 found_inf: float | bool | None = None, rounding: RoundingName = "nearest",
+                 seed: int = 0, clip_coef: float | None = None,
+                 max_grad_norm: float | None = None, norm_type: NormType = 2.0,
+                 error_if_nonfinite: bool = False,
+                 convention: ConventionName = "torch-fused",
+                 tail_width: int = 0) -> StepResult: ...
 def sgd_step(param: Buffer, grad: Buffer, momentum_buffer: Buffer | None = None, *,
              lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
              weight_decay: float = 0.0, nesterov: bool = False, maximize: bool = False,
@@ -82,8 +104,13 @@ class AdamGroup:
              weight_decay: float = 0.0, decoupled: bool = False, maximize: bool = False,
              bias_correction: bool = True, diagnostics: bool = False,
              prev_lr: float | None = None, check_only: bool = False,
+             grad_scale: float | None = None,
+             found_inf: float | bool | None = None, rounding: RoundingName = "nearest",
+             seed: int = 0, clip_coef: float | None = None,
+             max_grad_norm: float | None = None, norm_type: NormType = 2.0,
+             error_if_nonfinite: bool = False,
              convention: ConventionName = "torch-fused", tail_width: int = 0,
-             eps_root: float = 0.0, nesterov: bool = False) -> GammaStats | None: ...
+             eps_root: float = 0.0, nesterov: bool = False) -> StepResult: ...
     @property
     def count(self) -> int: ...
     @property
@@ -101,7 +128,12 @@ class AdagradGroup:
              lr_decay: float = 0.0, weight_decay: float = 0.0, eps: float = 1e-10,
              maximize: bool = False, diagnostics: bool = False,
              prev_lr: float | None = None, check_only: bool = False,
-             convention: ConventionName = "torch-fused", tail_width: int = 0) -> GammaStats | None: ...
+             grad_scale: float | None = None,
+             found_inf: float | bool | None = None, rounding: RoundingName = "nearest",
+             seed: int = 0, clip_coef: float | None = None,
+             max_grad_norm: float | None = None, norm_type: NormType = 2.0,
+             error_if_nonfinite: bool = False,
+             convention: ConventionName = "torch-fused", tail_width: int = 0) -> StepResult: ...
     @property
     def count(self) -> int: ...
     @property
@@ -121,7 +153,6 @@ def built_with_openmp() -> bool: ...
 def threading_status() -> dict[str, Union[bool, int]]: ...
 
 # The gradient norm and clipping (docs/numerics.md, "The gradient norm").
-NormType = Union[float, int, Literal["inf"]]
 
 def grad_norm(grads: Buffer, norm_type: NormType = 2.0) -> float: ...
 def clip_grad_norm(grads: Buffer, max_norm: float, norm_type: NormType = 2.0,
