@@ -16,6 +16,10 @@ pytestmark = pytest.mark.usefixtures("torch_on_one_thread")
 
 STEPS = 100
 
+# A tail and a few vectors, and a million elements (threads split it; marked large, so
+# the sanitizer stage of CI, where it costs minutes, can leave it out).
+PEER_SIZES = [37, pytest.param(1_000_003, marks=pytest.mark.large)]
+
 
 def _bits(x) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x, dtype=np.float32)).view(np.uint32)
@@ -69,7 +73,7 @@ def _run_torch_adam(n, case, steps, tail_width, seed=0):
     return p, v, tp.detach().numpy(), state["exp_avg_sq"].numpy(), m, state["exp_avg"].numpy()
 
 
-@pytest.mark.parametrize("n", [37, 1_000_003])
+@pytest.mark.parametrize("n", PEER_SIZES)
 @pytest.mark.parametrize("case", sorted(TORCH_CASES))
 def test_torch_fused_with_tail_is_bitwise_on_every_element(n, case):
     from adamcore.torch import torch_tail_width
@@ -361,9 +365,6 @@ def test_torch_adapter_takes_a_convention():
 
 
 # ------------------------------------------------------------------ optax and keras
-
-PEER_SIZES = [37, 1_000_003]
-
 
 def _isas_and_threads():
     """(isa, threads) for every ISA this CPU runs, one and two threads (small parts, so
