@@ -4,6 +4,7 @@ jax.jit; Keras 3 on the jax backend), and the same bits on every ISA and thread 
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -147,8 +148,10 @@ def _deepspeed_or_skip(kind):
     return cls
 
 
+@functools.lru_cache(maxsize=None)
 def _deepspeed_tail_width():
     # DeepSpeed's SIMD_WIDTH for float32: its op builder compiles with __AVX512__ or __AVX256__.
+    # (Cached: each simd_width() probes the CPU in a child process, about 1.4 s here.)
     from deepspeed.ops.op_builder import CPUAdamBuilder
     return 16 if "AVX512" in CPUAdamBuilder().simd_width() else 8
 
@@ -191,8 +194,7 @@ def test_deepspeed_adam_is_bitwise(adamw_mode, bias_correction):
     _assert_same_bits(v, state["exp_avg_sq"].numpy(), "exp_avg_sq")
 
 
-# One case: DeepSpeedCPUAdagrad's step took about 1.3 s here (its OpenMP loops on a busy
-# 2-core machine); weight decay covers the plain path's operations too.
+# One case (weight decay covers the plain path's operations too).
 @pytest.mark.parametrize("weight_decay", [0.1])
 def test_deepspeed_adagrad_is_bitwise(weight_decay):
     torch = pytest.importorskip("torch")
@@ -201,12 +203,13 @@ def test_deepspeed_adagrad_is_bitwise(weight_decay):
     rng, p0, tp = _start(torch, 12)
     opt = cls([tp], lr=2e-2, eps=1e-10, weight_decay=weight_decay, fp32_optimizer_states=True)
     p, s = p0.copy(), np.zeros(n, np.float32)
+    width = _deepspeed_tail_width()
     for t in range(1, STEPS + 1):
         g = _grads(rng, n)
         tp.grad = torch.from_numpy(g.copy())  # (its scalar loop overwrites the grad)
         opt.step()
         adamcore.adagrad_step(p, g, s, step=t, lr=2e-2, eps=1e-10, weight_decay=weight_decay,
-                              convention="deepspeed", tail_width=_deepspeed_tail_width())
+                              convention="deepspeed", tail_width=width)
     _assert_same_bits(p, tp.detach().numpy(), "param")
     _assert_same_bits(s, opt.state[tp]["exp_avg_sq"].numpy(), "exp_avg_sq")
 
