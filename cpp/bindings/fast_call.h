@@ -9,10 +9,13 @@
 
 #include <pybind11/pybind11.h>
 
+#include "adamcore/norm.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -122,9 +125,31 @@ inline double as_double(PyObject* o, const char* name, double fallback) {
       PyErr_Clear();
       throw py::value_error(std::string(name) + " is out of range (too large for a double)");
     }
-    throw py::error_already_set();  // whatever the argument's __float__ raised
+    if (PyErr_ExceptionMatches(PyExc_TypeError)) {  // e.g. an array of one or more dimensions
+      const py::error_already_set err;  // (takes the error: its message goes into ours)
+      throw py::type_error(std::string(name) + " must be a real number: " +
+                           std::string(py::str(err.value())));
+    }
+    throw py::error_already_set();  // whatever else the argument's __float__ raised
   }
   return v;
+}
+
+// A norm order: a real number > 0, inf, or the string 'inf' (torch's clip_grad_norm_
+// takes float(norm_type), so 'inf' works there too).
+inline double as_norm_type(PyObject* o, double fallback) {
+  if (o == nullptr) return fallback;
+  double p = 0;
+  if (PyUnicode_Check(o)) {
+    const std::string s = py::reinterpret_borrow<py::str>(o);
+    if (s != "inf") throw py::value_error("norm_type must be a number > 0 or inf, got '" + s + "'");
+    p = std::numeric_limits<double>::infinity();
+  } else {
+    p = as_double(o, "norm_type", fallback);
+  }
+  const std::string err = adamcore::check_norm_type(p);
+  if (!err.empty()) throw py::value_error(err);
+  return p;
 }
 
 // Flags take a bool (Python's or NumPy's) only: an int or a string is more often a

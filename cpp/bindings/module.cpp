@@ -470,8 +470,7 @@ adamcore::StepOptions parse_step_options(PyObject* grad_scale, PyObject* found_i
 void parse_clipping(PyObject* max_grad_norm, PyObject* norm_type, PyObject* error_if_nonfinite,
                     Mode* mode) {
   mode->error_if_nonfinite = adamcore_py::as_bool(error_if_nonfinite, "error_if_nonfinite", false);
-  mode->norm_type = adamcore_py::as_double(norm_type, "norm_type", 2.0);
-  check_hyper(adamcore::check_norm_type(mode->norm_type));
+  mode->norm_type = adamcore_py::as_norm_type(norm_type, 2.0);
   if (max_grad_norm == nullptr || max_grad_norm == Py_None) return;
   const double m = adamcore_py::as_double(max_grad_norm, "max_grad_norm", -1.0);
   if (std::isnan(m) || m < 0) {
