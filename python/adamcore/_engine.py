@@ -229,9 +229,12 @@ class _AdamFamily(Family):
             beta1, beta2 = betas
         except (TypeError, ValueError):
             raise TypeError(f"{where}: betas must be a pair (beta1, beta2), got {betas!r}") from None
+        # eps_root and nesterov (optax's; absent in older state dicts) are checked against
+        # the convention by the extension.
         return {"beta1": beta1, "beta2": beta2, "eps": group["eps"],
                 "weight_decay": group["weight_decay"], "decoupled": group["decoupled_weight_decay"],
-                "maximize": group["maximize"], **convention_options(group)}
+                "maximize": group["maximize"], "eps_root": group.get("eps_root", 0.0),
+                "nesterov": group.get("nesterov", False), **convention_options(group)}
 
     def check_settings(self, where: str, group: Dict[str, Any], lr: Any) -> None:
         options = self.options(where, group)

@@ -530,7 +530,9 @@ class Adam(Optimizer):
     ``weight_decay`` is an L2 penalty added to the gradient, unless
     ``decoupled_weight_decay=True`` (then this is AdamW). ``amsgrad=True`` uses the
     running maximum of ``exp_avg_sq`` (Reddi et al.). ``maximize=True`` ascends.
-    ``lr`` may be a float or a callable ``lr(step)``.
+    ``lr`` may be a float or a callable ``lr(step)``. ``convention="optax"`` also takes
+    optax's ``eps_root`` (added under the square root) and ``nesterov``; other conventions
+    refuse them (ValueError naming the argument).
 
     >>> opt = Adam([w, b], lr=1e-3)          # doctest: +SKIP
     >>> opt.step([grad_w, grad_b])           # doctest: +SKIP
@@ -545,11 +547,13 @@ class Adam(Optimizer):
                  decoupled_weight_decay: bool = ADAM.decoupled_weight_decay,
                  rounding: str = "nearest", seed: int = 0, master_weights: bool = False,
                  max_grad_norm: Optional[float] = None, norm_type: float = 2.0,
-                 convention: str = DEFAULT_CONVENTION, tail_width: int = 0) -> None:
+                 convention: str = DEFAULT_CONVENTION, tail_width: int = 0,
+                 eps_root: float = 0.0, nesterov: bool = False) -> None:
         super().__init__(params, dict(ADAM._asdict(), lr=lr, betas=betas, eps=eps,
                                       weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay,
-                                      convention=convention, tail_width=tail_width),
+                                      convention=convention, tail_width=tail_width,
+                                      eps_root=eps_root, nesterov=nesterov),
                          rounding=rounding, seed=seed, master_weights=master_weights,
                          max_grad_norm=max_grad_norm, norm_type=norm_type)
 
@@ -565,12 +569,14 @@ class AdamW(Adam):
                  maximize: bool = ADAM.maximize, rounding: str = "nearest", seed: int = 0,
                  master_weights: bool = False,
                  max_grad_norm: Optional[float] = None, norm_type: float = 2.0,
-                 convention: str = DEFAULT_CONVENTION, tail_width: int = 0) -> None:
+                 convention: str = DEFAULT_CONVENTION, tail_width: int = 0,
+                 eps_root: float = 0.0, nesterov: bool = False) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
                          decoupled_weight_decay=True, rounding=rounding, seed=seed,
                          master_weights=master_weights,
                          max_grad_norm=max_grad_norm, norm_type=norm_type,
-                         convention=convention, tail_width=tail_width)
+                         convention=convention, tail_width=tail_width,
+                         eps_root=eps_root, nesterov=nesterov)
 
 
 class AMSGrad(Adam):
@@ -584,12 +590,14 @@ class AMSGrad(Adam):
                  decoupled_weight_decay: bool = ADAM.decoupled_weight_decay,
                  rounding: str = "nearest", seed: int = 0, master_weights: bool = False,
                  max_grad_norm: Optional[float] = None, norm_type: float = 2.0,
-                 convention: str = DEFAULT_CONVENTION, tail_width: int = 0) -> None:
+                 convention: str = DEFAULT_CONVENTION, tail_width: int = 0,
+                 eps_root: float = 0.0, nesterov: bool = False) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, True, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay, rounding=rounding, seed=seed,
                          master_weights=master_weights,
                          max_grad_norm=max_grad_norm, norm_type=norm_type,
-                         convention=convention, tail_width=tail_width)
+                         convention=convention, tail_width=tail_width,
+                         eps_root=eps_root, nesterov=nesterov)
 
 
 # --------------------------------------------------------------------------- AdaGrad

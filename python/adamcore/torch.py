@@ -374,11 +374,14 @@ class Adam(_KernelOptimizer):
     """``torch.optim.Adam`` running adamcore's kernel (same arguments and state).
 
     ``amsgrad``, ``maximize``, L2 ``weight_decay`` and ``decoupled_weight_decay`` behave
-    as in torch; results equal ``torch.optim.Adam(fused=True)``'s."""
+    as in torch; results equal ``torch.optim.Adam(fused=True)``'s. ``convention`` selects
+    another peer's arithmetic; ``eps_root`` and ``nesterov`` are optax's (refused under
+    other conventions)."""
 
     _group_fallbacks = {"amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
                         "differentiable": False, "decoupled_weight_decay": False, "fused": None,
-                        "convention": DEFAULT_CONVENTION, "tail_width": 0}
+                        "convention": DEFAULT_CONVENTION, "tail_width": 0, "eps_root": 0.0,
+                        "nesterov": False}
 
     def __init__(self, params: Iterable[Any], lr: float = ADAM.lr, betas: Tuple[float, float] = ADAM.betas,
                  eps: float = ADAM.eps, weight_decay: float = ADAM.weight_decay,
@@ -386,12 +389,14 @@ class Adam(_KernelOptimizer):
                  maximize: bool = ADAM.maximize, capturable: bool = False, differentiable: bool = False,
                  fused: Optional[bool] = True,
                  decoupled_weight_decay: bool = ADAM.decoupled_weight_decay,
-                 convention: str = DEFAULT_CONVENTION, tail_width: int = 0) -> None:
+                 convention: str = DEFAULT_CONVENTION, tail_width: int = 0,
+                 eps_root: float = 0.0, nesterov: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize, foreach=foreach,
                                       capturable=capturable, differentiable=differentiable,
                                       fused=fused, decoupled_weight_decay=decoupled_weight_decay,
-                                      convention=convention, tail_width=tail_width))
+                                      convention=convention, tail_width=tail_width,
+                                      eps_root=eps_root, nesterov=nesterov))
 
 
 class AdamW(Adam):
@@ -405,11 +410,12 @@ class AdamW(Adam):
                  amsgrad: bool = ADAM.amsgrad, *, maximize: bool = ADAM.maximize,
                  foreach: Optional[bool] = None, capturable: bool = False,
                  differentiable: bool = False, fused: Optional[bool] = True,
-                 convention: str = DEFAULT_CONVENTION, tail_width: int = 0) -> None:
+                 convention: str = DEFAULT_CONVENTION, tail_width: int = 0,
+                 eps_root: float = 0.0, nesterov: bool = False) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable, differentiable=differentiable,
                          fused=fused, decoupled_weight_decay=True, convention=convention,
-                         tail_width=tail_width)
+                         tail_width=tail_width, eps_root=eps_root, nesterov=nesterov)
 
 
 class Adagrad(_KernelOptimizer):
