@@ -291,7 +291,6 @@ def _adam_buffers(n=40, dtype=np.float32):
     (dict(tail_width=7), "tail_width"),
     (dict(tail_width=8.0), "tail_width"),
     (dict(convention="deepspeed", amsgrad=True), "amsgrad"),
-    (dict(convention="deepspeed", diagnostics=True), "convention"),
 ])
 def test_bad_convention_arguments_raise_and_write_nothing(kwargs, match):
     p, g, m, v = _adam_buffers()

@@ -269,72 +269,102 @@ inline V load_grad(const G* g_ptr, const C& c, detail::PassOptions pass,
 // reciprocal of sqrt(bc2), the update a quotient added by fma, AdamW's decay p*(-lr*wd)+p.
 // Its scalar loop (Tail) is compiled with contraction, which fuses the other product:
 // fma(m, B1, g*W) and fma(v, B2, (g*g)*C2).
-template <class V, class P, class S, class C, WdMode Wd, bool Tail>
+// Γ (Diag): den = fma(sqrt(v), D, E) with D its 1/sqrt(bc2); a = lr/bc1 (host, float32).
+template <class V, class P, class S, class C, WdMode Wd, bool Tail, bool Diag>
 inline void adam_lanes_deepspeed(const AdamConsts<V>& c, V g, V p, SrLanes sr, P* p_ptr,
-                                 S* m_ptr, S* v_ptr, C* copy_ptr) {
+                                 S* m_ptr, S* v_ptr, C* copy_ptr, bool gamma_defined,
+                                 DiagLanes<V>& diag) {
   if constexpr (Wd == WdMode::l2) g = fma(p, c.l, g);
   const V m_old = V::load(m_ptr);
   const V v_old = V::load(v_ptr);
   const V m = Tail ? fma(m_old, c.b1, mul(g, c.w)) : fma(g, c.w, mul(m_old, c.b1));
   const V v = Tail ? fma(v_old, c.b2, mul(mul(g, g), c.c2)) : fma(mul(g, g), c.c2, mul(v_old, c.b2));
-  const V update = div(m, fma(sqrt(v), c.d, c.e));
+  const V den = fma(sqrt(v), c.d, c.e);
+  const V update = div(m, den);
   if constexpr (Wd == WdMode::decoupled) p = fma(p, c.k, p);
   p = fma(update, c.s, p);
   store_as(p_ptr, p, sr, detail::sr_param);
   store_copy(copy_ptr, p, sr);
   store_as(m_ptr, m, sr, detail::sr_exp_avg);
   store_as(v_ptr, v, sr, detail::sr_exp_avg_sq);
+  if constexpr (Diag) {
+    const V den_old = fma(sqrt(v_old), c.d_prev, c.e);
+    diag.add(div(den, c.a), div(den_old, c.a_prev), div(c.a, den), gamma_defined);
+  }
 }
 
 // optax.adam / adamw / amsgrad under jax.jit on CPU (Convention::optax): XLA contracts
 // a*b + c into one fused multiply-add and divides by a bias correction as a multiplication
 // by its float32 reciprocal. amsgrad keeps the max of the bias-corrected v (optax's
 // nu_max); AdamW adds wd*p to the update before scaling by -lr.
-template <class V, class P, class S, class C, WdMode Wd, bool Amsgrad, bool Nesterov>
+// Γ (Diag): den = sqrt(v*R2 + eps_root) + eps (the bias-corrected max with amsgrad), whose
+// previous value takes step t-1's R2 (the stored max is already corrected); a = lr*R1
+// (host, float32; with Nesterov too: den is the preconditioner either way).
+template <class V, class P, class S, class C, WdMode Wd, bool Amsgrad, bool Nesterov, bool Diag>
 inline void adam_lanes_optax(const AdamConsts<V>& c, V g, V p, SrLanes sr, P* p_ptr, S* m_ptr,
-                             S* v_ptr, S* vmax_ptr, C* copy_ptr) {
+                             S* v_ptr, S* vmax_ptr, C* copy_ptr, bool gamma_defined,
+                             DiagLanes<V>& diag) {
+  const V v_old = V::load(v_ptr);
   const V m = fma(c.w, g, mul(c.b1, V::load(m_ptr)));
-  const V v = fma(c.c2, mul(g, g), mul(c.b2, V::load(v_ptr)));
+  const V v = fma(c.c2, mul(g, g), mul(c.b2, v_old));
   V m_hat = mul(m, c.r1);
   if constexpr (Nesterov) m_hat = fma(c.b1, mul(m, c.r1_next), mul(c.w, mul(g, c.r1)));
   V shifted;
+  [[maybe_unused]] V shifted_old;
   if constexpr (Amsgrad) {
-    const V v_max = maximum(V::load(vmax_ptr), mul(v, c.r2));  // NaN propagates, as jnp
+    const V v_max_old = V::load(vmax_ptr);
+    const V v_max = maximum(v_max_old, mul(v, c.r2));  // NaN propagates, as jnp
     store_as(vmax_ptr, v_max, sr, detail::sr_max_exp_avg_sq);
     shifted = add(v_max, c.eps_root);
+    if constexpr (Diag) shifted_old = add(v_max_old, c.eps_root);
   } else {
     shifted = fma(v, c.r2, c.eps_root);
+    if constexpr (Diag) shifted_old = fma(v_old, c.d_prev, c.eps_root);
   }
-  V update = div(m_hat, add(sqrt(shifted), c.e));
+  const V den = add(sqrt(shifted), c.e);
+  V update = div(m_hat, den);
   if constexpr (Wd == WdMode::decoupled) update = fma(c.l, p, update);
   p = fma(c.s, update, p);
   store_as(p_ptr, p, sr, detail::sr_param);
   store_copy(copy_ptr, p, sr);
   store_as(m_ptr, m, sr, detail::sr_exp_avg);
   store_as(v_ptr, v, sr, detail::sr_exp_avg_sq);
+  if constexpr (Diag) {
+    const V den_old = add(sqrt(shifted_old), c.e);
+    diag.add(div(den, c.a), div(den_old, c.a_prev), div(c.a, den), gamma_defined);
+  }
 }
 
 // keras.optimizers.Adam / AdamW (Keras 3, jax backend, eager apply_gradients;
 // Convention::keras): one rounding per op, no fma; weight decay p - p*wd*lr first; the
 // moments as m + (g - m)*(1-b1); the step alpha folds lr and both bias corrections.
-template <class V, class P, class S, class C, WdMode Wd, bool Amsgrad>
+// Γ (Diag): den = sqrt(v) + eps (vmax with amsgrad), a = alpha (both bias corrections).
+template <class V, class P, class S, class C, WdMode Wd, bool Amsgrad, bool Diag>
 inline void adam_lanes_keras(const AdamConsts<V>& c, V g, V p, SrLanes sr, P* p_ptr, S* m_ptr,
-                             S* v_ptr, S* vmax_ptr, C* copy_ptr) {
+                             S* v_ptr, S* vmax_ptr, C* copy_ptr, bool gamma_defined,
+                             DiagLanes<V>& diag) {
   if constexpr (Wd == WdMode::decoupled) p = sub(p, mul(mul(p, c.l), c.lr));
   const V m_old = V::load(m_ptr);
   const V v_old = V::load(v_ptr);
   const V m = add(m_old, mul(sub(g, m_old), c.w));
   const V v = add(v_old, mul(sub(mul(g, g), v_old), c.c2));
   V v_hat = v;
+  V v_hat_old = v_old;
   if constexpr (Amsgrad) {
-    v_hat = maximum(V::load(vmax_ptr), v);
+    v_hat_old = V::load(vmax_ptr);
+    v_hat = maximum(v_hat_old, v);
     store_as(vmax_ptr, v_hat, sr, detail::sr_max_exp_avg_sq);
   }
-  p = sub(p, div(mul(m, c.alpha), add(sqrt(v_hat), c.e)));
+  const V den = add(sqrt(v_hat), c.e);
+  p = sub(p, div(mul(m, c.alpha), den));
   store_as(p_ptr, p, sr, detail::sr_param);
   store_copy(copy_ptr, p, sr);
   store_as(m_ptr, m, sr, detail::sr_exp_avg);
   store_as(v_ptr, v, sr, detail::sr_exp_avg_sq);
+  if constexpr (Diag) {
+    const V den_old = add(sqrt(v_hat_old), c.e);
+    diag.add(div(den, c.a), div(den_old, c.a_prev), div(c.a, den), gamma_defined);
+  }
 }
 
 template <class V, class P, class S, class G, class C, WdMode Wd, bool LerpLow, bool Amsgrad,
@@ -346,18 +376,18 @@ inline void adam_lanes(const AdamConsts<V>& c, std::uint32_t sign_flip,
   V g = load_grad<V>(g_ptr, c, pass, sign_flip);
   V p = V::load(p_ptr);
   if constexpr (R == Recipe::deepspeed || R == Recipe::deepspeed_tail) {
-    adam_lanes_deepspeed<V, P, S, C, Wd, R == Recipe::deepspeed_tail>(c, g, p, sr, p_ptr, m_ptr,
-                                                                      v_ptr, copy_ptr);
+    adam_lanes_deepspeed<V, P, S, C, Wd, R == Recipe::deepspeed_tail, Diag>(
+        c, g, p, sr, p_ptr, m_ptr, v_ptr, copy_ptr, gamma_defined, diag);
     return;
   }
   if constexpr (R == Recipe::optax || R == Recipe::optax_nesterov) {
-    adam_lanes_optax<V, P, S, C, Wd, Amsgrad, R == Recipe::optax_nesterov>(
-        c, g, p, sr, p_ptr, m_ptr, v_ptr, vmax_ptr, copy_ptr);
+    adam_lanes_optax<V, P, S, C, Wd, Amsgrad, R == Recipe::optax_nesterov, Diag>(
+        c, g, p, sr, p_ptr, m_ptr, v_ptr, vmax_ptr, copy_ptr, gamma_defined, diag);
     return;
   }
   if constexpr (R == Recipe::keras) {
-    adam_lanes_keras<V, P, S, C, Wd, Amsgrad>(c, g, p, sr, p_ptr, m_ptr, v_ptr, vmax_ptr,
-                                              copy_ptr);
+    adam_lanes_keras<V, P, S, C, Wd, Amsgrad, Diag>(c, g, p, sr, p_ptr, m_ptr, v_ptr, vmax_ptr,
+                                                    copy_ptr, gamma_defined, diag);
     return;
   }
   if constexpr (Wd == WdMode::l2) g = fma(p, c.l, g);
@@ -510,8 +540,8 @@ inline void adagrad_lanes(const AdagradConsts<V>& c, std::uint32_t sign_flip,
   store_as(p_ptr, p, sr, detail::sr_param);
   store_copy(copy_ptr, p, sr);
   store_as(s_ptr, s, sr, detail::sr_state_sum);
-  if constexpr (Diag) {
-    const V std_old = add(sqrt(s_old), c.e);
+  if constexpr (Diag) {  // from each recipe's own std: Keras's eps is under the root
+    const V std_old = R == Recipe::keras ? sqrt(add(s_old, c.e)) : add(sqrt(s_old), c.e);
     diag.add(div(std_dev, c.clr), div(std_old, c.clr_prev), div(c.clr, std_dev), gamma_defined);
   }
 }
