@@ -140,3 +140,16 @@ def gamma_reductions(gamma: np.ndarray, lr_eff: np.ndarray, defined: bool) -> di
         "lr_min": float(finite_lr.min()) if finite_lr.size else float("inf"),
         "lr_max": float(finite_lr.max()) if finite_lr.size else float("-inf"),
     }
+
+
+def assert_adamcore_replays_every_bit(cases, isa: str, mode: str):
+    """adamcore on ``isa`` replays every case of a golden set with 0 ulp in ``mode``
+    ("trajectory" or "per_step"); returns the oracle's report."""
+    from adamcore import oracle
+
+    step_fn, dtype = oracle.get_step_fn(f"adamcore:{isa}")
+    result = oracle.check(step_fn, cases, mode=mode, state_dtype=dtype)
+    assert not result.skipped, result.skipped
+    assert result.cases_run == [c.name for c in cases]
+    assert result.passed and result.max_ulp == 0.0, result.format()
+    return result

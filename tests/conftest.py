@@ -40,6 +40,20 @@ def split_threads():
 
 
 @pytest.fixture
+def two_threads_split():
+    """2 threads, and a parallel threshold low enough that even a golden case's few dozen
+    elements are split between them (parts start at multiples of 64 elements)."""
+    threads, threshold = adamcore.get_num_threads(), adamcore.get_parallel_threshold()
+    adamcore.set_num_threads(2)
+    adamcore.set_parallel_threshold(1)
+    try:
+        yield
+    finally:
+        adamcore.set_num_threads(threads)
+        adamcore.set_parallel_threshold(threshold)
+
+
+@pytest.fixture
 def report():
     """report(line): a measured figure, printed in the run's summary."""
     return _MEASURED.append
