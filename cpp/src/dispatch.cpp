@@ -829,6 +829,10 @@ std::string check_sgd_hyper(const SgdHyper& h) {
     return "nesterov needs momentum > 0 and dampening 0 (as torch's SGD), got momentum " +
            std::to_string(h.momentum) + " and dampening " + std::to_string(h.dampening);
   }
+  if (h.tail_width != 0 && h.tail_width != 8 && h.tail_width != 16) {
+    return "tail_width must be 0, 8 or 16 (torch's float32 vector width), got " +
+           std::to_string(h.tail_width);
+  }
   return {};
 }
 
@@ -889,9 +893,17 @@ void sgd_step(const SgdBuffers* tensors, std::size_t count, bool first_step, con
   if (h.momentum != 0) {
     momentum = first_step ? detail::SgdMomentum::first : detail::SgdMomentum::running;
   }
-  const detail::SgdRangeFn kernel = detail::kElementwiseRows[static_cast<int>(active_isa())].sgd(
-      layout_at, h.weight_decay != 0, momentum, h.nesterov && h.momentum != 0);
-  run_kernel(kernel, k, tensors, count, nullptr);
+  const auto& row = detail::kElementwiseRows[static_cast<int>(active_isa())];
+  const bool nesterov = h.nesterov && h.momentum != 0;
+  const detail::SgdRangeFn kernel = row.sgd(layout_at, h.weight_decay != 0, momentum, nesterov,
+                                            false);
+  // torch's scalar tail differs only in a running momentum; its width counts floats.
+  const bool tail = h.tail_width != 0 && momentum == detail::SgdMomentum::running;
+  const std::size_t width = static_cast<std::size_t>(h.tail_width) /
+                            (layout.param == DType::float64 ? 2 : 1);
+  run_kernel(kernel, k, tensors, count, nullptr,
+             tail ? row.sgd(layout_at, h.weight_decay != 0, momentum, nesterov, true) : nullptr,
+             tail ? width : 0);
 }
 
 void lion_step(const LionBuffers* tensors, std::size_t count, const LionHyper& h,

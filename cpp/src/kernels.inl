@@ -660,8 +660,10 @@ struct SgdConsts {
 };
 
 // One vector of SGD. The momentum buffer keeps the rounded value; the update uses the
-// unrounded one (as torch's 16-bit kernel does).
-template <class V, class T, bool WeightDecay, detail::SgdMomentum Momentum, bool Nesterov>
+// unrounded one (as torch's 16-bit kernel does). TorchTail: torch fused's scalar loop,
+// whose compiler fuses the other product of m*M + g*D: fma(m, M, g*D).
+template <class V, class T, bool WeightDecay, detail::SgdMomentum Momentum, bool Nesterov,
+          bool TorchTail>
 inline void sgd_lanes(const SgdConsts<V>& c, std::uint32_t sign_flip, detail::PassOptions pass,
                       SrLanes sr, T* p_ptr, const T* g_ptr, T* m_ptr) {
   V g = load_grad<V>(g_ptr, c, pass, sign_flip);
@@ -670,7 +672,8 @@ inline void sgd_lanes(const SgdConsts<V>& c, std::uint32_t sign_flip, detail::Pa
   if constexpr (Momentum != detail::SgdMomentum::none) {
     V m = g;  // the first step: the buffer starts as the gradient, undamped
     if constexpr (Momentum == detail::SgdMomentum::running) {
-      m = fma(c.one_minus_dampening, g, mul(V::load(m_ptr), c.momentum));
+      m = TorchTail ? fma(V::load(m_ptr), c.momentum, mul(g, c.one_minus_dampening))
+                    : fma(c.one_minus_dampening, g, mul(V::load(m_ptr), c.momentum));
     }
     store_as(m_ptr, m, sr, detail::sr_exp_avg);
     g = Nesterov ? fma(m, c.momentum, g) : m;
@@ -679,7 +682,8 @@ inline void sgd_lanes(const SgdConsts<V>& c, std::uint32_t sign_flip, detail::Pa
   store_as(p_ptr, p, sr, detail::sr_param);
 }
 
-template <std::size_t L, class V, bool WeightDecay, detail::SgdMomentum Momentum, bool Nesterov>
+template <std::size_t L, class V, bool WeightDecay, detail::SgdMomentum Momentum, bool Nesterov,
+          bool TorchTail>
 void sgd_elements(const detail::SgdScalars& k, const SgdBuffers& b, std::size_t from,
                   std::size_t to) {
   using T = typename LayoutTypes<L>::Param;
@@ -693,23 +697,26 @@ void sgd_elements(const detail::SgdScalars& k, const SgdBuffers& b, std::size_t 
   SrLanes sr = sr_lanes(LayoutTypes<L>::kAny16Bit && pass.stochastic, pass, b.stream, from);
   for (std::size_t i = from; i < to; i += V::kLanes) {
     sr.index = static_cast<std::uint32_t>(i);
-    sgd_lanes<V, T, WeightDecay, Momentum, Nesterov>(
+    sgd_lanes<V, T, WeightDecay, Momentum, Nesterov, TorchTail>(
         c, sign_flip, pass, sr, param + i, grad + i,
         Momentum == detail::SgdMomentum::none ? nullptr : momentum_buffer + i);
   }
 }
 
-template <std::size_t L, bool WeightDecay, detail::SgdMomentum Momentum, bool Nesterov>
+template <std::size_t L, bool WeightDecay, detail::SgdMomentum Momentum, bool Nesterov,
+          bool TorchTail>
 void sgd_range(const detail::SgdScalars& k, const SgdBuffers& b, std::size_t begin,
                std::size_t end, DiagAccum*) {
   using T = LayoutTypes<L>;
   for_index_halves(begin, end, [&](std::size_t from, std::size_t to) {
     const Split s = split_for_alignment<typename T::Body>(
         static_cast<const typename T::Param*>(b.param), from, to);
-    sgd_elements<L, typename T::One, WeightDecay, Momentum, Nesterov>(k, b, from, s.body_begin);
-    sgd_elements<L, typename T::Body, WeightDecay, Momentum, Nesterov>(k, b, s.body_begin,
-                                                                       s.body_end);
-    sgd_elements<L, typename T::One, WeightDecay, Momentum, Nesterov>(k, b, s.body_end, to);
+    sgd_elements<L, typename T::One, WeightDecay, Momentum, Nesterov, TorchTail>(
+        k, b, from, s.body_begin);
+    sgd_elements<L, typename T::Body, WeightDecay, Momentum, Nesterov, TorchTail>(
+        k, b, s.body_begin, s.body_end);
+    sgd_elements<L, typename T::One, WeightDecay, Momentum, Nesterov, TorchTail>(
+        k, b, s.body_end, to);
   });
 }
 
@@ -796,15 +803,16 @@ void lion_range(const detail::LionScalars& k, const LionBuffers& b, std::size_t 
   });
 }
 
-// SGD's index: layout * 12 + (wd * 3 + momentum) * 2 + nesterov; Lion's:
+// SGD's index: layout * 24 + ((wd * 3 + momentum) * 2 + nesterov) * 2 + torch_tail; Lion's:
 // layout * 4 + deepspeed * 2 + decay. Same-dtype layouts only.
-constexpr std::size_t kSgdOptions = 12;
+constexpr std::size_t kSgdOptions = 24;
 constexpr std::size_t kLionOptions = 4;
 
 template <std::size_t... I>
 constexpr FnTable<detail::SgdRangeFn, sizeof...(I)> sgd_variants(std::index_sequence<I...>) {
-  return {{&sgd_range<I / kSgdOptions, (I % kSgdOptions) / 6 == 1,
-                      static_cast<detail::SgdMomentum>((I % 6) / 2), I % 2 == 1>...}};
+  return {{&sgd_range<I / kSgdOptions, (I % kSgdOptions) / 12 == 1,
+                      static_cast<detail::SgdMomentum>((I / 4) % 3), (I / 2) % 2 == 1,
+                      I % 2 == 1>...}};
 }
 template <std::size_t... I>
 constexpr FnTable<detail::LionRangeFn, sizeof...(I)> lion_variants(std::index_sequence<I...>) {
@@ -842,13 +850,14 @@ detail::AdagradRangeFn adagrad_kernel(std::size_t layout, bool weight_decay, boo
 }
 
 detail::SgdRangeFn sgd_kernel(std::size_t layout, bool weight_decay, detail::SgdMomentum momentum,
-                              bool nesterov) {
+                              bool nesterov, bool torch_tail) {
   static constexpr auto kVariants =
       sgd_variants(std::make_index_sequence<detail::kSameDtypeLayouts * kSgdOptions>{});
   return kVariants.fn[layout * kSgdOptions +
-                      (static_cast<std::size_t>(weight_decay) * 3 +
-                       static_cast<std::size_t>(momentum)) * 2 +
-                      nesterov];
+                      ((static_cast<std::size_t>(weight_decay) * 3 +
+                        static_cast<std::size_t>(momentum)) * 2 +
+                       nesterov) * 2 +
+                      torch_tail];
 }
 
 detail::LionRangeFn lion_kernel(std::size_t layout, LionConvention convention, bool decay) {

@@ -723,23 +723,26 @@ class _ElementwiseOptimizer:
 class SGD(_ElementwiseOptimizer):
     """SGD over NumPy arrays (float32, float64, bfloat16, float16), bit-identical to
     ``torch.optim.SGD(fused=True)`` on the elements torch's vector body computes
-    (docs/numerics.md, "SGD"). State ``momentum_buffer`` as torch keeps it, created at a
-    parameter's first step with momentum."""
+    (docs/numerics.md, "SGD"); with ``tail_width=W`` (torch's float32 vector width,
+    adamcore.torch.torch_tail_width()) on every element. State ``momentum_buffer`` as
+    torch keeps it, created at a parameter's first step with momentum."""
 
-    _hyper_keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
+    _hyper_keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize",
+                   "tail_width")
     _state_keys = ("momentum_buffer",)
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
-                 maximize: bool = False) -> None:
+                 maximize: bool = False, tail_width: int = 0) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
-                                      maximize=maximize))
+                                      maximize=maximize, tail_width=tail_width))
 
     def _group_calls(self, group, active, amp, calls, new_state) -> None:
         from . import sgd_step
 
-        hyper = dict(amp, **{key: group[key] for key in self._hyper_keys})
+        # (groups of state dicts from before tail_width: the body's recipe everywhere)
+        hyper = dict(amp, **{key: group.get(key, 0) for key in self._hyper_keys})
         if group["momentum"] == 0:
             calls.append((sgd_step, ([p for _, p, _ in active], [g for _, _, g in active]), hyper))
             return

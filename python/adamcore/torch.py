@@ -543,13 +543,15 @@ class _ElementwiseOptimizer(torch.optim.Optimizer):
 
 class SGD(_ElementwiseOptimizer):
     """``torch.optim.SGD`` with adamcore's kernel: bit-identical to ``SGD(fused=True)`` on
-    the elements torch's vector body computes (docs/numerics.md, "SGD"), state
-    ``momentum_buffer`` as torch keeps it, AMP through torch.amp.GradScaler."""
+    the elements torch's vector body computes (docs/numerics.md, "SGD"), and with
+    ``tail_width=torch_tail_width()`` on its scalar tail too; state ``momentum_buffer``
+    as torch keeps it, AMP through torch.amp.GradScaler."""
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
                  maximize: bool = False, foreach: Optional[bool] = None,
-                 differentiable: bool = False, fused: Optional[bool] = True) -> None:
+                 differentiable: bool = False, fused: Optional[bool] = True,
+                 tail_width: int = 0) -> None:
         if lr < 0.0:
             raise ValueError(f"Invalid learning rate: {lr}")
         if momentum < 0.0:
@@ -560,7 +562,7 @@ class SGD(_ElementwiseOptimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, foreach=foreach,
-                        differentiable=differentiable, fused=fused)
+                        differentiable=differentiable, fused=fused, tail_width=tail_width)
         self._check_flags("defaults", defaults)
         super().__init__(params, defaults)
 
@@ -569,7 +571,7 @@ class SGD(_ElementwiseOptimizer):
 
         hyper = dict(lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
                      weight_decay=group["weight_decay"], nesterov=group["nesterov"],
-                     maximize=group["maximize"], **amp)
+                     maximize=group["maximize"], tail_width=group.get("tail_width", 0), **amp)
         if group["momentum"] == 0:
             calls.append((sgd_step, (arrays, grads), hyper))
             return
