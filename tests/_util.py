@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 import adamcore
@@ -114,3 +116,40 @@ ADAGRAD_CASES = {
     "adagrad-decay": {"lr_decay": 0.01, "weight_decay": 0.05},
     "adagrad-maximize-init": {"maximize": True, "initial_accumulator_value": 0.3, "eps": 1e-6},
 }
+
+
+def stats_key(stats):
+    """A GammaStats as a hashable tuple in which NaN equals NaN."""
+    d = stats.as_dict()
+    return tuple((k, "nan" if isinstance(v, float) and math.isnan(v) else v)
+                 for k, v in sorted(d.items()))
+
+
+def gamma_reductions(gamma: np.ndarray, lr_eff: np.ndarray, defined: bool) -> dict:
+    """GammaStats.as_dict() of per-coordinate Γ and effective learning rates, reduced as
+    the kernels reduce them: NaN coordinates are skipped, -0 counts as +0."""
+    finite_gamma = gamma[~np.isnan(gamma)]
+    finite_lr = lr_eff[~np.isnan(lr_eff)]
+    return {
+        "defined": defined,
+        "count": int(gamma.size),
+        "negative": int(np.count_nonzero(finite_gamma < 0)) if defined else 0,
+        "undefined": int(np.count_nonzero(np.isnan(gamma))) if defined else 0,
+        "gamma_min": float(finite_gamma.min()) if defined and finite_gamma.size else
+        (float("inf") if defined else float("nan")),
+        "lr_min": float(finite_lr.min()) if finite_lr.size else float("inf"),
+        "lr_max": float(finite_lr.max()) if finite_lr.size else float("-inf"),
+    }
+
+
+def assert_adamcore_replays_every_bit(cases, isa: str, mode: str):
+    """adamcore on ``isa`` replays every case of a golden set with 0 ulp in ``mode``
+    ("trajectory" or "per_step"); returns the oracle's report."""
+    from adamcore import oracle
+
+    step_fn, dtype = oracle.get_step_fn(f"adamcore:{isa}")
+    result = oracle.check(step_fn, cases, mode=mode, state_dtype=dtype)
+    assert not result.skipped, result.skipped
+    assert result.cases_run == [c.name for c in cases]
+    assert result.passed and result.max_ulp == 0.0, result.format()
+    return result

@@ -29,6 +29,31 @@ def torch_on_one_thread():
 
 
 @pytest.fixture
+def split_threads():
+    """Let even ~1000-element steps split across threads (a low parallel threshold); the
+    test sets the thread count. Both settings are restored after."""
+    threshold, threads = adamcore.get_parallel_threshold(), adamcore.get_num_threads()
+    adamcore.set_parallel_threshold(64)
+    yield
+    adamcore.set_parallel_threshold(threshold)
+    adamcore.set_num_threads(threads)
+
+
+@pytest.fixture
+def two_threads_split():
+    """2 threads, and a parallel threshold low enough that even a golden case's few dozen
+    elements are split between them (parts start at multiples of 64 elements)."""
+    threads, threshold = adamcore.get_num_threads(), adamcore.get_parallel_threshold()
+    adamcore.set_num_threads(2)
+    adamcore.set_parallel_threshold(1)
+    try:
+        yield
+    finally:
+        adamcore.set_num_threads(threads)
+        adamcore.set_parallel_threshold(threshold)
+
+
+@pytest.fixture
 def report():
     """report(line): a measured figure, printed in the run's summary."""
     return _MEASURED.append

@@ -298,7 +298,6 @@ def _adam_buffers(n=40, dtype=np.float32):
     (dict(tail_width=7), "tail_width"),
     (dict(tail_width=8.0), "tail_width"),
     (dict(convention="deepspeed", amsgrad=True), "amsgrad"),
-    (dict(convention="deepspeed", diagnostics=True), "convention"),
 ])
 def test_bad_convention_arguments_raise_and_write_nothing(kwargs, match):
     p, g, m, v = _adam_buffers()
@@ -472,6 +471,131 @@ def test_optax_is_bitwise_on_every_element(n, case):
     _compare_everywhere(lambda: _adam_ours(p0, grads, decoupled=decoupled,
                                            amsgrad=kw.get("amsgrad", False), **ours),
                         theirs, f"optax {case}")
+
+
+OPTAX_CLASS_CASES = {
+    "adam-eps_root-nesterov": dict(eps_root=1e-12, nesterov=True),
+    "adamw-eps_root": dict(weight_decay=0.1, eps_root=1e-10),
+    "amsgrad-eps_root": dict(amsgrad=True, eps_root=1e-12),
+}
+
+
+def _class_steps(make, step, p0, grads):
+    """Steps optimizer ``make(param)`` over ``grads`` from ``p0``; returns its param and
+    state dict (``step(opt, param, g)`` runs one step)."""
+    param = p0.copy()
+    opt = make(param)
+    for g in grads:
+        step(opt, param, g)
+    return param, opt.state_dict()
+
+
+@pytest.mark.parametrize("api", ["numpy", "torch"])
+@pytest.mark.parametrize("case", sorted(OPTAX_CLASS_CASES))
+def test_optimizer_classes_with_eps_root_and_nesterov_match_optax(api, case):
+    """eps_root= and nesterov= on adamcore.Adam/AdamW and adamcore.torch.Adam/AdamW:
+    bitwise optax (every ISA, 1 and 2 threads), kept in param_groups and state dicts."""
+    kw = OPTAX_CLASS_CASES[case]
+    p0, grads = _peer_grads(37, 30, seed=5)
+    lr, b1, b2, eps = 3e-3, 0.9, 0.999, 1e-8
+    theirs = _optax_peer(p0, grads, kw, lr, b1, b2, eps)
+    options = dict(lr=lr, betas=(b1, b2), eps=eps, weight_decay=kw.get("weight_decay", 0.0),
+                   amsgrad=kw.get("amsgrad", False), convention="optax",
+                   eps_root=kw["eps_root"], nesterov=kw.get("nesterov", False))
+    if api == "numpy":
+        cls = adamcore.AdamW if "weight_decay" in kw else adamcore.Adam
+        make = lambda p: cls([p], **options)  # noqa: E731
+
+        def step(opt, p, g):
+            opt.step([g])
+
+        def as_array(x):
+            return x
+    else:
+        torch = pytest.importorskip("torch")
+        import adamcore.torch as ac_torch
+        cls = ac_torch.AdamW if "weight_decay" in kw else ac_torch.Adam
+
+        def make(p):
+            return cls([torch.nn.Parameter(torch.from_numpy(p))], **options)
+
+        def step(opt, p, g):
+            opt.param_groups[0]["params"][0].grad = torch.from_numpy(g.copy())
+            opt.step()
+
+        def as_array(x):
+            return x.numpy()
+
+    results = _run_ours_everywhere(lambda: _class_steps(make, step, p0, grads))
+    for (isa, threads), (param, state_dict) in results:
+        where = f"{api} {case} on {isa}, {threads} threads"
+        _assert_same_bits(param, theirs["param"], where)
+        for key, value in theirs.items():
+            if key != "param":
+                _assert_same_bits(as_array(state_dict["state"][0][key]), value, f"{where} {key}")
+        group = state_dict["param_groups"][0]
+        assert (group["eps_root"], group["nesterov"]) == (kw["eps_root"], kw.get("nesterov", False))
+
+    if api == "numpy":  # a fresh optimizer loading the state dict takes both from it
+        fresh = cls([p0.copy()], lr=lr, convention="optax")
+        fresh.load_state_dict(results[0][1][1])
+        group = fresh.param_groups[0]
+        assert (group["eps_root"], group["nesterov"]) == (kw["eps_root"], kw.get("nesterov", False))
+
+
+@pytest.mark.parametrize("api", ["numpy", "torch"])
+@pytest.mark.parametrize("convention", ["torch-fused", "deepspeed", "keras"])
+@pytest.mark.parametrize("option, value", [("eps_root", 1e-8), ("nesterov", True)])
+def test_eps_root_and_nesterov_are_refused_under_other_conventions(api, convention, option,
+                                                                   value):
+    if api == "torch":
+        torch = pytest.importorskip("torch")
+        import adamcore.torch as ac_torch
+        param = torch.nn.Parameter(torch.ones(5))
+        cls, params = ac_torch.Adam, [param]
+    else:
+        param = np.ones(5, np.float32)
+        cls, params = adamcore.Adam, [param]
+    with pytest.raises(ValueError, match=option):
+        cls(params, convention=convention, **{option: value})
+    # Set on a live group: the step refuses it before writing anything.
+    opt = cls(params, convention=convention)
+    opt.param_groups[0][option] = value
+    if api == "torch":
+        param.grad = torch.ones(5)
+        with pytest.raises(ValueError, match=option):
+            opt.step()
+        assert torch.equal(param.detach(), torch.ones(5)) and not opt.state.get(param)
+    else:
+        with pytest.raises(ValueError, match=option):
+            opt.step([np.ones(5, np.float32)])
+        assert (param == 1).all() and not any(opt.state.values())
+
+
+def test_state_dicts_without_eps_root_or_nesterov_still_load():
+    """State dicts saved before eps_root/nesterov existed: the defaults (0, False)."""
+    param = np.ones(5, np.float32)
+    opt = adamcore.Adam([param], lr=1e-2)
+    opt.step([np.full(5, 0.5, np.float32)])
+    saved = opt.state_dict()
+    for group in saved["param_groups"]:
+        del group["eps_root"], group["nesterov"]
+    fresh = adamcore.Adam([param.copy()], lr=1e-2)
+    fresh.load_state_dict(saved)
+    fresh.step([np.full(5, 0.5, np.float32)])
+    torch = pytest.importorskip("torch")
+    import adamcore.torch as ac_torch
+    w = torch.nn.Parameter(torch.ones(5))
+    topt = ac_torch.Adam([w], lr=1e-2)
+    w.grad = torch.full((5,), 0.5)
+    topt.step()
+    tsaved = topt.state_dict()
+    for group in tsaved["param_groups"]:
+        del group["eps_root"], group["nesterov"]
+    tfresh = ac_torch.Adam([w], lr=1e-2)
+    tfresh.load_state_dict(tsaved)
+    assert (tfresh.param_groups[0]["eps_root"], tfresh.param_groups[0]["nesterov"]) == (0.0, False)
+    tfresh.step()
 
 
 def test_optax_host_scalars_match_over_1000_steps():

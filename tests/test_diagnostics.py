@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 import adamcore
+from _util import gamma_reductions as _reduce
+from _util import stats_key as _stats_key
 
 N = 1013  # not a multiple of 16: the scalar tail contributes too
 THREADS = (1, 2, 3, 4)
@@ -29,16 +31,6 @@ ADAM_CONFIGS = {
     "amsgrad_l2_nan": dict(lr=1e-2, prev_lr=5e-3, beta1=0.9, beta2=0.9, eps=1e-8,
                            amsgrad=True, weight_decay=0.01, nan=True),
 }
-
-
-@pytest.fixture
-def split_threads():
-    """Let even ~1000-element steps split across threads; restore the settings after."""
-    threshold, threads = adamcore.get_parallel_threshold(), adamcore.get_num_threads()
-    adamcore.set_parallel_threshold(64)
-    yield
-    adamcore.set_parallel_threshold(threshold)
-    adamcore.set_num_threads(threads)
 
 
 def _adam_state(seed: int, amsgrad: bool, nan: bool):
@@ -66,29 +58,6 @@ def _run_adam(state, step, cfg, diagnostics=True):
     return fn(state["param"], state["grad"], state["exp_avg"], state["exp_avg_sq"], step=step,
               max_exp_avg_sq=state.get("max_exp_avg_sq"), diagnostics=diagnostics,
               weight_decay=cfg.pop("weight_decay", 0.0), **cfg)
-
-
-def _stats_key(stats):
-    d = stats.as_dict()
-    # NaN == NaN for the purpose of "identical"
-    return tuple((k, "nan" if isinstance(v, float) and math.isnan(v) else v)
-                 for k, v in sorted(d.items()))
-
-
-def _reduce(gamma: np.ndarray, lr_eff: np.ndarray, defined: bool) -> dict:
-    """The kernels' reductions: NaN coordinates are skipped, -0 counts as +0."""
-    finite_gamma = gamma[~np.isnan(gamma)]
-    finite_lr = lr_eff[~np.isnan(lr_eff)]
-    return {
-        "defined": defined,
-        "count": int(gamma.size),
-        "negative": int(np.count_nonzero(finite_gamma < 0)) if defined else 0,
-        "undefined": int(np.count_nonzero(np.isnan(gamma))) if defined else 0,
-        "gamma_min": float(finite_gamma.min()) if defined and finite_gamma.size else
-        (float("inf") if defined else float("nan")),
-        "lr_min": float(finite_lr.min()) if finite_lr.size else float("inf"),
-        "lr_max": float(finite_lr.max()) if finite_lr.size else float("-inf"),
-    }
 
 
 def _adam_gamma_f32(before, after, step, cfg):

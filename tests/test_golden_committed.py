@@ -296,9 +296,10 @@ def test_set_covers_every_family(cases):
     total = sum(os.path.getsize(os.path.join(DATA, f)) for f in files)
     assert total < 512 * 1024, f"the committed set grew to {total} bytes"
     assert sorted(files) == sorted([c["file"] for c in cases.values()] + [make_golden.MANIFEST])
-    # Beside it only the layout set (format 2; tests/test_golden_layouts.py checks it) and
-    # the per-convention sets (tests/test_golden_conventions.py checks them).
-    assert sorted(set(os.listdir(DATA)) - set(files)) == ["conventions", "layouts"]
+    # Beside it only the layout set (format 2; tests/test_golden_layouts.py checks it), the
+    # per-convention sets (tests/test_golden_conventions.py) and the SGD and Lion set
+    # (tests/test_golden_lion_sgd.py).
+    assert sorted(set(os.listdir(DATA)) - set(files)) == ["conventions", "layouts", "lion_sgd"]
 
 
 # ---------------------------------------------------------------- the checks can fail

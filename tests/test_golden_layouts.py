@@ -35,6 +35,7 @@ import adamcore
 from adamcore import _sr_emulation as emu
 from adamcore import oracle
 from adamcore.__main__ import main
+from _util import assert_adamcore_replays_every_bit
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -65,19 +66,6 @@ def _load():
 @pytest.fixture(scope="module")
 def cases():
     return _load()
-
-
-@pytest.fixture
-def two_threads_split():
-    """2 threads, and a parallel threshold low enough that 129 elements are split."""
-    threads, threshold = adamcore.get_num_threads(), adamcore.get_parallel_threshold()
-    adamcore.set_num_threads(2)
-    adamcore.set_parallel_threshold(1)
-    try:
-        yield
-    finally:
-        adamcore.set_num_threads(threads)
-        adamcore.set_parallel_threshold(threshold)
 
 
 # ---------------------------------------------------------------- the committed set
@@ -144,11 +132,7 @@ def test_adamcore_equals_every_committed_bit(cases, compiled_isa, threads, mode,
                                              report):
     if threads == 2:
         request.getfixturevalue("two_threads_split")
-    step_fn, dtype = oracle.get_step_fn(f"adamcore:{compiled_isa}")
-    result = oracle.check(step_fn, cases, mode=mode, state_dtype=dtype)
-    assert not result.skipped, result.skipped
-    assert result.cases_run == [c.name for c in cases]
-    assert result.passed and result.max_ulp == 0.0, result.format()
+    result = assert_adamcore_replays_every_bit(cases, compiled_isa, mode)
     if threads == 1 and mode == "trajectory":
         report(f"committed layouts [{compiled_isa}]: {len(cases)} cases, 0 ulp "
                f"({'; '.join(sorted(set(result.layouts.values())))})")

@@ -37,7 +37,7 @@ def as_numpy(t):
     return t.numpy()
 
 
-def run_both(dtype, n, options, steps, seed=0):
+def run_both(dtype, n, options, steps, seed=0, tail_width=0):
     momentum, dampening, wd, nesterov, maximize = options
     rng = np.random.default_rng(seed)
     start = torch.tensor(rng.standard_normal(n)).to(dtype)
@@ -53,7 +53,7 @@ def run_both(dtype, n, options, steps, seed=0):
         adamcore.sgd_step(as_numpy(ours), as_numpy(g.clone()),
                           None if buf is None else as_numpy(buf), lr=0.05, momentum=momentum,
                           dampening=dampening, weight_decay=wd, nesterov=nesterov,
-                          maximize=maximize, first_step=t == 0)
+                          maximize=maximize, first_step=t == 0, tail_width=tail_width)
     state = opt.state[theirs].get("momentum_buffer")
     return ours, theirs.detach(), buf, state
 
@@ -84,6 +84,71 @@ def test_matches_torch_fused_on_its_vector_body(dtype, options):
     np.testing.assert_allclose(ours[body:].numpy(), theirs[body:].numpy(), rtol=1e-3, atol=1e-5)
     if options[0] == 0:  # without momentum the tail's arithmetic is the body's
         assert torch.equal(bits(ours), bits(theirs))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("options", OPTIONS)
+def test_tail_width_matches_torch_fused_on_every_element(dtype, options, split_threads):
+    """tail_width=torch_tail_width(): torch's scalar-tail momentum recipe on each tensor's
+    last n % W elements (W/2 doubles), so every element equals SGD(fused=True)'s, on every
+    ISA with 1 and 2 threads."""
+    n = 1000 + 13  # tails of 5 floats / 1 double (AVX2) and 5 / 5 (AVX-512)
+    width = adamcore.torch.torch_tail_width()
+    for isa in adamcore.available_isas():
+        for threads in (1, 2):
+            adamcore.set_num_threads(threads)
+            with adamcore.use_isa(isa):
+                ours, theirs, buf, state = run_both(dtype, n, options, 200, tail_width=width)
+            where = f"{isa}, {threads} threads"
+            assert torch.equal(bits(ours), bits(theirs)), where
+            if buf is not None:
+                assert torch.equal(bits(buf), bits(state)), where
+
+
+def test_tail_width_through_the_classes_matches_torch_fused(split_threads):
+    """adamcore.torch.SGD and adamcore.SGD with tail_width, a model whose tensors have
+    tails (biases of 3 and 5), momentum and Nesterov: every element of every parameter
+    and buffer equals torch fused's; tail_width is kept in the param groups."""
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(13, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    twin = torch.nn.Sequential(torch.nn.Linear(13, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    twin.load_state_dict(model.state_dict())
+    arrays = [p.detach().numpy().copy() for p in model.parameters()]
+    width = adamcore.torch.torch_tail_width()
+    kw = dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    ours = adamcore.torch.SGD(model.parameters(), tail_width=width, **kw)
+    numpy_sgd = adamcore.SGD(arrays, tail_width=width, **kw)
+    theirs = torch.optim.SGD(twin.parameters(), fused=True, **kw)
+    x, y = torch.randn(64, 13), torch.randn(64, 3)
+    adamcore.set_num_threads(2)
+    for _ in range(30):
+        for net, opt in ((model, ours), (twin, theirs)):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(net(x), y).backward()
+            opt.step()
+        numpy_sgd.step([p.grad.numpy().copy() for p in twin.parameters()])
+    for a, b, c in zip(model.parameters(), twin.parameters(), arrays):
+        assert torch.equal(bits(a.detach()), bits(b.detach()))
+        assert c.tobytes() == b.detach().numpy().tobytes()
+        assert torch.equal(bits(ours.state[a]["momentum_buffer"]),
+                           bits(theirs.state[b]["momentum_buffer"]))
+    assert ours.state_dict()["param_groups"][0]["tail_width"] == width
+    assert numpy_sgd.state_dict()["param_groups"][0]["tail_width"] == width
+
+
+@pytest.mark.parametrize("kwargs, match, error", [
+    (dict(tail_width=7), "tail_width", ValueError),
+    (dict(tail_width=8.0), "tail_width must be an integer", TypeError),
+    (dict(tail_width=8, dtype=np.float16), "tail_width applies to float32 and float64",
+     ValueError),
+])
+def test_tail_width_validation_names_it_and_writes_nothing(kwargs, match, error):
+    kwargs = dict(kwargs)
+    dtype = kwargs.pop("dtype", np.float32)
+    p, g, m = np.ones(9, dtype), np.ones(9, dtype), np.full(9, 2.0, dtype)
+    with pytest.raises(error, match=match):
+        adamcore.sgd_step(p, g, m, momentum=0.9, **kwargs)
+    assert (p == 1).all() and (m == 2).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -500,10 +500,6 @@ py::object run_step(void (*step_fn)(const Buffers*, std::size_t, std::int64_t, c
                     const Hyper& h, const Mode& mode, double prev_lr,
                     const adamcore::Layout& layout) {
   check_hyper(adamcore::check_convention(h.convention, h.tail_width, layout));
-  if (mode.diagnostics && h.convention != adamcore::Convention::torch_fused) {
-    throw py::value_error("convention: diagnostics=True is computed for convention="
-                          "'torch-fused' only");
-  }
   if (mode.check_only) return py::none();
   adamcore::GammaStats stats;
   const bool clipping = mode.max_grad_norm >= 0;
@@ -1074,12 +1070,14 @@ constexpr const char* kAdamDoc =
     "default lr). check_only=True: check every argument as a step would, write nothing.\n"
     "Bit-identical to torch.optim.Adam(fused=True); see docs/numerics.md.\n"
     "convention='deepspeed' reproduces DeepSpeedCPUAdam instead (all-float32 buffers, no\n"
-    "amsgrad, no diagnostics); tail_width=8 or 16 (adamcore.torch.torch_tail_width())\n"
+    "amsgrad); tail_width=8 or 16 (adamcore.torch.torch_tail_width())\n"
     "gives each tensor's last size % tail_width elements torch fused's scalar-tail recipe.\n"
     "convention='optax' (optax.adam/adamw/amsgrad under jax.jit; eps_root, nesterov) and\n"
     "'keras' (keras.optimizers.Adam/AdamW): all-float32, no maximize, bias correction on,\n"
     "weight decay decoupled only (adamw_step); amsgrad with optax keeps the max of the\n"
-    "bias-corrected exp_avg_sq in max_exp_avg_sq, as optax.amsgrad does.";
+    "bias-corrected exp_avg_sq in max_exp_avg_sq, as optax.amsgrad does.\n"
+    "diagnostics=True works under every convention: Γ from the convention's own\n"
+    "denominator and step size (docs/numerics.md).";
 constexpr const char* kAdamWDoc =
     "adamw_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, beta2=0.999, "
     "eps=1e-8, weight_decay=1e-2, amsgrad=False, max_exp_avg_sq=None, maximize=False, "

@@ -618,21 +618,31 @@ void adam_coeffs(const AdamHyper& h, std::int64_t step, double prev_lr,
 // by one multiplication per step from 1 (so they depend on the step count, as in a run
 // that calls it once per step), the reciprocal of sqrt(1 - beta2^t), step size -lr/bc1
 // and AdamW's factor -lr*wd. Fields: W = 1-b1, B1, B2, C2 = 1-b2, D = 1/sqrt(bc2), E,
-// S = -lr/bc1, L = wd, K = -lr*wd. (Γ diagnostics are not computed for this recipe.)
-void deepspeed_adam_coeffs(const AdamHyper& h, std::int64_t step, detail::AdamCoeffs<float>* f) {
+// S = -lr/bc1, L = wd, K = -lr*wd. Γ: a = lr/bc1, and a and D of step t-1 (prev_lr).
+void deepspeed_bias_corrections(const AdamHyper& h, std::int64_t step, float* bc1,
+                                float* bc2_rsqrt) {
   const float beta1 = static_cast<float>(h.beta1);
   const float beta2 = static_cast<float>(h.beta2);
-  const float lr = static_cast<float>(h.lr);
   float beta1_t = 1.0f, beta2_t = 1.0f;
   for (std::int64_t t = 0; t < step; ++t) {
     beta1_t *= beta1;
     beta2_t *= beta2;
   }
-  float bc1 = 1.0f, bc2_rsqrt = 1.0f;
+  *bc1 = 1.0f;
+  *bc2_rsqrt = 1.0f;
   if (h.bias_correction) {
-    bc1 = 1.0f - beta1_t;
-    bc2_rsqrt = 1.0f / std::sqrt(1.0f - beta2_t);
+    *bc1 = 1.0f - beta1_t;
+    *bc2_rsqrt = 1.0f / std::sqrt(1.0f - beta2_t);
   }
+}
+
+void deepspeed_adam_coeffs(const AdamHyper& h, std::int64_t step, double prev_lr,
+                           detail::AdamCoeffs<float>* f) {
+  const float beta1 = static_cast<float>(h.beta1);
+  const float beta2 = static_cast<float>(h.beta2);
+  const float lr = static_cast<float>(h.lr);
+  float bc1 = 1.0f, bc2_rsqrt = 1.0f;
+  deepspeed_bias_corrections(h, step, &bc1, &bc2_rsqrt);
   f->one_minus_beta1 = 1.0f - beta1;
   f->beta1 = beta1;
   f->beta2 = beta2;
@@ -642,6 +652,14 @@ void deepspeed_adam_coeffs(const AdamHyper& h, std::int64_t step, detail::AdamCo
   f->neg_step_size = -lr / bc1;
   f->weight_decay = static_cast<float>(h.weight_decay);
   f->decay_factor = -lr * static_cast<float>(h.weight_decay);
+  f->step_size = lr / bc1;
+  f->prev_step_size = 1.0f;
+  f->prev_bc2_sqrt = 1.0f;  // (Γ's den of step t-1 uses its 1/sqrt(bc2))
+  if (step > 1) {
+    float prev_bc1 = 1.0f;
+    deepspeed_bias_corrections(h, step - 1, &prev_bc1, &f->prev_bc2_sqrt);
+    f->prev_step_size = static_cast<float>(prev_lr < 0 ? h.lr : prev_lr) / prev_bc1;
+  }
 }
 
 // fl(fl(base)^t): the power rounded once; optax's `1 - decay**count` under XLA equals
@@ -660,8 +678,10 @@ float optax_bc_recip(double beta, std::int64_t t) {
 
 // optax.scale_by_adam's constants under jax.jit: W = fl(1-b1), B1, B2, C2 = fl(1-b2) (Python
 // doubles cast to float32), R1, R1 of step t+1, R2, eps, eps_root, S = -lr (its
-// scale_by_learning_rate), L = wd (add_decayed_weights).
-void optax_adam_coeffs(const AdamHyper& h, std::int64_t step, detail::AdamCoeffs<float>* f) {
+// scale_by_learning_rate), L = wd (add_decayed_weights). Γ: a = fl(lr*R1), a of step t-1
+// (prev_lr), and R2 of step t-1 in place of D.
+void optax_adam_coeffs(const AdamHyper& h, std::int64_t step, double prev_lr,
+                       detail::AdamCoeffs<float>* f) {
   f->one_minus_beta1 = static_cast<float>(1.0 - h.beta1);
   f->beta1 = static_cast<float>(h.beta1);
   f->beta2 = static_cast<float>(h.beta2);
@@ -673,21 +693,38 @@ void optax_adam_coeffs(const AdamHyper& h, std::int64_t step, detail::AdamCoeffs
   f->eps_root = static_cast<float>(h.eps_root);
   f->neg_step_size = static_cast<float>(-h.lr);
   f->weight_decay = static_cast<float>(h.weight_decay);
+  f->step_size = static_cast<float>(h.lr) * f->bc1_recip;
+  f->prev_step_size = 1.0f;
+  f->prev_bc2_sqrt = 1.0f;
+  if (step > 1) {
+    f->prev_step_size = static_cast<float>(prev_lr < 0 ? h.lr : prev_lr) *
+                        optax_bc_recip(h.beta1, step - 1);
+    f->prev_bc2_sqrt = optax_bc_recip(h.beta2, step - 1);
+  }
 }
 
 // keras.optimizers.Adam's constants (Keras 3, all float32): b^t = ops.power(b, t), which
 // on the jax backend is XLA's float32 pow and gives the C library's powf bits (measured,
 // steps 1..1000, betas 0.9 to 0.999, apart from XLA flushing subnormal powers to 0, which
 // leaves 1 - b^t unchanged); alpha = fl(fl(lr * fl(sqrt(1 - b2^t))) / fl(1 - b1^t)).
-void keras_adam_coeffs(const AdamHyper& h, std::int64_t step, detail::AdamCoeffs<float>* f) {
-  const float lr = static_cast<float>(h.lr);
+// Γ: a = alpha, and alpha of step t-1 (prev_lr).
+float keras_alpha(const AdamHyper& h, double lr_value, std::int64_t step) {
+  const float lr = static_cast<float>(lr_value);
   const float t = static_cast<float>(step);
   const float beta1_t = std::pow(static_cast<float>(h.beta1), t);
   const float beta2_t = std::pow(static_cast<float>(h.beta2), t);
   const float sqrt_bc2 = std::sqrt(1.0f - beta2_t);
   const float scaled_lr = lr * sqrt_bc2;
-  f->alpha = scaled_lr / (1.0f - beta1_t);
-  f->lr = lr;
+  return scaled_lr / (1.0f - beta1_t);
+}
+
+void keras_adam_coeffs(const AdamHyper& h, std::int64_t step, double prev_lr,
+                       detail::AdamCoeffs<float>* f) {
+  f->alpha = keras_alpha(h, h.lr, step);
+  f->step_size = f->alpha;
+  f->prev_step_size =
+      step > 1 ? keras_alpha(h, prev_lr < 0 ? h.lr : prev_lr, step - 1) : 1.0f;
+  f->lr = static_cast<float>(h.lr);
   f->one_minus_beta1 = static_cast<float>(1.0 - h.beta1);
   f->one_minus_beta2 = static_cast<float>(1.0 - h.beta2);
   f->eps = static_cast<float>(h.eps);
@@ -719,11 +756,10 @@ void adam_step(const AdamBuffers* tensors, std::size_t count, std::int64_t step,
   // deciding in the layout's arithmetic.
   const bool lerp_low = layout.param == DType::float64 ? k.d.one_minus_beta1 < 0.5
                                                        : k.f.one_minus_beta1 < 0.5f;
-  if (h.convention == Convention::deepspeed) deepspeed_adam_coeffs(h, step, &k.f);
-  if (h.convention == Convention::optax) optax_adam_coeffs(h, step, &k.f);
-  if (h.convention == Convention::keras) keras_adam_coeffs(h, step, &k.f);
-  // Γ is defined on the canonical recipe's denominator only
-  if (h.convention != Convention::torch_fused) diag = nullptr;
+  // (each convention's Γ comes from its own denominator and step size, kernels.inl)
+  if (h.convention == Convention::deepspeed) deepspeed_adam_coeffs(h, step, prev_lr, &k.f);
+  if (h.convention == Convention::optax) optax_adam_coeffs(h, step, prev_lr, &k.f);
+  if (h.convention == Convention::keras) keras_adam_coeffs(h, step, prev_lr, &k.f);
   const Isa isa = active_isa();
   const detail::AdamRangeFn kernel =
       adam_kernel_for(isa, layout_at, wd, lerp_low, h.amsgrad, diag != nullptr,
@@ -765,7 +801,6 @@ void adagrad_step(const AdagradBuffers* tensors, std::size_t count, std::int64_t
   k.f.prev_clr = static_cast<float>(prev_clr);
   k.sign_flip = h.maximize ? 0x80000000u : 0u;
   k.gamma_defined = step > 1;
-  if (h.convention != Convention::torch_fused) diag = nullptr;  // (as in adam_step)
   // (torch's AdaGrad scalar loop contracts as its vector body does: no tail recipe.)
   const bool tail = h.tail_width != 0 && h.convention == Convention::deepspeed;
   const Isa isa = active_isa();
@@ -793,6 +828,10 @@ std::string check_sgd_hyper(const SgdHyper& h) {
   if (h.nesterov && (h.momentum <= 0 || h.dampening != 0)) {
     return "nesterov needs momentum > 0 and dampening 0 (as torch's SGD), got momentum " +
            std::to_string(h.momentum) + " and dampening " + std::to_string(h.dampening);
+  }
+  if (h.tail_width != 0 && h.tail_width != 8 && h.tail_width != 16) {
+    return "tail_width must be 0, 8 or 16 (torch's float32 vector width), got " +
+           std::to_string(h.tail_width);
   }
   return {};
 }
@@ -854,9 +893,17 @@ void sgd_step(const SgdBuffers* tensors, std::size_t count, bool first_step, con
   if (h.momentum != 0) {
     momentum = first_step ? detail::SgdMomentum::first : detail::SgdMomentum::running;
   }
-  const detail::SgdRangeFn kernel = detail::kElementwiseRows[static_cast<int>(active_isa())].sgd(
-      layout_at, h.weight_decay != 0, momentum, h.nesterov && h.momentum != 0);
-  run_kernel(kernel, k, tensors, count, nullptr);
+  const auto& row = detail::kElementwiseRows[static_cast<int>(active_isa())];
+  const bool nesterov = h.nesterov && h.momentum != 0;
+  const detail::SgdRangeFn kernel = row.sgd(layout_at, h.weight_decay != 0, momentum, nesterov,
+                                            false);
+  // torch's scalar tail differs only in a running momentum; its width counts floats.
+  const bool tail = h.tail_width != 0 && momentum == detail::SgdMomentum::running;
+  const std::size_t width = static_cast<std::size_t>(h.tail_width) /
+                            (layout.param == DType::float64 ? 2 : 1);
+  run_kernel(kernel, k, tensors, count, nullptr,
+             tail ? row.sgd(layout_at, h.weight_decay != 0, momentum, nesterov, true) : nullptr,
+             tail ? width : 0);
 }
 
 void lion_step(const LionBuffers* tensors, std::size_t count, const LionHyper& h,

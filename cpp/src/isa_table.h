@@ -67,7 +67,7 @@ inline const IsaRow& isa_row(Isa isa) { return kIsaRows[static_cast<int>(isa)]; 
 // rows above stay as they are; an absent ISA has null pointers).
 struct ElementwiseRow {
   SgdRangeFn (*sgd)(std::size_t layout, bool weight_decay, SgdMomentum momentum,
-                    bool nesterov);
+                    bool nesterov, bool torch_tail);
   LionRangeFn (*lion)(std::size_t layout, LionConvention convention, bool decay);
 };
 #define ADAMCORE_ELEMENTWISE_ROW(ns) {&ns::sgd_kernel, &ns::lion_kernel}

@@ -227,7 +227,8 @@ using LionRangeFn = void (*)(const LionScalars&, const LionBuffers&, std::size_t
   detail::AdagradRangeFn adagrad_kernel(std::size_t layout, bool weight_decay,      \
                                         bool diag, detail::Recipe recipe);          \
   detail::SgdRangeFn sgd_kernel(std::size_t layout, bool weight_decay,              \
-                                detail::SgdMomentum momentum, bool nesterov);       \
+                                detail::SgdMomentum momentum, bool nesterov,        \
+                                bool torch_tail);                                   \
   detail::LionRangeFn lion_kernel(std::size_t layout, LionConvention convention,    \
                                   bool decay);                                      \
   }

@@ -269,72 +269,102 @@ inline V load_grad(const G* g_ptr, const C& c, detail::PassOptions pass,
 // reciprocal of sqrt(bc2), the update a quotient added by fma, AdamW's decay p*(-lr*wd)+p.
 // Its scalar loop (Tail) is compiled with contraction, which fuses the other product:
 // fma(m, B1, g*W) and fma(v, B2, (g*g)*C2).
-template <class V, class P, class S, class C, WdMode Wd, bool Tail>
+// Γ (Diag): den = fma(sqrt(v), D, E) with D its 1/sqrt(bc2); a = lr/bc1 (host, float32).
+template <class V, class P, class S, class C, WdMode Wd, bool Tail, bool Diag>
 inline void adam_lanes_deepspeed(const AdamConsts<V>& c, V g, V p, SrLanes sr, P* p_ptr,
-                                 S* m_ptr, S* v_ptr, C* copy_ptr) {
+                                 S* m_ptr, S* v_ptr, C* copy_ptr, bool gamma_defined,
+                                 DiagLanes<V>& diag) {
   if constexpr (Wd == WdMode::l2) g = fma(p, c.l, g);
   const V m_old = V::load(m_ptr);
   const V v_old = V::load(v_ptr);
   const V m = Tail ? fma(m_old, c.b1, mul(g, c.w)) : fma(g, c.w, mul(m_old, c.b1));
   const V v = Tail ? fma(v_old, c.b2, mul(mul(g, g), c.c2)) : fma(mul(g, g), c.c2, mul(v_old, c.b2));
-  const V update = div(m, fma(sqrt(v), c.d, c.e));
+  const V den = fma(sqrt(v), c.d, c.e);
+  const V update = div(m, den);
   if constexpr (Wd == WdMode::decoupled) p = fma(p, c.k, p);
   p = fma(update, c.s, p);
   store_as(p_ptr, p, sr, detail::sr_param);
   store_copy(copy_ptr, p, sr);
   store_as(m_ptr, m, sr, detail::sr_exp_avg);
   store_as(v_ptr, v, sr, detail::sr_exp_avg_sq);
+  if constexpr (Diag) {
+    const V den_old = fma(sqrt(v_old), c.d_prev, c.e);
+    diag.add(div(den, c.a), div(den_old, c.a_prev), div(c.a, den), gamma_defined);
+  }
 }
 
 // optax.adam / adamw / amsgrad under jax.jit on CPU (Convention::optax): XLA contracts
 // a*b + c into one fused multiply-add and divides by a bias correction as a multiplication
 // by its float32 reciprocal. amsgrad keeps the max of the bias-corrected v (optax's
 // nu_max); AdamW adds wd*p to the update before scaling by -lr.
-template <class V, class P, class S, class C, WdMode Wd, bool Amsgrad, bool Nesterov>
+// Γ (Diag): den = sqrt(v*R2 + eps_root) + eps (the bias-corrected max with amsgrad), whose
+// previous value takes step t-1's R2 (the stored max is already corrected); a = lr*R1
+// (host, float32; with Nesterov too: den is the preconditioner either way).
+template <class V, class P, class S, class C, WdMode Wd, bool Amsgrad, bool Nesterov, bool Diag>
 inline void adam_lanes_optax(const AdamConsts<V>& c, V g, V p, SrLanes sr, P* p_ptr, S* m_ptr,
-                             S* v_ptr, S* vmax_ptr, C* copy_ptr) {
+                             S* v_ptr, S* vmax_ptr, C* copy_ptr, bool gamma_defined,
+                             DiagLanes<V>& diag) {
+  const V v_old = V::load(v_ptr);
   const V m = fma(c.w, g, mul(c.b1, V::load(m_ptr)));
-  const V v = fma(c.c2, mul(g, g), mul(c.b2, V::load(v_ptr)));
+  const V v = fma(c.c2, mul(g, g), mul(c.b2, v_old));
   V m_hat = mul(m, c.r1);
   if constexpr (Nesterov) m_hat = fma(c.b1, mul(m, c.r1_next), mul(c.w, mul(g, c.r1)));
   V shifted;
+  [[maybe_unused]] V shifted_old;
   if constexpr (Amsgrad) {
-    const V v_max = maximum(V::load(vmax_ptr), mul(v, c.r2));  // NaN propagates, as jnp
+    const V v_max_old = V::load(vmax_ptr);
+    const V v_max = maximum(v_max_old, mul(v, c.r2));  // NaN propagates, as jnp
     store_as(vmax_ptr, v_max, sr, detail::sr_max_exp_avg_sq);
     shifted = add(v_max, c.eps_root);
+    if constexpr (Diag) shifted_old = add(v_max_old, c.eps_root);
   } else {
     shifted = fma(v, c.r2, c.eps_root);
+    if constexpr (Diag) shifted_old = fma(v_old, c.d_prev, c.eps_root);
   }
-  V update = div(m_hat, add(sqrt(shifted), c.e));
+  const V den = add(sqrt(shifted), c.e);
+  V update = div(m_hat, den);
   if constexpr (Wd == WdMode::decoupled) update = fma(c.l, p, update);
   p = fma(c.s, update, p);
   store_as(p_ptr, p, sr, detail::sr_param);
   store_copy(copy_ptr, p, sr);
   store_as(m_ptr, m, sr, detail::sr_exp_avg);
   store_as(v_ptr, v, sr, detail::sr_exp_avg_sq);
+  if constexpr (Diag) {
+    const V den_old = add(sqrt(shifted_old), c.e);
+    diag.add(div(den, c.a), div(den_old, c.a_prev), div(c.a, den), gamma_defined);
+  }
 }
 
 // keras.optimizers.Adam / AdamW (Keras 3, jax backend, eager apply_gradients;
 // Convention::keras): one rounding per op, no fma; weight decay p - p*wd*lr first; the
 // moments as m + (g - m)*(1-b1); the step alpha folds lr and both bias corrections.
-template <class V, class P, class S, class C, WdMode Wd, bool Amsgrad>
+// Γ (Diag): den = sqrt(v) + eps (vmax with amsgrad), a = alpha (both bias corrections).
+template <class V, class P, class S, class C, WdMode Wd, bool Amsgrad, bool Diag>
 inline void adam_lanes_keras(const AdamConsts<V>& c, V g, V p, SrLanes sr, P* p_ptr, S* m_ptr,
-                             S* v_ptr, S* vmax_ptr, C* copy_ptr) {
+                             S* v_ptr, S* vmax_ptr, C* copy_ptr, bool gamma_defined,
+                             DiagLanes<V>& diag) {
   if constexpr (Wd == WdMode::decoupled) p = sub(p, mul(mul(p, c.l), c.lr));
   const V m_old = V::load(m_ptr);
   const V v_old = V::load(v_ptr);
   const V m = add(m_old, mul(sub(g, m_old), c.w));
   const V v = add(v_old, mul(sub(mul(g, g), v_old), c.c2));
   V v_hat = v;
+  V v_hat_old = v_old;
   if constexpr (Amsgrad) {
-    v_hat = maximum(V::load(vmax_ptr), v);
+    v_hat_old = V::load(vmax_ptr);
+    v_hat = maximum(v_hat_old, v);
     store_as(vmax_ptr, v_hat, sr, detail::sr_max_exp_avg_sq);
   }
-  p = sub(p, div(mul(m, c.alpha), add(sqrt(v_hat), c.e)));
+  const V den = add(sqrt(v_hat), c.e);
+  p = sub(p, div(mul(m, c.alpha), den));
   store_as(p_ptr, p, sr, detail::sr_param);
   store_copy(copy_ptr, p, sr);
   store_as(m_ptr, m, sr, detail::sr_exp_avg);
   store_as(v_ptr, v, sr, detail::sr_exp_avg_sq);
+  if constexpr (Diag) {
+    const V den_old = add(sqrt(v_hat_old), c.e);
+    diag.add(div(den, c.a), div(den_old, c.a_prev), div(c.a, den), gamma_defined);
+  }
 }
 
 template <class V, class P, class S, class G, class C, WdMode Wd, bool LerpLow, bool Amsgrad,
@@ -346,18 +376,18 @@ inline void adam_lanes(const AdamConsts<V>& c, std::uint32_t sign_flip,
   V g = load_grad<V>(g_ptr, c, pass, sign_flip);
   V p = V::load(p_ptr);
   if constexpr (R == Recipe::deepspeed || R == Recipe::deepspeed_tail) {
-    adam_lanes_deepspeed<V, P, S, C, Wd, R == Recipe::deepspeed_tail>(c, g, p, sr, p_ptr, m_ptr,
-                                                                      v_ptr, copy_ptr);
+    adam_lanes_deepspeed<V, P, S, C, Wd, R == Recipe::deepspeed_tail, Diag>(
+        c, g, p, sr, p_ptr, m_ptr, v_ptr, copy_ptr, gamma_defined, diag);
     return;
   }
   if constexpr (R == Recipe::optax || R == Recipe::optax_nesterov) {
-    adam_lanes_optax<V, P, S, C, Wd, Amsgrad, R == Recipe::optax_nesterov>(
-        c, g, p, sr, p_ptr, m_ptr, v_ptr, vmax_ptr, copy_ptr);
+    adam_lanes_optax<V, P, S, C, Wd, Amsgrad, R == Recipe::optax_nesterov, Diag>(
+        c, g, p, sr, p_ptr, m_ptr, v_ptr, vmax_ptr, copy_ptr, gamma_defined, diag);
     return;
   }
   if constexpr (R == Recipe::keras) {
-    adam_lanes_keras<V, P, S, C, Wd, Amsgrad>(c, g, p, sr, p_ptr, m_ptr, v_ptr, vmax_ptr,
-                                              copy_ptr);
+    adam_lanes_keras<V, P, S, C, Wd, Amsgrad, Diag>(c, g, p, sr, p_ptr, m_ptr, v_ptr, vmax_ptr,
+                                                    copy_ptr, gamma_defined, diag);
     return;
   }
   if constexpr (Wd == WdMode::l2) g = fma(p, c.l, g);
@@ -510,8 +540,8 @@ inline void adagrad_lanes(const AdagradConsts<V>& c, std::uint32_t sign_flip,
   store_as(p_ptr, p, sr, detail::sr_param);
   store_copy(copy_ptr, p, sr);
   store_as(s_ptr, s, sr, detail::sr_state_sum);
-  if constexpr (Diag) {
-    const V std_old = add(sqrt(s_old), c.e);
+  if constexpr (Diag) {  // from each recipe's own std: Keras's eps is under the root
+    const V std_old = R == Recipe::keras ? sqrt(add(s_old, c.e)) : add(sqrt(s_old), c.e);
     diag.add(div(std_dev, c.clr), div(std_old, c.clr_prev), div(c.clr, std_dev), gamma_defined);
   }
 }
@@ -630,8 +660,10 @@ struct SgdConsts {
 };
 
 // One vector of SGD. The momentum buffer keeps the rounded value; the update uses the
-// unrounded one (as torch's 16-bit kernel does).
-template <class V, class T, bool WeightDecay, detail::SgdMomentum Momentum, bool Nesterov>
+// unrounded one (as torch's 16-bit kernel does). TorchTail: torch fused's scalar loop,
+// whose compiler fuses the other product of m*M + g*D: fma(m, M, g*D).
+template <class V, class T, bool WeightDecay, detail::SgdMomentum Momentum, bool Nesterov,
+          bool TorchTail>
 inline void sgd_lanes(const SgdConsts<V>& c, std::uint32_t sign_flip, detail::PassOptions pass,
                       SrLanes sr, T* p_ptr, const T* g_ptr, T* m_ptr) {
   V g = load_grad<V>(g_ptr, c, pass, sign_flip);
@@ -640,7 +672,8 @@ inline void sgd_lanes(const SgdConsts<V>& c, std::uint32_t sign_flip, detail::Pa
   if constexpr (Momentum != detail::SgdMomentum::none) {
     V m = g;  // the first step: the buffer starts as the gradient, undamped
     if constexpr (Momentum == detail::SgdMomentum::running) {
-      m = fma(c.one_minus_dampening, g, mul(V::load(m_ptr), c.momentum));
+      m = TorchTail ? fma(V::load(m_ptr), c.momentum, mul(g, c.one_minus_dampening))
+                    : fma(c.one_minus_dampening, g, mul(V::load(m_ptr), c.momentum));
     }
     store_as(m_ptr, m, sr, detail::sr_exp_avg);
     g = Nesterov ? fma(m, c.momentum, g) : m;
@@ -649,7 +682,8 @@ inline void sgd_lanes(const SgdConsts<V>& c, std::uint32_t sign_flip, detail::Pa
   store_as(p_ptr, p, sr, detail::sr_param);
 }
 
-template <std::size_t L, class V, bool WeightDecay, detail::SgdMomentum Momentum, bool Nesterov>
+template <std::size_t L, class V, bool WeightDecay, detail::SgdMomentum Momentum, bool Nesterov,
+          bool TorchTail>
 void sgd_elements(const detail::SgdScalars& k, const SgdBuffers& b, std::size_t from,
                   std::size_t to) {
   using T = typename LayoutTypes<L>::Param;
@@ -663,23 +697,26 @@ void sgd_elements(const detail::SgdScalars& k, const SgdBuffers& b, std::size_t 
   SrLanes sr = sr_lanes(LayoutTypes<L>::kAny16Bit && pass.stochastic, pass, b.stream, from);
   for (std::size_t i = from; i < to; i += V::kLanes) {
     sr.index = static_cast<std::uint32_t>(i);
-    sgd_lanes<V, T, WeightDecay, Momentum, Nesterov>(
+    sgd_lanes<V, T, WeightDecay, Momentum, Nesterov, TorchTail>(
         c, sign_flip, pass, sr, param + i, grad + i,
         Momentum == detail::SgdMomentum::none ? nullptr : momentum_buffer + i);
   }
 }
 
-template <std::size_t L, bool WeightDecay, detail::SgdMomentum Momentum, bool Nesterov>
+template <std::size_t L, bool WeightDecay, detail::SgdMomentum Momentum, bool Nesterov,
+          bool TorchTail>
 void sgd_range(const detail::SgdScalars& k, const SgdBuffers& b, std::size_t begin,
                std::size_t end, DiagAccum*) {
   using T = LayoutTypes<L>;
   for_index_halves(begin, end, [&](std::size_t from, std::size_t to) {
     const Split s = split_for_alignment<typename T::Body>(
         static_cast<const typename T::Param*>(b.param), from, to);
-    sgd_elements<L, typename T::One, WeightDecay, Momentum, Nesterov>(k, b, from, s.body_begin);
-    sgd_elements<L, typename T::Body, WeightDecay, Momentum, Nesterov>(k, b, s.body_begin,
-                                                                       s.body_end);
-    sgd_elements<L, typename T::One, WeightDecay, Momentum, Nesterov>(k, b, s.body_end, to);
+    sgd_elements<L, typename T::One, WeightDecay, Momentum, Nesterov, TorchTail>(
+        k, b, from, s.body_begin);
+    sgd_elements<L, typename T::Body, WeightDecay, Momentum, Nesterov, TorchTail>(
+        k, b, s.body_begin, s.body_end);
+    sgd_elements<L, typename T::One, WeightDecay, Momentum, Nesterov, TorchTail>(
+        k, b, s.body_end, to);
   });
 }
 
@@ -766,15 +803,16 @@ void lion_range(const detail::LionScalars& k, const LionBuffers& b, std::size_t 
   });
 }
 
-// SGD's index: layout * 12 + (wd * 3 + momentum) * 2 + nesterov; Lion's:
+// SGD's index: layout * 24 + ((wd * 3 + momentum) * 2 + nesterov) * 2 + torch_tail; Lion's:
 // layout * 4 + deepspeed * 2 + decay. Same-dtype layouts only.
-constexpr std::size_t kSgdOptions = 12;
+constexpr std::size_t kSgdOptions = 24;
 constexpr std::size_t kLionOptions = 4;
 
 template <std::size_t... I>
 constexpr FnTable<detail::SgdRangeFn, sizeof...(I)> sgd_variants(std::index_sequence<I...>) {
-  return {{&sgd_range<I / kSgdOptions, (I % kSgdOptions) / 6 == 1,
-                      static_cast<detail::SgdMomentum>((I % 6) / 2), I % 2 == 1>...}};
+  return {{&sgd_range<I / kSgdOptions, (I % kSgdOptions) / 12 == 1,
+                      static_cast<detail::SgdMomentum>((I / 4) % 3), (I / 2) % 2 == 1,
+                      I % 2 == 1>...}};
 }
 template <std::size_t... I>
 constexpr FnTable<detail::LionRangeFn, sizeof...(I)> lion_variants(std::index_sequence<I...>) {
@@ -812,13 +850,14 @@ detail::AdagradRangeFn adagrad_kernel(std::size_t layout, bool weight_decay, boo
 }
 
 detail::SgdRangeFn sgd_kernel(std::size_t layout, bool weight_decay, detail::SgdMomentum momentum,
-                              bool nesterov) {
+                              bool nesterov, bool torch_tail) {
   static constexpr auto kVariants =
       sgd_variants(std::make_index_sequence<detail::kSameDtypeLayouts * kSgdOptions>{});
   return kVariants.fn[layout * kSgdOptions +
-                      (static_cast<std::size_t>(weight_decay) * 3 +
-                       static_cast<std::size_t>(momentum)) * 2 +
-                      nesterov];
+                      ((static_cast<std::size_t>(weight_decay) * 3 +
+                        static_cast<std::size_t>(momentum)) * 2 +
+                       nesterov) * 2 +
+                      torch_tail];
 }
 
 detail::LionRangeFn lion_kernel(std::size_t layout, LionConvention convention, bool decay) {

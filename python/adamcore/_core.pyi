@@ -86,11 +86,13 @@ def sgd_step(param: Buffer, grad: Buffer, momentum_buffer: Buffer | None = None,
              lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
              weight_decay: float = 0.0, nesterov: bool = False, maximize: bool = False,
              first_step: bool = False, grad_scale: float | None = None,
-             found_inf: float | bool | None = None) -> None: ...
+             found_inf: float | bool | None = None, check_only: bool = False,
+             tail_width: int = 0) -> None: ...
 def lion_step(param: Buffer, grad: Buffer, exp_avg: Buffer, *, lr: float = 1e-4,
               beta1: float = 0.9, beta2: float = 0.99, weight_decay: float = 0.0,
               maximize: bool = False, convention: str = "paper",
-              grad_scale: float | None = None, found_inf: float | bool | None = None) -> None: ...
+              grad_scale: float | None = None, found_inf: float | bool | None = None,
+              check_only: bool = False) -> None: ...
 
 class AdamGroup:
     """A parameter group's Adam state, validated once and held."""

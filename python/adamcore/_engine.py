@@ -154,6 +154,18 @@ def check_params(names: Sequence[str], arrays: Sequence[Any]) -> None:
     _native("", lambda entry, j: names[j], None, _core.AdagradGroup, list(arrays), scratch)
 
 
+def run_checked(calls: Sequence[Tuple[Callable[..., Any], tuple, Dict[str, Any]]]) -> None:
+    """Run native step calls ``(function, args, kwargs)``, all or none: with more than
+    one, each is first run with ``check_only=True`` (every check, nothing written), so a
+    bad later call cannot leave the earlier ones applied. (One call checks everything
+    itself before it writes.)"""
+    if len(calls) > 1:
+        for function, args, kwargs in calls:
+            function(*args, check_only=True, **kwargs)
+    for function, args, kwargs in calls:
+        function(*args, **kwargs)
+
+
 def _is_true(flag: Any) -> bool:
     # Only to shape a checking call: the extension rejects anything but a bool first.
     return flag is True or flag is np.True_
@@ -217,9 +229,12 @@ class _AdamFamily(Family):
             beta1, beta2 = betas
         except (TypeError, ValueError):
             raise TypeError(f"{where}: betas must be a pair (beta1, beta2), got {betas!r}") from None
+        # eps_root and nesterov (optax's; absent in older state dicts) are checked against
+        # the convention by the extension.
         return {"beta1": beta1, "beta2": beta2, "eps": group["eps"],
                 "weight_decay": group["weight_decay"], "decoupled": group["decoupled_weight_decay"],
-                "maximize": group["maximize"], **convention_options(group)}
+                "maximize": group["maximize"], "eps_root": group.get("eps_root", 0.0),
+                "nesterov": group.get("nesterov", False), **convention_options(group)}
 
     def check_settings(self, where: str, group: Dict[str, Any], lr: Any) -> None:
         options = self.options(where, group)

@@ -422,6 +422,11 @@ def _deepspeed_step_fn():
     def step_fn(case, state, grad, step, lr):
         _check_float32(case, "deepspeed")
         h = case.hyper
+        if case.optimizer == "sgd":
+            raise _unsupported("DeepSpeed has no CPU SGD")
+        if case.optimizer == "lion":
+            _deepspeed_lion_step(kept, case, state, grad, step, lr)
+            return
         if case.optimizer == "adagrad":
             if h["lr_decay"] or h["maximize"]:
                 raise _unsupported("DeepSpeedCPUAdagrad has no lr_decay or maximize")
@@ -461,3 +466,27 @@ def _deepspeed_step_fn():
             state[k][...] = opt.state[p][n].numpy()
     step_fn.__name__ = "deepspeed"
     return step_fn
+
+
+def _deepspeed_lion_step(kept, case, state, grad, step, lr):
+    """One DeepSpeedCPULion step from the case's state. Lion has no per-step scalars, so
+    the case's optimizer (one per case, as DeepSpeed logs each it creates) continues from
+    any state it is given."""
+    import torch
+    from deepspeed.ops.lion import DeepSpeedCPULion
+
+    h = case.hyper
+    if h.get("convention") != "deepspeed" or h["maximize"]:
+        raise _unsupported("DeepSpeedCPULion: the deepspeed Lion convention, no maximize")
+    if case.name not in kept:
+        p = torch.nn.Parameter(torch.zeros(case.size))
+        kept[case.name] = [p, DeepSpeedCPULion([p], lr=lr, betas=(h["beta1"], h["beta2"]),
+                                               weight_decay=h["weight_decay"]), 0]
+    p, opt, _ = kept[case.name]
+    opt.param_groups[0]["lr"] = lr
+    p.data.copy_(torch.from_numpy(state["param"]))
+    p.grad = torch.from_numpy(grad.copy())
+    opt.state[p] = {"step": step - 1, "exp_avg": torch.from_numpy(state["exp_avg"].copy())}
+    opt.step()
+    state["param"][...] = p.detach().numpy()
+    state["exp_avg"][...] = opt.state[p]["exp_avg"].numpy()

@@ -530,7 +530,9 @@ class Adam(Optimizer):
     ``weight_decay`` is an L2 penalty added to the gradient, unless
     ``decoupled_weight_decay=True`` (then this is AdamW). ``amsgrad=True`` uses the
     running maximum of ``exp_avg_sq`` (Reddi et al.). ``maximize=True`` ascends.
-    ``lr`` may be a float or a callable ``lr(step)``.
+    ``lr`` may be a float or a callable ``lr(step)``. ``convention="optax"`` also takes
+    optax's ``eps_root`` (added under the square root) and ``nesterov``; other conventions
+    refuse them (ValueError naming the argument).
 
     >>> opt = Adam([w, b], lr=1e-3)          # doctest: +SKIP
     >>> opt.step([grad_w, grad_b])           # doctest: +SKIP
@@ -545,11 +547,13 @@ class Adam(Optimizer):
                  decoupled_weight_decay: bool = ADAM.decoupled_weight_decay,
                  rounding: str = "nearest", seed: int = 0, master_weights: bool = False,
                  max_grad_norm: Optional[float] = None, norm_type: float = 2.0,
-                 convention: str = DEFAULT_CONVENTION, tail_width: int = 0) -> None:
+                 convention: str = DEFAULT_CONVENTION, tail_width: int = 0,
+                 eps_root: float = 0.0, nesterov: bool = False) -> None:
         super().__init__(params, dict(ADAM._asdict(), lr=lr, betas=betas, eps=eps,
                                       weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay,
-                                      convention=convention, tail_width=tail_width),
+                                      convention=convention, tail_width=tail_width,
+                                      eps_root=eps_root, nesterov=nesterov),
                          rounding=rounding, seed=seed, master_weights=master_weights,
                          max_grad_norm=max_grad_norm, norm_type=norm_type)
 
@@ -565,12 +569,14 @@ class AdamW(Adam):
                  maximize: bool = ADAM.maximize, rounding: str = "nearest", seed: int = 0,
                  master_weights: bool = False,
                  max_grad_norm: Optional[float] = None, norm_type: float = 2.0,
-                 convention: str = DEFAULT_CONVENTION, tail_width: int = 0) -> None:
+                 convention: str = DEFAULT_CONVENTION, tail_width: int = 0,
+                 eps_root: float = 0.0, nesterov: bool = False) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
                          decoupled_weight_decay=True, rounding=rounding, seed=seed,
                          master_weights=master_weights,
                          max_grad_norm=max_grad_norm, norm_type=norm_type,
-                         convention=convention, tail_width=tail_width)
+                         convention=convention, tail_width=tail_width,
+                         eps_root=eps_root, nesterov=nesterov)
 
 
 class AMSGrad(Adam):
@@ -584,12 +590,14 @@ class AMSGrad(Adam):
                  decoupled_weight_decay: bool = ADAM.decoupled_weight_decay,
                  rounding: str = "nearest", seed: int = 0, master_weights: bool = False,
                  max_grad_norm: Optional[float] = None, norm_type: float = 2.0,
-                 convention: str = DEFAULT_CONVENTION, tail_width: int = 0) -> None:
+                 convention: str = DEFAULT_CONVENTION, tail_width: int = 0,
+                 eps_root: float = 0.0, nesterov: bool = False) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, True, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay, rounding=rounding, seed=seed,
                          master_weights=master_weights,
                          max_grad_norm=max_grad_norm, norm_type=norm_type,
-                         convention=convention, tail_width=tail_width)
+                         convention=convention, tail_width=tail_width,
+                         eps_root=eps_root, nesterov=nesterov)
 
 
 # --------------------------------------------------------------------------- AdaGrad
@@ -655,15 +663,23 @@ class _ElementwiseOptimizer:
 
     def step(self, grads: Sequence[Optional[np.ndarray]], *, grad_scale: Optional[float] = None,
              found_inf: Optional[float] = None) -> None:
-        """One step; ``grads`` has one array (or None: skipped) per parameter, in order."""
+        """One step; ``grads`` has one array (or None: skipped) per parameter, in order.
+        Every group's calls are checked before any runs, and new state is stored only after
+        they all ran: a step that raises leaves everything as it was."""
         indexed = self._indexed()
         total = sum(len(pairs) for pairs in indexed)
         if len(grads) != total:
             raise ValueError(f"grads has {len(grads)} entries but the optimizer has {total} params")
+        calls: List[Tuple[Any, tuple, Dict[str, Any]]] = []
+        new_state: List[Tuple[int, str, np.ndarray]] = []
         for group, pairs in zip(self.param_groups, indexed):
             active = [(i, p, grads[i]) for i, p in pairs if grads[i] is not None]
             if active:
-                self._group_step(group, active, grad_scale, found_inf)
+                self._group_calls(group, active, dict(grad_scale=grad_scale, found_inf=found_inf),
+                                  calls, new_state)
+        _engine.run_checked(calls)
+        for i, key, value in new_state:
+            self.state.setdefault(i, {})[key] = value
 
     def state_dict(self) -> Dict[str, Any]:
         """torch.optim's layout: ``{'state': {index: {...}}, 'param_groups': [...]}``; the
@@ -707,26 +723,28 @@ class _ElementwiseOptimizer:
 class SGD(_ElementwiseOptimizer):
     """SGD over NumPy arrays (float32, float64, bfloat16, float16), bit-identical to
     ``torch.optim.SGD(fused=True)`` on the elements torch's vector body computes
-    (docs/numerics.md, "SGD"). State ``momentum_buffer`` as torch keeps it, created at a
-    parameter's first step with momentum."""
+    (docs/numerics.md, "SGD"); with ``tail_width=W`` (torch's float32 vector width,
+    adamcore.torch.torch_tail_width()) on every element. State ``momentum_buffer`` as
+    torch keeps it, created at a parameter's first step with momentum."""
 
-    _hyper_keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
+    _hyper_keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize",
+                   "tail_width")
     _state_keys = ("momentum_buffer",)
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
-                 maximize: bool = False) -> None:
+                 maximize: bool = False, tail_width: int = 0) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
-                                      maximize=maximize))
+                                      maximize=maximize, tail_width=tail_width))
 
-    def _group_step(self, group, active, grad_scale, found_inf) -> None:
+    def _group_calls(self, group, active, amp, calls, new_state) -> None:
         from . import sgd_step
 
-        hyper = {key: group[key] for key in self._hyper_keys}
+        # (groups of state dicts from before tail_width: the body's recipe everywhere)
+        hyper = dict(amp, **{key: group.get(key, 0) for key in self._hyper_keys})
         if group["momentum"] == 0:
-            sgd_step([p for _, p, _ in active], [g for _, _, g in active], grad_scale=grad_scale,
-                     found_inf=found_inf, **hyper)
+            calls.append((sgd_step, ([p for _, p, _ in active], [g for _, _, g in active]), hyper))
             return
         for first in (False, True):  # continuing buffers, then new ones (torch's first step)
             chosen = [(i, p, g) for i, p, g in active
@@ -735,11 +753,10 @@ class SGD(_ElementwiseOptimizer):
                 continue
             buffers = [np.empty_like(p) if first else self.state[i]["momentum_buffer"]
                        for i, p, _ in chosen]
-            sgd_step([p for _, p, _ in chosen], [g for _, _, g in chosen], buffers,
-                     first_step=first, grad_scale=grad_scale, found_inf=found_inf, **hyper)
-            if first and not found_inf:
-                for (i, _, _), buf in zip(chosen, buffers):
-                    self.state.setdefault(i, {})["momentum_buffer"] = buf
+            calls.append((sgd_step, ([p for _, p, _ in chosen], [g for _, _, g in chosen], buffers),
+                          dict(hyper, first_step=first)))
+            if first and not amp["found_inf"]:
+                new_state.extend((i, "momentum_buffer", buf) for (i, _, _), buf in zip(chosen, buffers))
 
 
 class Lion(_ElementwiseOptimizer):
@@ -756,14 +773,17 @@ class Lion(_ElementwiseOptimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay,
                                       maximize=maximize, convention=convention))
 
-    def _group_step(self, group, active, grad_scale, found_inf) -> None:
+    def _group_calls(self, group, active, amp, calls, new_state) -> None:
         from . import lion_step
 
-        exp_avgs = [self.state.get(i, {}).get("exp_avg") for i, _, _ in active]
-        exp_avgs = [np.zeros_like(p) if m is None else m for m, (_, p, _) in zip(exp_avgs, active)]
-        lion_step([p for _, p, _ in active], [g for _, _, g in active], exp_avgs,
-                  lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
-                  weight_decay=group["weight_decay"], maximize=group["maximize"],
-                  convention=group["convention"], grad_scale=grad_scale, found_inf=found_inf)
-        for (i, _, _), m in zip(active, exp_avgs):
-            self.state.setdefault(i, {})["exp_avg"] = m
+        exp_avgs = []
+        for i, p, _ in active:
+            exp_avg = self.state.get(i, {}).get("exp_avg")
+            if exp_avg is None:
+                exp_avg = np.zeros_like(p)
+                new_state.append((i, "exp_avg", exp_avg))
+            exp_avgs.append(exp_avg)
+        calls.append((lion_step, ([p for _, p, _ in active], [g for _, _, g in active], exp_avgs),
+                      dict(amp, lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
+                           weight_decay=group["weight_decay"], maximize=group["maximize"],
+                           convention=group["convention"])))

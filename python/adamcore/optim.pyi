@@ -35,21 +35,21 @@ class Adam(Optimizer):
                  betas: Tuple[float, float] = ..., eps: float = ...,
                  weight_decay: float = ..., amsgrad: bool = ..., *, maximize: bool = ...,
                  decoupled_weight_decay: bool = ..., convention: ConventionName = ...,
-                 tail_width: int = ...) -> None: ...
+                 tail_width: int = ..., eps_root: float = ..., nesterov: bool = ...) -> None: ...
 
 class AdamW(Adam):
     def __init__(self, params: ParamsArg, lr: LearningRate = ...,
                  betas: Tuple[float, float] = ..., eps: float = ...,
                  weight_decay: float = ..., amsgrad: bool = ..., *,
                  maximize: bool = ..., convention: ConventionName = ...,
-                 tail_width: int = ...) -> None: ...
+                 tail_width: int = ..., eps_root: float = ..., nesterov: bool = ...) -> None: ...
 
 class AMSGrad(Adam):
     def __init__(self, params: ParamsArg, lr: LearningRate = ...,
                  betas: Tuple[float, float] = ..., eps: float = ...,
                  weight_decay: float = ..., *, maximize: bool = ...,
                  decoupled_weight_decay: bool = ..., convention: ConventionName = ...,
-                 tail_width: int = ...) -> None: ...
+                 tail_width: int = ..., eps_root: float = ..., nesterov: bool = ...) -> None: ...
 
 class Adagrad(Optimizer):
     def __init__(self, params: ParamsArg, lr: LearningRate = ..., lr_decay: float = ...,

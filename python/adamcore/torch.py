@@ -374,11 +374,14 @@ class Adam(_KernelOptimizer):
     """``torch.optim.Adam`` running adamcore's kernel (same arguments and state).
 
     ``amsgrad``, ``maximize``, L2 ``weight_decay`` and ``decoupled_weight_decay`` behave
-    as in torch; results equal ``torch.optim.Adam(fused=True)``'s."""
+    as in torch; results equal ``torch.optim.Adam(fused=True)``'s. ``convention`` selects
+    another peer's arithmetic; ``eps_root`` and ``nesterov`` are optax's (refused under
+    other conventions)."""
 
     _group_fallbacks = {"amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
                         "differentiable": False, "decoupled_weight_decay": False, "fused": None,
-                        "convention": DEFAULT_CONVENTION, "tail_width": 0}
+                        "convention": DEFAULT_CONVENTION, "tail_width": 0, "eps_root": 0.0,
+                        "nesterov": False}
 
     def __init__(self, params: Iterable[Any], lr: float = ADAM.lr, betas: Tuple[float, float] = ADAM.betas,
                  eps: float = ADAM.eps, weight_decay: float = ADAM.weight_decay,
@@ -386,12 +389,14 @@ class Adam(_KernelOptimizer):
                  maximize: bool = ADAM.maximize, capturable: bool = False, differentiable: bool = False,
                  fused: Optional[bool] = True,
                  decoupled_weight_decay: bool = ADAM.decoupled_weight_decay,
-                 convention: str = DEFAULT_CONVENTION, tail_width: int = 0) -> None:
+                 convention: str = DEFAULT_CONVENTION, tail_width: int = 0,
+                 eps_root: float = 0.0, nesterov: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize, foreach=foreach,
                                       capturable=capturable, differentiable=differentiable,
                                       fused=fused, decoupled_weight_decay=decoupled_weight_decay,
-                                      convention=convention, tail_width=tail_width))
+                                      convention=convention, tail_width=tail_width,
+                                      eps_root=eps_root, nesterov=nesterov))
 
 
 class AdamW(Adam):
@@ -405,11 +410,12 @@ class AdamW(Adam):
                  amsgrad: bool = ADAM.amsgrad, *, maximize: bool = ADAM.maximize,
                  foreach: Optional[bool] = None, capturable: bool = False,
                  differentiable: bool = False, fused: Optional[bool] = True,
-                 convention: str = DEFAULT_CONVENTION, tail_width: int = 0) -> None:
+                 convention: str = DEFAULT_CONVENTION, tail_width: int = 0,
+                 eps_root: float = 0.0, nesterov: bool = False) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable, differentiable=differentiable,
                          fused=fused, decoupled_weight_decay=True, convention=convention,
-                         tail_width=tail_width)
+                         tail_width=tail_width, eps_root=eps_root, nesterov=nesterov)
 
 
 class Adagrad(_KernelOptimizer):
@@ -515,28 +521,37 @@ class _ElementwiseOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
-        """One step over every parameter with a ``.grad``; ``closure`` as in torch.optim."""
+        """One step over every parameter with a ``.grad``; ``closure`` as in torch.optim.
+        Every group's calls are checked before any runs, and new state is stored only
+        after they all ran: a step that raises leaves everything as it was."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         amp = _amp_options(self) or {}
+        calls: List[Tuple[Any, tuple, Dict[str, Any]]] = []
+        new_state: List[Tuple[Any, str, Any]] = []
         for g, group in enumerate(self.param_groups):
             params, arrays, grads = self._arrays(g, group)
             if params:
-                self._group_step(group, params, arrays, grads, amp)
+                self._group_calls(group, params, arrays, grads, amp, calls, new_state)
+        _engine.run_checked(calls)
+        for param, key, value in new_state:
+            self.state[param][key] = value
         return loss
 
 
 class SGD(_ElementwiseOptimizer):
     """``torch.optim.SGD`` with adamcore's kernel: bit-identical to ``SGD(fused=True)`` on
-    the elements torch's vector body computes (docs/numerics.md, "SGD"), state
-    ``momentum_buffer`` as torch keeps it, AMP through torch.amp.GradScaler."""
+    the elements torch's vector body computes (docs/numerics.md, "SGD"), and with
+    ``tail_width=torch_tail_width()`` on its scalar tail too; state ``momentum_buffer``
+    as torch keeps it, AMP through torch.amp.GradScaler."""
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
                  maximize: bool = False, foreach: Optional[bool] = None,
-                 differentiable: bool = False, fused: Optional[bool] = True) -> None:
+                 differentiable: bool = False, fused: Optional[bool] = True,
+                 tail_width: int = 0) -> None:
         if lr < 0.0:
             raise ValueError(f"Invalid learning rate: {lr}")
         if momentum < 0.0:
@@ -547,40 +562,39 @@ class SGD(_ElementwiseOptimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, foreach=foreach,
-                        differentiable=differentiable, fused=fused)
+                        differentiable=differentiable, fused=fused, tail_width=tail_width)
         self._check_flags("defaults", defaults)
         super().__init__(params, defaults)
 
-    def _group_step(self, group, params, arrays, grads, amp) -> None:
+    def _group_calls(self, group, params, arrays, grads, amp, calls, new_state) -> None:
         from . import sgd_step
 
         hyper = dict(lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
                      weight_decay=group["weight_decay"], nesterov=group["nesterov"],
-                     maximize=group["maximize"], **amp)
+                     maximize=group["maximize"], tail_width=group.get("tail_width", 0), **amp)
         if group["momentum"] == 0:
-            sgd_step(arrays, grads, **hyper)
+            calls.append((sgd_step, (arrays, grads), hyper))
             return
         # Parameters with a buffer continue it; the others start one (torch's first step).
         running: Tuple[List[Any], List[Any], List[Any]] = ([], [], [])
-        starting: Tuple[List[Any], List[Any], List[Any], List[Any]] = ([], [], [], [])
+        starting: Tuple[List[Any], List[Any], List[Any]] = ([], [], [])
         for k, p in enumerate(params):
-            buf = self.state[p].get("momentum_buffer")
+            buf = self.state[p].get("momentum_buffer") if p in self.state else None
             if buf is None:
                 buf = torch.empty_like(p, memory_format=torch.preserve_format)
                 starting[0].append(arrays[k]), starting[1].append(grads[k])
-                starting[2].append(_view("momentum_buffer", buf)), starting[3].append((p, buf))
+                starting[2].append(_view("momentum_buffer", buf))
+                # With found_inf torch still creates the buffers (left empty); keep them
+                # out of the state instead, so the next step starts them again.
+                if not amp.get("found_inf"):
+                    new_state.append((p, "momentum_buffer", buf))
             else:
                 running[0].append(arrays[k]), running[1].append(grads[k])
                 running[2].append(_view(f"state of {tuple(p.shape)} momentum_buffer", buf))
         if running[0]:
-            sgd_step(*running, **hyper)
+            calls.append((sgd_step, running, hyper))
         if starting[0]:
-            # With found_inf torch still creates the buffers (left empty); keep them out of
-            # the state instead, so the next step starts them again.
-            sgd_step(*starting[:3], first_step=True, **hyper)
-            if not amp.get("found_inf"):
-                for p, buf in starting[3]:
-                    self.state[p]["momentum_buffer"] = buf
+            calls.append((sgd_step, starting, dict(hyper, first_step=True)))
 
 
 class Lion(_ElementwiseOptimizer):
@@ -600,15 +614,17 @@ class Lion(_ElementwiseOptimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay,
                                       maximize=maximize, convention=convention))
 
-    def _group_step(self, group, params, arrays, grads, amp) -> None:
+    def _group_calls(self, group, params, arrays, grads, amp, calls, new_state) -> None:
         from . import lion_step
 
         exp_avgs = []
         for p in params:
-            state = self.state[p]
-            if "exp_avg" not in state:
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            exp_avgs.append(_view(f"state of {tuple(p.shape)} exp_avg", state["exp_avg"]))
-        lion_step(arrays, grads, exp_avgs, lr=group["lr"], beta1=group["betas"][0],
-                  beta2=group["betas"][1], weight_decay=group["weight_decay"],
-                  maximize=group["maximize"], convention=group["convention"], **amp)
+            exp_avg = self.state[p].get("exp_avg") if p in self.state else None
+            if exp_avg is None:
+                exp_avg = torch.zeros_like(p, memory_format=torch.preserve_format)
+                new_state.append((p, "exp_avg", exp_avg))
+            exp_avgs.append(_view(f"state of {tuple(p.shape)} exp_avg", exp_avg))
+        calls.append((lion_step, (arrays, grads, exp_avgs),
+                      dict(lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
+                           weight_decay=group["weight_decay"], maximize=group["maximize"],
+                           convention=group["convention"], **amp)))

@@ -15,7 +15,7 @@ class Adam(torch.optim.Optimizer):
                  foreach: Optional[bool] = None, maximize: bool = ..., capturable: bool = False,
                  differentiable: bool = False, fused: Optional[bool] = True,
                  decoupled_weight_decay: bool = ..., convention: ConventionName = ...,
-                 tail_width: int = ...) -> None: ...
+                 tail_width: int = ..., eps_root: float = ..., nesterov: bool = ...) -> None: ...
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any: ...  # type: ignore[override]
 
 class AdamW(Adam):
@@ -24,7 +24,8 @@ class AdamW(Adam):
                  weight_decay: float = ..., amsgrad: bool = ..., *, maximize: bool = ...,
                  foreach: Optional[bool] = None, capturable: bool = False,
                  differentiable: bool = False, fused: Optional[bool] = True,
-                 convention: ConventionName = ..., tail_width: int = ...) -> None: ...
+                 convention: ConventionName = ..., tail_width: int = ...,
+                 eps_root: float = ..., nesterov: bool = ...) -> None: ...
 
 class Adagrad(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Any], lr: Union[float, torch.Tensor] = ...,

@@ -230,6 +230,10 @@ struct SgdHyper {
   double weight_decay = 0.0;     // added to the gradient (L2)
   bool nesterov = false;         // needs momentum > 0 and dampening 0
   bool maximize = false;
+  // 8 or 16 (torch's float32 vector width): each tensor's last size % tail_width elements
+  // (size % (tail_width / 2) for float64) take torch fused's scalar-loop momentum
+  // recipe, fma(m, momentum, g * (1 - dampening)). 0: the vector body's on every element.
+  int tail_width = 0;
 };
 
 // Lion (Chen et al. 2023) in one of two roundings (docs/numerics.md, "Lion").
