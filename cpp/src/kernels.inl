@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "kernel_api.h"
+#include "vec/vec_pair.h"
 
 namespace adamcore::ADAMCORE_NS {
 namespace {
@@ -66,7 +67,14 @@ struct LayoutTypes {
   static constexpr bool kDouble = std::is_same_v<Param, double>;
   using Math = std::conditional_t<kDouble, double, float>;
   static constexpr bool kAny16Bit = kIs16Bit<Param> || kIs16Bit<State> || kIs16Bit<Copy>;
-  using Body = std::conditional_t<kDouble, VecF64, Vec>;  // the vector body's type
+  static constexpr bool kAnyBf16 = std::is_same_v<Param, detail::Bf16> ||
+                                   std::is_same_v<State, detail::Bf16> ||
+                                   std::is_same_v<Copy, detail::Bf16>;
+  // The vector body's type: two vectors per step where that lets bfloat16 stores pack
+  // two vectors into one full-width store.
+  using Body = std::conditional_t<kDouble, VecF64,
+                                  std::conditional_t<kAnyBf16 && StoresBf16Pairs<Vec>::value,
+                                                     Pair<Vec>, Vec>>;
   using One = std::conditional_t<kDouble, VecScalarF64, VecScalar>;  // head and tail
 };
 
@@ -145,24 +153,17 @@ struct AdamConsts {
 // element from a hash of (element index, a key of the seed, step, tensor and buffer), so
 // an element's rounding does not depend on the ISA, the thread or the grouping.
 template <class U>
-U lane_hash(U x) {
+U lane_hash(U x, U mul1, U mul2) {
   x = bit_xor(x, shift_right<16>(x));
-  x = mul_lo(x, U::set1(detail::kHashMul1));
+  x = mul_lo(x, mul1);
   x = bit_xor(x, shift_right<15>(x));
-  x = mul_lo(x, U::set1(detail::kHashMul2));
+  x = mul_lo(x, mul2);
   return bit_xor(x, shift_right<16>(x));
 }
 
-// x rounded to a bfloat16 value, up or down (in magnitude) with probability
-// proportional to the distance: the 16 dropped bits plus 16 random bits carry or not.
-template <class V>
-V round_stochastic(const detail::Bf16*, V x, typename V::Bits r) {
-  using U = typename V::Bits;
-  const V kept = from_bits(bit_and(add(as_bits(x), shift_right<16>(r)), U::set1(0xFFFF0000u)));
-  return select(nan_mask(x), x, kept);  // (a NaN's bits could carry into Inf or the sign)
-}
-// The same for float16: 13 dropped bits in the normal range; below 2^-14, where a half's
-// last place is 2^-24, the magnitude in those units plus a random fraction, truncated.
+// float16's stochastic rounding (bfloat16's is the Vec types' store_stochastic): 13
+// dropped bits in the normal range; below 2^-14, where a half's last place is 2^-24, the
+// magnitude in those units plus a random fraction, truncated.
 template <class V>
 V round_stochastic(const detail::F16*, V x, typename V::Bits r) {
   using U = typename V::Bits;
@@ -177,27 +178,56 @@ V round_stochastic(const detail::F16*, V x, typename V::Bits r) {
   return select(nan_mask(x), x, rounded);
 }
 
-// What a store needs for stochastic rounding: on or off, the low 32 bits of the first
-// lane's element index, and each buffer's key for this range (whose indices share their
-// upper 32 bits: adam_range cuts ranges at multiples of 2^32). Passed by value, so the
-// stores through the buffers cannot alias it and it stays in registers.
+// What the stores of one element loop need for stochastic rounding. On is a template
+// parameter of the loops, so the round-to-nearest loop has no trace of it (an empty
+// struct). On: the lanes' element indices (low 32 bits), stepped with the loop, and each
+// buffer's key for this range (whose indices share their upper 32 bits: the ranges are
+// cut at multiples of 2^32), as vectors next to the hash's multipliers so that the loop
+// keeps them in registers. Passed by value, so the stores cannot alias it.
+template <class V, bool On>
 struct SrLanes {
-  bool on;
-  std::uint32_t index;
-  std::uint32_t keys[detail::sr_buffer_count];
+  void next() {}
+};
+template <class V>
+struct SrLanes<V, true> {
+  using U = typename V::Bits;
+  U index;
+  U keys[detail::sr_buffer_count];
+  U mul1, mul2;
+  void next() { index = add(index, U::set1(static_cast<std::uint32_t>(V::kLanes))); }
+  U random(std::uint32_t which) const { return lane_hash(add(index, keys[which]), mul1, mul2); }
 };
 
 // The stochastic-rounding state of elements [from, ...) of a tensor.
-inline SrLanes sr_lanes(bool on, const detail::PassOptions& pass, std::uint64_t stream,
-                        std::size_t from) {
-  SrLanes sr{on, 0, {}};
-  if (on) {
+template <class V, bool On>
+inline SrLanes<V, On> sr_lanes([[maybe_unused]] const detail::PassOptions& pass,
+                               [[maybe_unused]] std::uint64_t stream,
+                               [[maybe_unused]] std::size_t from) {
+  SrLanes<V, On> sr;
+  if constexpr (On) {
+    using U = typename V::Bits;
+    sr.index = U::iota(static_cast<std::uint32_t>(from));
+    sr.mul1 = U::set1(detail::kHashMul1);
+    sr.mul2 = U::set1(detail::kHashMul2);
     const std::uint64_t hi = static_cast<std::uint64_t>(from) >> 32;
     for (std::uint32_t b = 0; b < detail::sr_buffer_count; ++b) {
-      sr.keys[b] = detail::sr_buffer_key(pass.key, stream, hi, b);
+      sr.keys[b] = U::set1(detail::sr_buffer_key(pass.key, stream, hi, b));
     }
   }
   return sr;
+}
+
+// Calls fn(std::bool_constant<stochastic>) once: the element loops are compiled twice
+// for layouts with a 16-bit buffer (nearest and stochastic), once for the others.
+template <bool Any16Bit, class Fn>
+inline void with_rounding(bool stochastic, Fn fn) {
+  if constexpr (Any16Bit) {
+    if (stochastic) {
+      fn(std::true_type{});
+      return;
+    }
+  }
+  fn(std::false_type{});
 }
 
 // Calls fn(a, b) for the pieces of [begin, end) between multiples of 2^32 elements (one
@@ -215,23 +245,22 @@ inline void for_index_halves(std::size_t begin, std::size_t end, Fn fn) {
   }
 }
 
-// Stores x to a buffer of type T (its dtype), rounding stochastically when asked.
-template <class V, class T>
-inline void store_as(T* ptr, V x, [[maybe_unused]] SrLanes sr,
-                     [[maybe_unused]] std::uint32_t which) {
-  if constexpr (kIs16Bit<T>) {
-    if (sr.on) {
-      using U = typename V::Bits;
-      x = round_stochastic(ptr, x, lane_hash(add(U::iota(sr.index), U::set1(sr.keys[which]))));
-    }
+// Stores x to a buffer of type T (its dtype), rounding stochastically when Sr.
+template <class V, class T, bool Sr>
+inline void store_as(T* ptr, V x, const SrLanes<V, Sr>& sr, [[maybe_unused]] std::uint32_t which) {
+  if constexpr (Sr && std::is_same_v<T, detail::Bf16>) {
+    store_stochastic(ptr, x, sr.random(which));
+    return;
+  } else if constexpr (Sr && kIs16Bit<T>) {
+    x = round_stochastic(ptr, x, sr.random(which));
   }
   store(ptr, x);
 }
 
 // Writes the updated params' low-precision copy, when the layout has one.
-template <class C, class V>
+template <class C, class V, bool Sr>
 inline void store_copy([[maybe_unused]] C* copy_ptr, [[maybe_unused]] V p,
-                       [[maybe_unused]] SrLanes sr) {
+                       [[maybe_unused]] const SrLanes<V, Sr>& sr) {
   if constexpr (!std::is_void_v<C>) store_as(copy_ptr, p, sr, detail::sr_copy);
 }
 
@@ -250,8 +279,10 @@ inline V through(V x) {
 // The grad, unscaled (AMP, written back) and clipped (not written) when asked, then
 // negated for maximize. A clipped grad is what unscale-then-clip would leave in the
 // grad buffer: the stored quotient times the coefficient, in the grad's dtype.
+// (Always inlined: with 16-bit grads and the two-vector body GCC kept it out of line,
+// a call per vector.)
 template <class V, class G, class C>
-inline V load_grad(const G* g_ptr, const C& c, detail::PassOptions pass,
+[[gnu::always_inline]] inline V load_grad(const G* g_ptr, const C& c, detail::PassOptions pass,
                    std::uint32_t sign_flip) {
   V g = V::load(g_ptr);
   if (pass.unscale) {
@@ -270,8 +301,8 @@ inline V load_grad(const G* g_ptr, const C& c, detail::PassOptions pass,
 // Its scalar loop (Tail) is compiled with contraction, which fuses the other product:
 // fma(m, B1, g*W) and fma(v, B2, (g*g)*C2).
 // Γ (Diag): den = fma(sqrt(v), D, E) with D its 1/sqrt(bc2); a = lr/bc1 (host, float32).
-template <class V, class P, class S, class C, WdMode Wd, bool Tail, bool Diag>
-inline void adam_lanes_deepspeed(const AdamConsts<V>& c, V g, V p, SrLanes sr, P* p_ptr,
+template <class V, class P, class S, class C, WdMode Wd, bool Tail, bool Diag, bool Sr>
+inline void adam_lanes_deepspeed(const AdamConsts<V>& c, V g, V p, SrLanes<V, Sr> sr, P* p_ptr,
                                  S* m_ptr, S* v_ptr, C* copy_ptr, bool gamma_defined,
                                  DiagLanes<V>& diag) {
   if constexpr (Wd == WdMode::l2) g = fma(p, c.l, g);
@@ -300,9 +331,10 @@ inline void adam_lanes_deepspeed(const AdamConsts<V>& c, V g, V p, SrLanes sr, P
 // Γ (Diag): den = sqrt(v*R2 + eps_root) + eps (the bias-corrected max with amsgrad), whose
 // previous value takes step t-1's R2 (the stored max is already corrected); a = lr*R1
 // (host, float32; with Nesterov too: den is the preconditioner either way).
-template <class V, class P, class S, class C, WdMode Wd, bool Amsgrad, bool Nesterov, bool Diag>
-inline void adam_lanes_optax(const AdamConsts<V>& c, V g, V p, SrLanes sr, P* p_ptr, S* m_ptr,
-                             S* v_ptr, S* vmax_ptr, C* copy_ptr, bool gamma_defined,
+template <class V, class P, class S, class C, WdMode Wd, bool Amsgrad, bool Nesterov, bool Diag,
+          bool Sr>
+inline void adam_lanes_optax(const AdamConsts<V>& c, V g, V p, SrLanes<V, Sr> sr, P* p_ptr,
+                             S* m_ptr, S* v_ptr, S* vmax_ptr, C* copy_ptr, bool gamma_defined,
                              DiagLanes<V>& diag) {
   const V v_old = V::load(v_ptr);
   const V m = fma(c.w, g, mul(c.b1, V::load(m_ptr)));
@@ -339,9 +371,9 @@ inline void adam_lanes_optax(const AdamConsts<V>& c, V g, V p, SrLanes sr, P* p_
 // Convention::keras): one rounding per op, no fma; weight decay p - p*wd*lr first; the
 // moments as m + (g - m)*(1-b1); the step alpha folds lr and both bias corrections.
 // Γ (Diag): den = sqrt(v) + eps (vmax with amsgrad), a = alpha (both bias corrections).
-template <class V, class P, class S, class C, WdMode Wd, bool Amsgrad, bool Diag>
-inline void adam_lanes_keras(const AdamConsts<V>& c, V g, V p, SrLanes sr, P* p_ptr, S* m_ptr,
-                             S* v_ptr, S* vmax_ptr, C* copy_ptr, bool gamma_defined,
+template <class V, class P, class S, class C, WdMode Wd, bool Amsgrad, bool Diag, bool Sr>
+inline void adam_lanes_keras(const AdamConsts<V>& c, V g, V p, SrLanes<V, Sr> sr, P* p_ptr,
+                             S* m_ptr, S* v_ptr, S* vmax_ptr, C* copy_ptr, bool gamma_defined,
                              DiagLanes<V>& diag) {
   if constexpr (Wd == WdMode::decoupled) p = sub(p, mul(mul(p, c.l), c.lr));
   const V m_old = V::load(m_ptr);
@@ -368,9 +400,9 @@ inline void adam_lanes_keras(const AdamConsts<V>& c, V g, V p, SrLanes sr, P* p_
 }
 
 template <class V, class P, class S, class G, class C, WdMode Wd, bool LerpLow, bool Amsgrad,
-          bool Diag, Recipe R>
+          bool Diag, Recipe R, bool Sr>
 inline void adam_lanes(const AdamConsts<V>& c, std::uint32_t sign_flip,
-                       detail::PassOptions pass, bool gamma_defined, SrLanes sr, P* p_ptr,
+                       detail::PassOptions pass, bool gamma_defined, SrLanes<V, Sr> sr, P* p_ptr,
                        const G* g_ptr, S* m_ptr, S* v_ptr, S* vmax_ptr, C* copy_ptr,
                        DiagLanes<V>& diag) {
   V g = load_grad<V>(g_ptr, c, pass, sign_flip);
@@ -459,7 +491,8 @@ C* offset_or_null(void* base, std::size_t i) {
 }
 
 // Elements [from, to) of one tensor of layout L at V's width (to - from is a multiple of it).
-template <std::size_t L, class V, WdMode Wd, bool LerpLow, bool Amsgrad, bool Diag, Recipe R>
+template <std::size_t L, class V, WdMode Wd, bool LerpLow, bool Amsgrad, bool Diag, Recipe R,
+          bool Sr>
 void adam_elements(const AdamScalars& k, const AdamBuffers& b, std::size_t from, std::size_t to,
                    DiagAccum* acc) {
   using T = LayoutTypes<L>;
@@ -479,10 +512,9 @@ void adam_elements(const AdamScalars& k, const AdamBuffers& b, std::size_t from,
   const bool gamma_defined = k.gamma_defined;
   const detail::PassOptions pass = k.pass;
   const AdamConsts<V> c(coeffs_for<typename T::Math>(k));
-  SrLanes sr = sr_lanes(T::kAny16Bit && pass.stochastic, pass, b.stream, from);
+  SrLanes<V, Sr> sr = sr_lanes<V, Sr>(pass, b.stream, from);
   DiagLanes<V> diag;
-  for (std::size_t i = from; i < to; i += V::kLanes) {
-    sr.index = static_cast<std::uint32_t>(i);
+  for (std::size_t i = from; i < to; i += V::kLanes, sr.next()) {
     adam_lanes<V, P, S, G, C, Wd, LerpLow, Amsgrad, Diag, R>(
         c, sign_flip, pass, gamma_defined, sr, param + i, grad + i, exp_avg + i,
         exp_avg_sq + i, Amsgrad ? max_exp_avg_sq + i : nullptr,
@@ -497,12 +529,16 @@ void adam_range(const AdamScalars& k, const AdamBuffers& b, std::size_t begin,
   using T = LayoutTypes<L>;
   using Body = typename T::Body;
   using One = typename T::One;
-  for_index_halves(begin, end, [&](std::size_t from, std::size_t to) {
-    const Split s = split_for_alignment<Body>(static_cast<const typename T::Param*>(b.param),
-                                              from, to);
-    adam_elements<L, One, Wd, LerpLow, Amsgrad, Diag, R>(k, b, from, s.body_begin, acc);
-    adam_elements<L, Body, Wd, LerpLow, Amsgrad, Diag, R>(k, b, s.body_begin, s.body_end, acc);
-    adam_elements<L, One, Wd, LerpLow, Amsgrad, Diag, R>(k, b, s.body_end, to, acc);
+  with_rounding<T::kAny16Bit>(k.pass.stochastic, [&](auto stochastic) {
+    constexpr bool Sr = decltype(stochastic)::value;
+    for_index_halves(begin, end, [&](std::size_t from, std::size_t to) {
+      const Split s = split_for_alignment<Body>(static_cast<const typename T::Param*>(b.param),
+                                                from, to);
+      adam_elements<L, One, Wd, LerpLow, Amsgrad, Diag, R, Sr>(k, b, from, s.body_begin, acc);
+      adam_elements<L, Body, Wd, LerpLow, Amsgrad, Diag, R, Sr>(k, b, s.body_begin, s.body_end,
+                                                                acc);
+      adam_elements<L, One, Wd, LerpLow, Amsgrad, Diag, R, Sr>(k, b, s.body_end, to, acc);
+    });
   });
 }
 
@@ -516,9 +552,10 @@ struct AdagradConsts {
         clr_prev(V::set1(c.prev_clr)) {}
 };
 
-template <class V, class P, class S, class G, class C, bool WeightDecay, bool Diag, Recipe R>
+template <class V, class P, class S, class G, class C, bool WeightDecay, bool Diag, Recipe R,
+          bool Sr>
 inline void adagrad_lanes(const AdagradConsts<V>& c, std::uint32_t sign_flip,
-                          detail::PassOptions pass, bool gamma_defined, SrLanes sr,
+                          detail::PassOptions pass, bool gamma_defined, SrLanes<V, Sr> sr,
                           P* p_ptr, const G* g_ptr, S* s_ptr, C* copy_ptr,
                           DiagLanes<V>& diag) {
   V g = load_grad<V>(g_ptr, c, pass, sign_flip);
@@ -546,7 +583,7 @@ inline void adagrad_lanes(const AdagradConsts<V>& c, std::uint32_t sign_flip,
   }
 }
 
-template <std::size_t L, class V, bool WeightDecay, bool Diag, Recipe R>
+template <std::size_t L, class V, bool WeightDecay, bool Diag, Recipe R, bool Sr>
 void adagrad_elements(const AdagradScalars& k, const AdagradBuffers& b, std::size_t from,
                       std::size_t to, DiagAccum* acc) {
   using T = LayoutTypes<L>;
@@ -563,10 +600,9 @@ void adagrad_elements(const AdagradScalars& k, const AdagradBuffers& b, std::siz
   const bool gamma_defined = k.gamma_defined;
   const detail::PassOptions pass = k.pass;
   const AdagradConsts<V> c(coeffs_for<typename T::Math>(k));
-  SrLanes sr = sr_lanes(T::kAny16Bit && pass.stochastic, pass, b.stream, from);
+  SrLanes<V, Sr> sr = sr_lanes<V, Sr>(pass, b.stream, from);
   DiagLanes<V> diag;
-  for (std::size_t i = from; i < to; i += V::kLanes) {
-    sr.index = static_cast<std::uint32_t>(i);
+  for (std::size_t i = from; i < to; i += V::kLanes, sr.next()) {
     adagrad_lanes<V, P, S, G, C, WeightDecay, Diag, R>(c, sign_flip, pass, gamma_defined, sr,
                                                     param + i, grad + i, state_sum + i,
                                                     offset_or_null<C>(param_copy, i), diag);
@@ -580,12 +616,15 @@ void adagrad_range(const AdagradScalars& k, const AdagradBuffers& b, std::size_t
   using T = LayoutTypes<L>;
   using Body = typename T::Body;
   using One = typename T::One;
-  for_index_halves(begin, end, [&](std::size_t from, std::size_t to) {
-    const Split s = split_for_alignment<Body>(static_cast<const typename T::Param*>(b.param),
-                                              from, to);
-    adagrad_elements<L, One, WeightDecay, Diag, R>(k, b, from, s.body_begin, acc);
-    adagrad_elements<L, Body, WeightDecay, Diag, R>(k, b, s.body_begin, s.body_end, acc);
-    adagrad_elements<L, One, WeightDecay, Diag, R>(k, b, s.body_end, to, acc);
+  with_rounding<T::kAny16Bit>(k.pass.stochastic, [&](auto stochastic) {
+    constexpr bool Sr = decltype(stochastic)::value;
+    for_index_halves(begin, end, [&](std::size_t from, std::size_t to) {
+      const Split s = split_for_alignment<Body>(static_cast<const typename T::Param*>(b.param),
+                                                from, to);
+      adagrad_elements<L, One, WeightDecay, Diag, R, Sr>(k, b, from, s.body_begin, acc);
+      adagrad_elements<L, Body, WeightDecay, Diag, R, Sr>(k, b, s.body_begin, s.body_end, acc);
+      adagrad_elements<L, One, WeightDecay, Diag, R, Sr>(k, b, s.body_end, to, acc);
+    });
   });
 }
 
@@ -663,9 +702,9 @@ struct SgdConsts {
 // unrounded one (as torch's 16-bit kernel does). TorchTail: torch fused's scalar loop,
 // whose compiler fuses the other product of m*M + g*D: fma(m, M, g*D).
 template <class V, class T, bool WeightDecay, detail::SgdMomentum Momentum, bool Nesterov,
-          bool TorchTail>
+          bool TorchTail, bool Sr>
 inline void sgd_lanes(const SgdConsts<V>& c, std::uint32_t sign_flip, detail::PassOptions pass,
-                      SrLanes sr, T* p_ptr, const T* g_ptr, T* m_ptr) {
+                      SrLanes<V, Sr> sr, T* p_ptr, const T* g_ptr, T* m_ptr) {
   V g = load_grad<V>(g_ptr, c, pass, sign_flip);
   V p = V::load(p_ptr);
   if constexpr (WeightDecay) g = fma(p, c.weight_decay, g);
@@ -683,7 +722,7 @@ inline void sgd_lanes(const SgdConsts<V>& c, std::uint32_t sign_flip, detail::Pa
 }
 
 template <std::size_t L, class V, bool WeightDecay, detail::SgdMomentum Momentum, bool Nesterov,
-          bool TorchTail>
+          bool TorchTail, bool Sr>
 void sgd_elements(const detail::SgdScalars& k, const SgdBuffers& b, std::size_t from,
                   std::size_t to) {
   using T = typename LayoutTypes<L>::Param;
@@ -694,9 +733,8 @@ void sgd_elements(const detail::SgdScalars& k, const SgdBuffers& b, std::size_t 
   const std::uint32_t sign_flip = k.sign_flip;
   const detail::PassOptions pass = k.pass;
   const SgdConsts<V> c(coeffs_for<typename LayoutTypes<L>::Math>(k));
-  SrLanes sr = sr_lanes(LayoutTypes<L>::kAny16Bit && pass.stochastic, pass, b.stream, from);
-  for (std::size_t i = from; i < to; i += V::kLanes) {
-    sr.index = static_cast<std::uint32_t>(i);
+  SrLanes<V, Sr> sr = sr_lanes<V, Sr>(pass, b.stream, from);
+  for (std::size_t i = from; i < to; i += V::kLanes, sr.next()) {
     sgd_lanes<V, T, WeightDecay, Momentum, Nesterov, TorchTail>(
         c, sign_flip, pass, sr, param + i, grad + i,
         Momentum == detail::SgdMomentum::none ? nullptr : momentum_buffer + i);
@@ -708,15 +746,18 @@ template <std::size_t L, bool WeightDecay, detail::SgdMomentum Momentum, bool Ne
 void sgd_range(const detail::SgdScalars& k, const SgdBuffers& b, std::size_t begin,
                std::size_t end, DiagAccum*) {
   using T = LayoutTypes<L>;
-  for_index_halves(begin, end, [&](std::size_t from, std::size_t to) {
-    const Split s = split_for_alignment<typename T::Body>(
-        static_cast<const typename T::Param*>(b.param), from, to);
-    sgd_elements<L, typename T::One, WeightDecay, Momentum, Nesterov, TorchTail>(
-        k, b, from, s.body_begin);
-    sgd_elements<L, typename T::Body, WeightDecay, Momentum, Nesterov, TorchTail>(
-        k, b, s.body_begin, s.body_end);
-    sgd_elements<L, typename T::One, WeightDecay, Momentum, Nesterov, TorchTail>(
-        k, b, s.body_end, to);
+  with_rounding<T::kAny16Bit>(k.pass.stochastic, [&](auto stochastic) {
+    constexpr bool Sr = decltype(stochastic)::value;
+    for_index_halves(begin, end, [&](std::size_t from, std::size_t to) {
+      const Split s = split_for_alignment<typename T::Body>(
+          static_cast<const typename T::Param*>(b.param), from, to);
+      sgd_elements<L, typename T::One, WeightDecay, Momentum, Nesterov, TorchTail, Sr>(
+          k, b, from, s.body_begin);
+      sgd_elements<L, typename T::Body, WeightDecay, Momentum, Nesterov, TorchTail, Sr>(
+          k, b, s.body_begin, s.body_end);
+      sgd_elements<L, typename T::One, WeightDecay, Momentum, Nesterov, TorchTail, Sr>(
+          k, b, s.body_end, to);
+    });
   });
 }
 
@@ -746,9 +787,9 @@ V sign_of(V x) {
 // One vector of Lion. Paper: c = b1*m + (1-b1)*g; p = p*(1 - lr*wd) - lr*sign(c);
 // m = b2*m + (1-b2)*g, each product and sum rounded. DeepSpeed: the same with fused
 // multiply-adds and the update -copysign(lr, c) (float arithmetic only).
-template <class V, class T, bool DeepSpeed, bool Decay>
+template <class V, class T, bool DeepSpeed, bool Decay, bool Sr>
 inline void lion_lanes(const LionConsts<V>& c, std::uint32_t sign_flip, detail::PassOptions pass,
-                       SrLanes sr, T* p_ptr, const T* g_ptr, T* m_ptr) {
+                       SrLanes<V, Sr> sr, T* p_ptr, const T* g_ptr, T* m_ptr) {
   const V g = load_grad<V>(g_ptr, c, pass, sign_flip);
   V p = V::load(p_ptr);
   V m = V::load(m_ptr);
@@ -771,7 +812,7 @@ inline void lion_lanes(const LionConsts<V>& c, std::uint32_t sign_flip, detail::
   store_as(m_ptr, m, sr, detail::sr_exp_avg);
 }
 
-template <std::size_t L, class V, bool DeepSpeed, bool Decay>
+template <std::size_t L, class V, bool DeepSpeed, bool Decay, bool Sr>
 void lion_elements(const detail::LionScalars& k, const LionBuffers& b, std::size_t from,
                    std::size_t to) {
   using T = typename LayoutTypes<L>::Param;
@@ -782,9 +823,8 @@ void lion_elements(const detail::LionScalars& k, const LionBuffers& b, std::size
   const std::uint32_t sign_flip = k.sign_flip;
   const detail::PassOptions pass = k.pass;
   const LionConsts<V> c(coeffs_for<typename LayoutTypes<L>::Math>(k));
-  SrLanes sr = sr_lanes(LayoutTypes<L>::kAny16Bit && pass.stochastic, pass, b.stream, from);
-  for (std::size_t i = from; i < to; i += V::kLanes) {
-    sr.index = static_cast<std::uint32_t>(i);
+  SrLanes<V, Sr> sr = sr_lanes<V, Sr>(pass, b.stream, from);
+  for (std::size_t i = from; i < to; i += V::kLanes, sr.next()) {
     lion_lanes<V, T, DeepSpeed, Decay>(c, sign_flip, pass, sr, param + i, grad + i,
                                        exp_avg + i);
   }
@@ -794,12 +834,15 @@ template <std::size_t L, bool DeepSpeed, bool Decay>
 void lion_range(const detail::LionScalars& k, const LionBuffers& b, std::size_t begin,
                 std::size_t end, DiagAccum*) {
   using T = LayoutTypes<L>;
-  for_index_halves(begin, end, [&](std::size_t from, std::size_t to) {
-    const Split s = split_for_alignment<typename T::Body>(
-        static_cast<const typename T::Param*>(b.param), from, to);
-    lion_elements<L, typename T::One, DeepSpeed, Decay>(k, b, from, s.body_begin);
-    lion_elements<L, typename T::Body, DeepSpeed, Decay>(k, b, s.body_begin, s.body_end);
-    lion_elements<L, typename T::One, DeepSpeed, Decay>(k, b, s.body_end, to);
+  with_rounding<T::kAny16Bit>(k.pass.stochastic, [&](auto stochastic) {
+    constexpr bool Sr = decltype(stochastic)::value;
+    for_index_halves(begin, end, [&](std::size_t from, std::size_t to) {
+      const Split s = split_for_alignment<typename T::Body>(
+          static_cast<const typename T::Param*>(b.param), from, to);
+      lion_elements<L, typename T::One, DeepSpeed, Decay, Sr>(k, b, from, s.body_begin);
+      lion_elements<L, typename T::Body, DeepSpeed, Decay, Sr>(k, b, s.body_begin, s.body_end);
+      lion_elements<L, typename T::One, DeepSpeed, Decay, Sr>(k, b, s.body_end, to);
+    });
   });
 }
 

@@ -755,6 +755,168 @@ void test_conversions_on_every_isa() {
   adamcore::set_isa(adamcore::best_isa());
 }
 
+// The bfloat16 stochastic store rounds in one step, (bits + (r >> 16)) >> 16 with NaN made
+// quiet; it claims to equal the two-step definition it replaced: round to a bfloat16 value
+// by the carry of the dropped half (NaN kept as it is), then store that to nearest even.
+// Checked on every high half (so every sign, exponent, NaN, Inf, max-finite and
+// subnormal) with low halves and random bits at the carry edges and at random.
+std::uint16_t bf16_stochastic_in_two_steps(float x, std::uint32_t r) {
+  std::uint32_t kept = bits(x);
+  if (!std::isnan(x)) kept = (kept + (r >> 16)) & 0xFFFF0000u;
+  float rounded;
+  std::memcpy(&rounded, &kept, 4);
+  return adamcore::testconv::float_to_bf16(rounded);
+}
+
+void test_bf16_stochastic_store_is_the_two_step_rounding() {
+  std::mt19937 rng(9);
+  std::vector<std::uint32_t> lows = {0x0000, 0x0001, 0x7FFF, 0x8000, 0x8001, 0xFFFE, 0xFFFF};
+  std::vector<std::uint32_t> randoms = {0x00000000u, 0x0000FFFFu, 0x00010000u, 0x7FFF0000u,
+                                        0x80000000u, 0x8001FFFFu, 0xFFFF0000u, 0xFFFFFFFFu};
+  for (int i = 0; i < 4; ++i) lows.push_back(rng() & 0xFFFFu);
+  for (int i = 0; i < 4; ++i) randoms.push_back(rng());
+  std::size_t checked = 0, mismatches = 0, carried = 0;
+  for (std::uint32_t high = 0; high < 0x10000u; ++high) {
+    for (std::uint32_t low : lows) {
+      const std::uint32_t b = (high << 16) | low;
+      float x;
+      std::memcpy(&x, &b, 4);
+      for (std::uint32_t r : randoms) {
+        const std::uint16_t got = adamcore::testconv::float_to_bf16_stochastic(x, r);
+        mismatches += got != bf16_stochastic_in_two_steps(x, r);
+        carried += got != high;
+        ++checked;
+      }
+    }
+  }
+  check(checked == 65536u * lows.size() * randoms.size() && mismatches == 0,
+        "bf16 stochastic store: one step equals round-then-store-to-nearest (" +
+            std::to_string(mismatches) + " of " + std::to_string(checked) + " differ)");
+  check(carried > checked / 4 && carried < checked * 3 / 4,
+        "bf16 stochastic store: the sample rounds both up and down");
+  using adamcore::testconv::float_to_bf16_stochastic;
+  // float32's largest finite value (bits 0x7F7FFFFF) carries to Inf unless r's top half is 0.
+  check(float_to_bf16_stochastic(3.4028235e38f, 0x00010000u) == 0x7F80 &&
+            float_to_bf16_stochastic(-3.4028235e38f, 0x00010000u) == 0xFF80 &&
+            float_to_bf16_stochastic(3.4028235e38f, 0x0000FFFFu) == 0x7F7F,
+        "bf16 stochastic store: max-finite carries to Inf");
+  check(float_to_bf16_stochastic(-INFINITY, 0xFFFFFFFFu) == 0xFF80,
+        "bf16 stochastic store: -Inf stays -Inf");
+  check((float_to_bf16_stochastic(NAN, 0xFFFFFFFFu) & 0x7FC0) == 0x7FC0,
+        "bf16 stochastic store: NaN stays a quiet NaN");
+}
+
+// The element-index hash of the stochastic stores (docs/numerics.md), written out here
+// so the kernels' random bits are checked against the definition.
+std::uint32_t sr_random_bits(std::uint64_t seed, std::int64_t step, std::uint64_t stream,
+                             std::uint32_t which, std::uint64_t index) {
+  namespace d = adamcore::detail;
+  const std::uint64_t call_key = d::mix64(seed ^ d::mix64(static_cast<std::uint64_t>(step)));
+  std::uint32_t x = static_cast<std::uint32_t>(index) +
+                    d::sr_buffer_key(call_key, stream, index >> 32, which);
+  x ^= x >> 16;
+  x *= d::kHashMul1;
+  x ^= x >> 15;
+  x *= d::kHashMul2;
+  return x ^ (x >> 16);
+}
+
+// Stochastic rounding on every ISA: a bfloat16 param copy of arbitrary float32 bit
+// patterns is the definition's rounding with the definition's random bits, element by
+// element; and the 16-bit layouts' Adam steps give the scalar ISA's bits.
+void test_stochastic_rounding_on_every_isa() {
+  adamcore::StepOptions sr;
+  sr.rounding = adamcore::Rounding::stochastic;
+  sr.seed = 12345;
+  std::mt19937 rng(5);
+  std::vector<float> values(50021);
+  for (auto& x : values) {
+    std::uint32_t b = rng();
+    if (rng() % 4 == 0) b = (b & 0xFFFF0000u) | (rng() % 2 ? 0x0000u : 0xFFFFu);
+    if (rng() % 8 == 0) b = (b & 0x807FFFFFu) | (rng() % 2 ? 0x7F000000u : 0x00000000u);
+    std::memcpy(&x, &b, 4);
+  }
+  adamcore::AdagradHyper still;  // lr = 0, g = 0: the params stay as they are
+  still.lr = 0.0;
+  const adamcore::Layout copy_layout{adamcore::DType::float32, adamcore::DType::float32,
+                                     adamcore::DType::float32, adamcore::DType::bfloat16};
+  const std::int64_t step = 7;
+  for (adamcore::Isa isa : supported_isas()) {
+    adamcore::set_isa(isa);
+    for (std::size_t offset : {0, 3}) {
+      std::vector<float> p = values, g(values.size(), 0.0f), s(values.size(), 0.0f);
+      std::vector<std::uint16_t> copy(values.size(), 0);
+      const std::size_t n = values.size() - offset;
+      adamcore::AdagradBuffers b{p.data() + offset, g.data(), s.data(), n, copy.data() + offset};
+      b.stream = 77;
+      adamcore::adagrad_step(&b, 1, step, still, nullptr, -1.0, copy_layout, sr);
+      std::size_t wrong = 0;
+      for (std::size_t i = 0; i < n; ++i) {
+        const float x = p[offset + i];  // (a signalling NaN param came back quiet)
+        const std::uint16_t want = bf16_stochastic_in_two_steps(
+            x, sr_random_bits(sr.seed, step, b.stream, adamcore::detail::sr_copy, i));
+        wrong += copy[offset + i] != want;
+      }
+      check(wrong == 0, std::string(adamcore::isa_name(isa)) +
+                            ": stochastic bf16 copy is the definition's, offset " +
+                            std::to_string(offset) + " (" + std::to_string(wrong) + " differ)");
+    }
+  }
+  using adamcore::DType;
+  const std::vector<adamcore::Layout> layouts = {
+      {DType::bfloat16, DType::bfloat16, DType::bfloat16, DType::none},
+      {DType::float16, DType::float16, DType::float16, DType::none},
+      {DType::bfloat16, DType::bfloat16, DType::float32, DType::none},
+      {DType::float16, DType::float16, DType::float32, DType::none},
+      {DType::float32, DType::float32, DType::bfloat16, DType::none},
+      {DType::float32, DType::bfloat16, DType::bfloat16, DType::bfloat16}};
+  adamcore::AdamHyper h;
+  h.lr = 1e-2;
+  h.weight_decay = 0.01;
+  for (const adamcore::Layout& layout : layouts) {
+    if (!adamcore::check_layout(layout).empty()) {
+      check(false, describe(layout) + ": not an accepted layout");
+      continue;
+    }
+    const std::size_t n = 1001, offset = 1, total = n + offset;
+    const AdamState start = make_state(rng, total);
+    std::vector<Typed> grads;
+    for (int t = 0; t < 4; ++t) {
+      grads.push_back(encode(make_values(rng, total, true, 1.0f), layout.grad));
+    }
+    const LayoutState init{encode(start.p, layout.param), encode(start.m, layout.state),
+                           encode(start.v, layout.state), encode(start.vmax, layout.state),
+                           encode(std::vector<float>(total, NAN), layout.param_copy)};
+    const auto run = [&](const adamcore::StepOptions& options) {
+      LayoutState s = init;
+      for (std::size_t t = 0; t < grads.size(); ++t) {
+        adamcore::AdamBuffers b{s.p.at(offset), grads[t].at(offset), s.m.at(offset),
+                                s.v.at(offset), nullptr, n, s.copy.at(offset)};
+        b.stream = 3;
+        adamcore::adam_step(&b, 1, static_cast<std::int64_t>(t + 1), h, nullptr, -1.0, layout,
+                            options);
+      }
+      return s;
+    };
+    adamcore::set_isa(adamcore::Isa::scalar);
+    const LayoutState ref = run(sr);
+    const LayoutState nearest = run(adamcore::StepOptions{});
+    check(first_mismatch(ref.p, nearest.p) >= 0 || first_mismatch(ref.m, nearest.m) >= 0,
+          describe(layout) + ": stochastic rounding differs from nearest");
+    for (adamcore::Isa isa : supported_isas()) {
+      adamcore::set_isa(isa);
+      const LayoutState got = run(sr);
+      const std::string what =
+          std::string(adamcore::isa_name(isa)) + " stochastic " + describe(layout);
+      check(first_mismatch(got.p, ref.p) < 0, what + ": param");
+      check(first_mismatch(got.m, ref.m) < 0, what + ": exp_avg");
+      check(first_mismatch(got.v, ref.v) < 0, what + ": exp_avg_sq");
+      check(first_mismatch(got.copy, ref.copy) < 0, what + ": param_copy");
+    }
+  }
+  adamcore::set_isa(adamcore::best_isa());
+}
+
 void test_layout_checks() {
   using adamcore::DType;
   check(!adamcore::check_layout({DType::bfloat16, DType::float32, DType::float32, DType::none}).empty(),
@@ -1017,6 +1179,8 @@ int main() {
   test_conventions_isas_and_threads_match_scalar();
   test_layout_checks();
   test_conversions_on_every_isa();
+  test_bf16_stochastic_store_is_the_two_step_rounding();
+  test_stochastic_rounding_on_every_isa();
   test_layouts_isas_match_scalar();
   test_threads_do_not_change_bits();
   test_concurrent_callers();

@@ -32,6 +32,7 @@ inline VecAvx2U32 shift_right(VecAvx2U32 a) {
 
 struct VecAvx2 {
   static constexpr std::size_t kLanes = 8;
+  static constexpr bool kStoresBf16Pairs = true;  // store_pair (vec_pair.h)
   using Bits = VecAvx2U32;
   __m256 r;
   static VecAvx2 load(const float* p) { return {_mm256_loadu_ps(p)}; }
@@ -47,19 +48,47 @@ struct VecAvx2 {
 };
 
 inline void store(float* p, VecAvx2 a) { _mm256_storeu_ps(p, a.r); }
-// float32 -> bfloat16, round to nearest even by integer arithmetic; NaN stays a
-// quiet NaN (vec_scalar.h's float_to_bf16, eight at a time).
-inline void store(detail::Bf16* p, VecAvx2 a) {
-  const __m256i b = _mm256_castps_si256(a.r);
+// float32 -> bfloat16 in each lane's low half, round to nearest even by integer
+// arithmetic; NaN stays a quiet NaN (vec_scalar.h's float_to_bf16, eight at a time).
+inline __m256i bf16_nearest(__m256 a) {
+  const __m256i b = _mm256_castps_si256(a);
   const __m256i high = _mm256_srli_epi32(b, 16);
   const __m256i odd = _mm256_and_si256(high, _mm256_set1_epi32(1));
   const __m256i rounded =
       _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7FFF)), odd), 16);
   const __m256i quiet_nan = _mm256_or_si256(high, _mm256_set1_epi32(0x40));
-  const __m256i is_nan = _mm256_castps_si256(_mm256_cmp_ps(a.r, a.r, _CMP_UNORD_Q));
-  const __m256i h = _mm256_blendv_epi8(rounded, quiet_nan, is_nan);
+  const __m256i is_nan = _mm256_castps_si256(_mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+  return _mm256_blendv_epi8(rounded, quiet_nan, is_nan);
+}
+// vec_scalar.h's float_to_bf16_stochastic, eight at a time, in each lane's low half.
+inline __m256i bf16_stochastic(__m256 a, __m256i r) {
+  const __m256i b = _mm256_castps_si256(a);
+  const __m256i carried = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_srli_epi32(r, 16)), 16);
+  const __m256i quiet_nan = _mm256_or_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(0x40));
+  const __m256i is_nan = _mm256_castps_si256(_mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+  return _mm256_blendv_epi8(carried, quiet_nan, is_nan);
+}
+// The low halves of eight lanes (each < 2^16, so the saturating pack is exact).
+inline void store_low_halves(detail::Bf16* p, __m256i h) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
                    _mm_packus_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
+}
+// Sixteen: the pack interleaves the halves' 64-bit pieces (lo 0-3, hi 0-3, lo 4-7,
+// hi 4-7); the permute puts them back in order for one 32-byte store.
+inline void store_low_halves(detail::Bf16* p, __m256i lo, __m256i hi) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                      _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xD8));
+}
+inline void store(detail::Bf16* p, VecAvx2 a) { store_low_halves(p, bf16_nearest(a.r)); }
+inline void store_stochastic(detail::Bf16* p, VecAvx2 a, VecAvx2U32 r) {
+  store_low_halves(p, bf16_stochastic(a.r, r.r));
+}
+inline void store_pair(detail::Bf16* p, VecAvx2 lo, VecAvx2 hi) {
+  store_low_halves(p, bf16_nearest(lo.r), bf16_nearest(hi.r));
+}
+inline void store_stochastic_pair(detail::Bf16* p, VecAvx2 lo, VecAvx2 hi, VecAvx2U32 r_lo,
+                                  VecAvx2U32 r_hi) {
+  store_low_halves(p, bf16_stochastic(lo.r, r_lo.r), bf16_stochastic(hi.r, r_hi.r));
 }
 inline void store(detail::F16* p, VecAvx2 a) {  // F16C, round to nearest even
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p),

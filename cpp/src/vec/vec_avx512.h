@@ -39,6 +39,7 @@ inline VecAvx512U32 shift_right(VecAvx512U32 a) {
 
 struct VecAvx512 {
   static constexpr std::size_t kLanes = 16;
+  static constexpr bool kStoresBf16Pairs = true;  // store_pair (vec_pair.h)
   using Bits = VecAvx512U32;
   __m512 r;
   static VecAvx512 load(const float* p) { return {_mm512_loadu_ps(p)}; }
@@ -54,17 +55,46 @@ struct VecAvx512 {
 
 inline void store(float* p, VecAvx512 a) { _mm512_storeu_ps(p, a.r); }
 // Round to nearest even by integer arithmetic, NaN kept quiet: vec_scalar.h's
-// float_to_bf16, sixteen at a time.
-inline void store(detail::Bf16* p, VecAvx512 a) {
-  const __m512i b = _mm512_castps_si512(a.r);
+// float_to_bf16, sixteen at a time, in each lane's low half.
+inline __m512i bf16_nearest(__m512 a) {
+  const __m512i b = _mm512_castps_si512(a);
   const __m512i high = _mm512_srli_epi32(b, 16);
   const __m512i odd = _mm512_and_si512(high, _mm512_set1_epi32(1));
   const __m512i rounded =
       _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF)), odd), 16);
   const __m512i quiet_nan = _mm512_or_si512(high, _mm512_set1_epi32(0x40));
-  const __mmask16 is_nan = _mm512_cmp_ps_mask(a.r, a.r, _CMP_UNORD_Q);
-  const __m512i h = _mm512_mask_blend_epi32(is_nan, rounded, quiet_nan);
+  const __mmask16 is_nan = _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
+  return _mm512_mask_blend_epi32(is_nan, rounded, quiet_nan);
+}
+// vec_scalar.h's float_to_bf16_stochastic, sixteen at a time, in each lane's low half.
+inline __m512i bf16_stochastic(__m512 a, __m512i r) {
+  const __m512i b = _mm512_castps_si512(a);
+  const __m512i carried = _mm512_srli_epi32(_mm512_add_epi32(b, _mm512_srli_epi32(r, 16)), 16);
+  const __m512i quiet_nan = _mm512_or_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(0x40));
+  const __mmask16 is_nan = _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
+  return _mm512_mask_blend_epi32(is_nan, carried, quiet_nan);
+}
+// The low halves of sixteen lanes (vpmovdw truncates; each is < 2^16).
+inline void store_low_halves(detail::Bf16* p, __m512i h) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(h));
+}
+// Thirty-two: the saturating pack (exact, each < 2^16) interleaves the halves' 64-bit
+// pieces per 128-bit lane (lo 0-3, hi 0-3, lo 4-7, hi 4-7, ...); the permute puts
+// them back in order (even pieces from lo, odd from hi) for one 64-byte store.
+inline void store_low_halves(detail::Bf16* p, __m512i lo, __m512i hi) {
+  const __m512i order = _mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7);
+  _mm512_storeu_si512(p, _mm512_permutexvar_epi64(order, _mm512_packus_epi32(lo, hi)));
+}
+inline void store(detail::Bf16* p, VecAvx512 a) { store_low_halves(p, bf16_nearest(a.r)); }
+inline void store_stochastic(detail::Bf16* p, VecAvx512 a, VecAvx512U32 r) {
+  store_low_halves(p, bf16_stochastic(a.r, r.r));
+}
+inline void store_pair(detail::Bf16* p, VecAvx512 lo, VecAvx512 hi) {
+  store_low_halves(p, bf16_nearest(lo.r), bf16_nearest(hi.r));
+}
+inline void store_stochastic_pair(detail::Bf16* p, VecAvx512 lo, VecAvx512 hi,
+                                  VecAvx512U32 r_lo, VecAvx512U32 r_hi) {
+  store_low_halves(p, bf16_stochastic(lo.r, r_lo.r), bf16_stochastic(hi.r, r_hi.r));
 }
 inline void store(detail::F16* p, VecAvx512 a) {  // round to nearest even
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),

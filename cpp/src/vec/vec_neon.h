@@ -58,6 +58,14 @@ inline void store(detail::Bf16* p, VecNeon a) {
   const uint32x4_t is_number = vceqq_f32(a.r, a.r);
   vst1_u16(reinterpret_cast<std::uint16_t*>(p), vmovn_u32(vbslq_u32(is_number, rounded, quiet_nan)));
 }
+// vec_scalar.h's float_to_bf16_stochastic, four at a time.
+inline void store_stochastic(detail::Bf16* p, VecNeon a, VecNeonU32 r) {
+  const uint32x4_t b = vreinterpretq_u32_f32(a.r);
+  const uint32x4_t carried = vshrq_n_u32(vaddq_u32(b, vshrq_n_u32(r.r, 16)), 16);
+  const uint32x4_t quiet_nan = vorrq_u32(vshrq_n_u32(b, 16), vdupq_n_u32(0x40));
+  const uint32x4_t is_number = vceqq_f32(a.r, a.r);
+  vst1_u16(reinterpret_cast<std::uint16_t*>(p), vmovn_u32(vbslq_u32(is_number, carried, quiet_nan)));
+}
 inline void store(detail::F16* p, VecNeon a) {  // FPCR's rounding: nearest even by default
   vst1_u16(reinterpret_cast<std::uint16_t*>(p), vreinterpret_u16_f16(vcvt_f16_f32(a.r)));
 }

@@ -32,6 +32,17 @@ inline std::uint16_t float_to_bf16(float x) {
   if ((b & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<std::uint16_t>((b >> 16) | 0x40u);
   return static_cast<std::uint16_t>((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);
 }
+// float32 -> bfloat16 rounded stochastically with 32 random bits r: the 16 dropped bits
+// plus r's top 16 carry into the kept half or not, so x rounds away from zero with
+// probability (its distance from the lower value) / ulp. A NaN gives float_to_bf16's
+// quiet NaN. The sum cannot overflow: the largest non-NaN pattern is -Inf, 0xFF800000.
+// (This is rounding to a bfloat16 value, then storing that to nearest: the second
+// rounding of a value whose low half is zero changes nothing; the C++ tests check it.)
+inline std::uint16_t float_to_bf16_stochastic(float x, std::uint32_t r) {
+  const std::uint32_t b = float_bits(x);
+  if ((b & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<std::uint16_t>((b >> 16) | 0x40u);
+  return static_cast<std::uint16_t>((b + (r >> 16)) >> 16);
+}
 inline float f16_to_float(std::uint16_t h) {
   const std::uint32_t sign = std::uint32_t{h & 0x8000u} << 16;
   const std::uint32_t exponent = (h >> 10) & 0x1Fu;
@@ -96,6 +107,9 @@ struct VecScalar {
 inline void store(float* p, VecScalar a) { *p = a.x; }
 inline void store(detail::Bf16* p, VecScalar a) { p->bits = float_to_bf16(a.x); }
 inline void store(detail::F16* p, VecScalar a) { p->bits = float_to_f16(a.x); }
+inline void store_stochastic(detail::Bf16* p, VecScalar a, VecScalarU32 r) {
+  p->bits = float_to_bf16_stochastic(a.x, r.x);
+}
 inline VecScalar add(VecScalar a, VecScalar b) { return {a.x + b.x}; }
 inline VecScalar sub(VecScalar a, VecScalar b) { return {a.x - b.x}; }
 inline VecScalar mul(VecScalar a, VecScalar b) { return {a.x * b.x}; }
