@@ -76,18 +76,41 @@ def test_pinned_manifest_small_set_and_coverage(cases):
     assert all(c.layout == oracle.DEFAULT_LAYOUT for c in cases)
 
 
+def _same_bits_nan_by_position(fresh, committed):
+    """Equal bits, except that a NaN matches a NaN of any sign and payload (the golden
+    contract: NaN is compared by position). Lion's and SGD's expected values come from
+    adamcore itself, and the sign of a NaN made from two NaNs of opposite signs depends on
+    the operand order the compiler picked: the -O1 sanitizer build flips it."""
+    assert fresh.dtype == committed.dtype and fresh.shape == committed.shape
+    if fresh.dtype.itemsize != 4:  # (float32 bits are stored as uint32)
+        return fresh.tobytes() == committed.tobytes()
+    a, b = fresh.view(np.float32), committed.view(np.float32)
+    nan_a, nan_b = np.isnan(a), np.isnan(b)
+    return bool(np.array_equal(nan_a, nan_b)
+                and np.array_equal(fresh[~nan_a], committed[~nan_b]))
+
+
 def test_generator_reproduces_the_committed_files(tmp_path):
     golden.write_lion_sgd(str(tmp_path))
     with open(os.path.join(LION_SGD, oracle.MANIFEST), encoding="utf-8") as f:
         committed = json.load(f)
     with open(tmp_path / oracle.MANIFEST, encoding="utf-8") as f:
         fresh = json.load(f)
-    # (the generator block names this machine's ISAs and versions; the cases must not move)
-    assert fresh["cases"] == committed["cases"]
-    for entry in committed["cases"]:
-        with open(os.path.join(LION_SGD, entry["file"]), "rb") as a, \
-                open(tmp_path / entry["file"], "rb") as b:
-            assert a.read() == b.read(), entry["name"]
+    # (the generator block names this machine's ISAs and versions; the cases must not move,
+    # and a file's hash only where its bits are NaN-free)
+    def without_hash(cases):
+        return [{k: v for k, v in c.items() if k != "sha256"} for c in cases]
+    assert without_hash(fresh["cases"]) == without_hash(committed["cases"])
+    for old, new in zip(committed["cases"], fresh["cases"]):
+        with np.load(os.path.join(LION_SGD, old["file"])) as a, np.load(tmp_path / new["file"]) as b:
+            assert a.files == b.files, old["name"]
+            has_nan = False
+            for key in a.files:
+                assert _same_bits_nan_by_position(b[key], a[key]), f"{old['name']}: {key}"
+                if a[key].dtype.itemsize == 4:
+                    has_nan |= bool(np.isnan(a[key].view(np.float32)).any())
+            if not has_nan:
+                assert new["sha256"] == old["sha256"], old["name"]
 
 
 @pytest.mark.parametrize("threads", [1, 2])
