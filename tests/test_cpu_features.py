@@ -25,7 +25,12 @@ MACHINE = platform.machine().lower()
 
 def test_compiled_isas_are_those_of_the_architecture():
     compiled = adamcore.compiled_isas()
-    if MACHINE in ("x86_64", "amd64"):
+    # A build that leaves ISAs out on purpose (ADAMCORE_X86_ISAS: CI's sanitizer tree on a
+    # CPU without AVX-512) names what it compiled; every other build has them all.
+    expected = os.environ.get("ADAMCORE_EXPECT_ISAS")
+    if expected is not None:
+        assert compiled == expected.split(",")
+    elif MACHINE in ("x86_64", "amd64"):
         assert compiled == ["scalar", "avx2", "avx512"]
     elif MACHINE in ("aarch64", "arm64"):
         assert compiled == ["scalar", "neon"]

@@ -37,7 +37,9 @@ inline constexpr IsaRow kIsaRows[kIsaCount] = {
 #else
     ADAMCORE_ISA_ABSENT(avx2),
 #endif
-#if defined(ADAMCORE_HAVE_AVX512)
+#if defined(ADAMCORE_HAVE_AVX512) && defined(ADAMCORE_EMULATE_AVX512)
+    ADAMCORE_ISA_ROW(avx512, &cpu_has_avx2_fma),  // software AVX-512 (test trees only)
+#elif defined(ADAMCORE_HAVE_AVX512)
     ADAMCORE_ISA_ROW(avx512, &cpu_has_avx512),
 #else
     ADAMCORE_ISA_ABSENT(avx512),

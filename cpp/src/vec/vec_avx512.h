@@ -1,7 +1,11 @@
 // AVX-512 (F, VL, BW, DQ): 16 floats (8 doubles). See vec_scalar.h for what each operation must mean.
 #pragma once
 
+#if defined(ADAMCORE_EMULATE_AVX512)
+#include "avx512_emulation.h"  // test trees on CPUs without AVX-512 (CMakeLists.txt)
+#else
 #include <immintrin.h>
+#endif
 
 #include <cstddef>
 #include <cstdint>
