@@ -5,8 +5,8 @@
 // where it can); the six conversions SIMDe 0.7.4 lacks, and vrndscaleps, which it gets
 // wrong (with imm 0x0B, truncation to an integer, it kept fraction bits: 339.90625 became
 // 339.875), are written below lane by lane, each with the scalar operation that rounds as
-// the instruction does. Never part of what
-// ships: the real avx512 TU is compiled with the -mavx512* flags and <immintrin.h>.
+// the instruction does. Never part of what ships: the real avx512 TU is compiled with the
+// -mavx512* flags and <immintrin.h>.
 #pragma once
 
 #define SIMDE_ENABLE_NATIVE_ALIASES
