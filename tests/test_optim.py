@@ -103,7 +103,8 @@ def test_equals_the_functional_kernel_step_by_step():
                            weight_decay=0.01, amsgrad=True, max_exp_avg_sq=vmax)
     for got, exp in zip(params, mirror):
         assert_same_bits(got, exp, "AMSGrad vs adam_step")
-    (call,) = opt._engine._plans[0].calls  # the steps went through one held native group
+    (plan,) = opt._engine._plans.values()
+    (call,) = plan.calls  # the steps went through one held native group
     assert isinstance(call.native, adamcore.AdamGroup)
     for k in range(len(params)):
         assert_same_bits(opt.state[k]["max_exp_avg_sq"], vmax[k], "max_exp_avg_sq")

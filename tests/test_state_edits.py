@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import adamcore
+import adamcore._engine as _engine
 from _util import assert_same_bits, f32
 
 torch = pytest.importorskip("torch")
@@ -260,6 +261,40 @@ def test_torch_edits_in_one_of_two_groups():
         opt.param_groups[1]["weight_decay"] = 0.0
 
     _run_torch("AdamW", {3: edit, 5: lambda opt, params: opt.state.pop(params[2])}, groups=groups)
+
+
+def _one_group_at_a_time(opt):
+    """Step each group alone, as DeepSpeed's ZeRO optimizer steps its client optimizer
+    (``_optimizer_step``: ``param_groups`` replaced by a one-group list, then restored)."""
+    groups = opt.param_groups
+    try:
+        for group in groups:
+            opt.param_groups = [group]
+            opt.step()
+    finally:
+        opt.param_groups = groups
+
+
+@pytest.mark.parametrize("case", sorted(TORCH_CASES))
+def test_torch_groups_stepped_one_at_a_time_keep_their_plans(case, monkeypatch):
+    """Each group in turn at index 0 of a one-group list: the bits are torch fused's,
+    and after the first step no group's step is gathered afresh (a group's plan belongs
+    to the group, not to its index in the list of the moment)."""
+    builds = []
+    build = _engine.Engine._build
+    monkeypatch.setattr(_engine.Engine, "_build", lambda self, *a: builds.append(a[0]) or build(self, *a))
+    groups = [{"params": [0, 2]}, {"params": [1], "lr": 3e-3, "weight_decay": 0.0}]
+    ours, ref = _torch_twins(case, groups)
+    for t, step_grads in enumerate(_gradients()):
+        for opt, params in (ours, ref):
+            if t == 4:  # an edit in the second group is still seen
+                opt.state[params[1]]["exp_avg" if case != "Adagrad" else "sum"].fill_(0.5)
+            _set_grads(params, step_grads)
+            _one_group_at_a_time(opt)
+        _assert_torch_same(ours, ref, f"{case}, after step {t + 1}")
+        if t == 0:
+            assert len(builds) == 2, builds
+    assert len(builds) == 2, f"plans gathered afresh after the first step: {len(builds) - 2}"
 
 
 # ------------------------------------------------------ adamcore.Optimizer vs torch

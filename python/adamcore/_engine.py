@@ -454,6 +454,36 @@ class Frontend:
 
 # ------------------------------------------------------------------------ cached plan
 
+
+class _Settings:
+    """A group's settings as last checked, with what they give: while the group holds
+    the same keys and the same objects under them, they are not checked again. lr is
+    left out of the comparison (``values[lr_at]`` is kept up to date): every step passes
+    it to the extension, which checks it, so a schedule that sets it at every step costs
+    no check here."""
+
+    __slots__ = ("group", "index", "keys", "values", "lr_at", "options", "where", "names")
+
+    def __init__(self, group: Dict[str, Any], index: int, options: Optional[Dict[str, Any]],
+                 where: str, names: Tuple[str, ...]) -> None:
+        self.group = group                # the group dict (kept: its id is the record's key)
+        self.index = index                # its index in the groups of the step
+        self.keys = tuple(group)
+        self.values = list(group.values())
+        self.lr_at = self.keys.index("lr")
+        self.options = options            # the native call's options; None: made at each step
+        self.where = where                # the group's name in messages
+        self.names = names                # its state buffers
+
+    def same(self, group: Dict[str, Any], index: int) -> bool:
+        """Whether ``group`` at ``index`` still has these settings (lr aside)."""
+        if not (index == self.index and tuple(group) == self.keys):
+            return False
+        values = self.values
+        values[self.lr_at] = group["lr"]
+        return all(map(is_, group.values(), values))
+
+
 class _Call:
     """One native call: the active parameters of a group that are at one step count."""
 
@@ -469,25 +499,40 @@ class _Call:
 
 class Plan:
     """Everything a group's step gathered, valid while its key still matches: the same
-    parameter objects (and memory), the same parameters with gradients, the same state
-    dicts holding the same buffers (and memory), the same step counts and buffer names."""
+    group at the same index, the same parameter objects (and memory), the same parameters
+    with gradients, the same state dicts holding the same buffers (and memory), the same
+    step counts and buffer names.
 
-    __slots__ = ("names", "params", "param_pointers", "active", "all_active", "members", "states",
-                 "entries", "entry_pointers", "counters", "counter_key", "shapes", "grad_check",
-                 "calls", "pending", "tracked", "source", "edits")
+    A plan belongs to its group dict, not to an index: an engine that steps one group at
+    a time through a one-group list (DeepSpeed's ZeRO optimizers) finds each group's plan
+    again."""
 
-    def __init__(self) -> None:
+    __slots__ = ("group", "index", "names", "params", "active", "all_active", "members", "states",
+                 "entries", "watch_states", "watch_keys", "watch_objects", "pointer_objects",
+                 "pointers", "counters", "counter_key", "expected", "shapes", "grad_check", "calls",
+                 "pending", "tracked", "source", "edits", "frontend_data", "quick")
+
+    def __init__(self, group: Dict[str, Any], index: int) -> None:
+        self.group = group                       # the group dict (kept: its id is the plan's key)
+        self.index = index                       # its index in the groups of the step
         self.names: Tuple[str, ...] = ()
         self.params: List[Any] = []
-        self.param_pointers: Optional[List[int]] = None
         self.active: List[bool] = []
         self.all_active = False
         self.members: List[int] = []             # positions of the active parameters
         self.states: List[Dict[str, Any]] = []   # their state dicts
         self.entries: Dict[str, List[Any]] = {}  # state entry -> objects, tracked by identity
-        self.entry_pointers: Dict[str, List[int]] = {}
+        # The same, flat: watch_objects[i] is watch_states[i][watch_keys[i]].
+        self.watch_states: List[Dict[str, Any]] = []
+        self.watch_keys: List[str] = []
+        self.watch_objects: List[Any] = []
+        # Front-ends whose objects can move: the params and state entries, and where
+        # their memory was.
+        self.pointer_objects: List[Any] = []
+        self.pointers: List[int] = []
         self.counters: List[Any] = []            # where each step count is written
         self.counter_key: Any = None
+        self.expected: List[int] = []            # each active parameter's step count, as last left
         self.shapes: List[Any] = []              # the active parameters' shapes
         self.grad_check: Optional[Callable[[List[Any]], bool]] = None  # Frontend.grad_check
         self.calls: List[_Call] = []
@@ -500,6 +545,10 @@ class Plan:
         # edit, the states are still the dicts in ``states`` (not even looked up).
         self.source: Any = None
         self.edits = -1
+        self.frontend_data: Any = None           # the front-end's own cache for this plan
+        # The settings the plan was last stepped with, when its step can take the short
+        # way (Engine._quick): one group at index 0, one native call, every parameter active.
+        self.quick: Optional[_Settings] = None
 
     def counts(self) -> List[int]:
         """Each active parameter's step count as this plan last left it."""
@@ -516,7 +565,7 @@ class Plan:
         """Whether this plan still describes group ``g``'s step with ``grads``: every
         cached object is still where the plan found it (see the class docstring).
         ``fitted``: the plan's ``grad_check`` passed (so every gradient is present)."""
-        if not (names == self.names and len(params) == len(self.params)
+        if not (g == self.index and names == self.names and len(params) == len(self.params)
                 and all(map(is_, params, self.params))):
             return False
         if self.all_active:
@@ -524,30 +573,22 @@ class Plan:
                 return False
         elif list(map(is_not, grads, repeat(None))) != self.active:
             return False
-        if frontend.movable and frontend.pointers(params) != self.param_pointers:
-            return False
         unedited = _EditCounting.edits == self.edits
-        if unedited and self.source is not None and frontend.same_source(g, self.source):
-            # The state mapping is as the plan saw it: the same state dicts.
-            if self.tracked:
-                return True
-            states = self.states
-        else:
+        if not (unedited and self.source is not None and frontend.same_source(g, self.source)):
             states = frontend.states(g, params)
             if not self.all_active:
                 states = list(compress(states, self.active))
             if not all(map(is_, states, self.states)):
                 return False
-            if self.tracked and unedited:
-                return True
+        # The state mapping is as the plan saw it: the same state dicts.
+        if self.tracked and unedited:
+            return True
         try:
-            for entry, objects in self.entries.items():
-                current = list(map(getitem, states, repeat(entry)))
-                if not all(map(is_, current, objects)):
-                    return False
-                if frontend.movable and frontend.pointers(current) != self.entry_pointers[entry]:
-                    return False
-            return list(map(getitem, self.counters, repeat(self.counter_key))) == self.counts()
+            if not all(map(is_, map(getitem, self.watch_states, self.watch_keys), self.watch_objects)):
+                return False
+            if frontend.movable and frontend.pointers(self.pointer_objects) != self.pointers:
+                return False
+            return list(map(getitem, self.counters, repeat(self.counter_key))) == self.expected
         except (KeyError, TypeError):  # an entry deleted, a state no longer a dict
             return False
 
@@ -569,13 +610,11 @@ class Engine:
     def __init__(self, family: Family, frontend: Frontend) -> None:
         self.family = family
         self.frontend = frontend
+        # Keyed by id(group), each entry holding the group (so the id stays its own):
+        # a group's plan, its settings as last checked, its last lr.
         self._plans: Dict[int, Plan] = {}
-        # g -> (setting names, setting objects, native call options, group name, buffer
-        # names) as last checked; a group whose settings are still those objects is not
-        # checked again.
-        self._checked: Dict[int, Tuple[Tuple[Any, ...], Tuple[Any, ...], Optional[Dict[str, Any]], str,
-                                       Tuple[str, ...]]] = {}
-        self._last_lr: Dict[int, Any] = {}
+        self._checked: Dict[int, _Settings] = {}
+        self._last_lr: Dict[int, Tuple[Dict[str, Any], Any]] = {}
 
     def forget(self) -> None:
         """Drop every cached plan and checked setting (after loading a state, say): the
@@ -598,13 +637,11 @@ class Engine:
     def _checked_options(self, g: int, group: Dict[str, Any]) -> Tuple[Dict[str, Any], str, Tuple[str, ...]]:
         """Group ``g``'s native call options, name and state buffers, its settings checked
         again when any was replaced since the last step."""
-        keys, values = tuple(group), tuple(group.values())
-        seen = self._checked.get(g)
-        if seen is not None and keys == seen[0] and all(map(is_, values, seen[1])):
-            options, where = seen[2], seen[3]
-            if options is not None:
-                return options, where, seen[4]
-            return self.family.options(where, group), where, seen[4]
+        seen = self._checked.get(id(group))
+        if seen is not None and seen.group is group and seen.same(group, g):
+            if seen.options is not None:
+                return seen.options, seen.where, seen.names
+            return self.family.options(seen.where, group), seen.where, seen.names
         where = self.frontend.group_name(g)
         self.check_settings(g, group)
         options = self.family.options(where, group)
@@ -613,7 +650,7 @@ class Engine:
         reusable = not isinstance(group.get("betas"), list)
         # The buffers follow amsgrad, a bool (checked): the same object, the same buffers.
         names = self.buffers(group)
-        self._checked[g] = (keys, values, options if reusable else None, where, names)
+        _keep(self._checked, id(group), _Settings(group, g, options if reusable else None, where, names))
         return options, where, names
 
     def buffers(self, group: Dict[str, Any]) -> Tuple[str, ...]:
@@ -643,6 +680,10 @@ class Engine:
         draws its stochastic rounding from its own seed, derived from ``seed``). With a
         true ``found_inf`` every call is checked and nothing is written, step counts
         included (torch's fused optimizers under GradScaler)."""
+        if len(groups) == 1 and not extra and diagnostics is False:
+            stats = self._quick(groups[0], grads[0])
+            if stats is not _MISSED:
+                return [stats]
         skip = False
         if extra:
             skip = bool(extra.get("found_inf"))
@@ -683,21 +724,52 @@ class Engine:
             self._commit(g, plan, group_calls)
         return results
 
+    def _quick(self, group: Dict[str, Any], grads: List[Any]) -> Any:
+        """The step of a lone group whose plan still matches, in one native call with
+        nothing around it (no diagnostics, scaler or schedule): what ``_prepare``, the
+        call and ``_commit`` do, without their other cases. The checks are the same
+        (``_Settings.same``, ``Plan.matches``). ``_MISSED``: the long way must be taken."""
+        plan = self._plans.get(id(group))
+        settings = plan.quick if plan is not None else None
+        if settings is None or not settings.same(group, 0):
+            return _MISSED
+        params, lr, frontend = group["params"], group["lr"], self.frontend
+        if len(grads) != len(params) or frontend.callable_lr and callable(lr):
+            return _MISSED
+        seen = _EditCounting.edits
+        fitted = False
+        if plan.grad_check is not None:
+            try:
+                fitted = plan.grad_check(grads)
+            except AttributeError:  # None, or not an array: the front-end looks closer
+                pass
+        if not plan.matches(frontend, 0, params, grads, settings.names, fitted):
+            return _MISSED
+        arrays = grads if fitted else frontend.grad_arrays(0, plan, grads)
+        call = plan.calls[0]
+        try:
+            stats = call.native.step(arrays, step=call.done + 1, lr=lr, **settings.options)
+        except (TypeError, ValueError) as err:
+            _reraise(err, settings.where, call.label, None)
+        call.done += 1
+        frontend.write_steps(call.counters, plan.counter_key, call.done)
+        plan.expected = [call.done] * len(plan.states)
+        # Edits counted during the call (a user's __float__, say): look at everything next time.
+        plan.edits = seen if _EditCounting.edits == seen else -1
+        _keep(self._last_lr, id(group), (group, lr))
+        return stats
+
     def _prepare(self, g: int, group: Dict[str, Any], grads: List[Any], diagnostics: bool,
                  extra: Optional[Dict[str, Any]] = None) -> Tuple[int, Plan, List[Tuple[Any, ...]]]:
         """Everything about group ``g``'s step short of writing: its plan (cached, or
         gathered afresh) and the arguments of each native call."""
-        checked = self._checked.get(g)  # the settings' last check, while none was replaced
-        if (checked is not None and checked[2] is not None
-                and all(map(is_, group.values(), checked[1])) and tuple(group) == checked[0]):
-            options, where, names = checked[2], checked[3], checked[4]
-        else:
-            options, where, names = self._checked_options(g, group)
+        key = id(group)
+        options, where, names = self._checked_options(g, group)
         params = group["params"]
         if len(grads) != len(params):
             raise ValueError(f"{where} has {len(params)} parameters but {len(grads)} gradients were given")
         seen = _EditCounting.edits  # before any user code (a callable lr) runs in this step
-        plan = self._plans.get(g)
+        plan = self._plans.get(key)
         fitted = False
         if plan is not None and plan.all_active and plan.grad_check is not None:
             try:
@@ -705,7 +777,7 @@ class Engine:
             except AttributeError:  # None, or not an array: the front-end looks closer
                 pass
         if plan is None or not plan.matches(self.frontend, g, params, grads, names, fitted):
-            self._plans.pop(g, None)
+            self._plans.pop(key, None)
             plan = self._build(g, group, params, list(map(is_not, grads, repeat(None))), names)
             fitted = False
         plan.edits = seen
@@ -734,7 +806,8 @@ class Engine:
                 hyper_names = {"lr": f"lr({step})", "prev_lr": f"lr({step - 1})"}
             else:
                 value = lr
-                prev = self._last_lr.get(g) if diagnostics else None
+                last = self._last_lr.get(key) if diagnostics else None
+                prev = last[1] if last is not None and last[0] is group else None
             kwargs = dict(options, step=step, lr=value)
             if extra and "seed" in extra:
                 kwargs["seed"] = _stream_seed(extra["seed"], g, len(calls))
@@ -754,7 +827,7 @@ class Engine:
         """Gather a group's step from scratch, checking what Python must check. New
         state is prepared here and stored only once the step has run."""
         frontend, family = self.frontend, self.family
-        plan = Plan()
+        plan = Plan(group, g)
         plan.names, plan.params, plan.active = names, list(params), active
         plan.all_active = all(active)
         plan.members = [k for k, has_grad in enumerate(active) if has_grad]
@@ -805,10 +878,14 @@ class Engine:
                          [plan.counters[i] for i in positions])
             call.native = _native(where, call.label, None, family.native, columns, copies)  # checks them all
             plan.calls.append(call)
+        for entry, objects in plan.entries.items():
+            plan.watch_states += plan.states
+            plan.watch_keys += [entry] * len(objects)
+            plan.watch_objects += objects
         if frontend.movable:  # every object is known to be a usable array by now
-            plan.param_pointers = frontend.pointers(params)
-            plan.entry_pointers = {entry: frontend.pointers(objects)
-                                   for entry, objects in plan.entries.items()}
+            plan.pointer_objects = list(params) + plan.watch_objects
+            plan.pointers = frontend.pointers(plan.pointer_objects)
+        plan.expected = plan.counts()
         plan.tracked = not (frontend.movable or frontend.step_is_object) and all(
             type(state) is TrackedState for state in plan.states)
         plan.source = frontend.state_source(g)
@@ -851,7 +928,28 @@ class Engine:
             for call in plan.calls:
                 call.done += 1
                 self.frontend.write_steps(call.counters, plan.counter_key, call.done)
-            self._last_lr[g] = calls[-1][3]["lr"]
+            plan.expected = plan.counts()
+            _keep(self._last_lr, id(plan.group), (plan.group, calls[-1][3]["lr"]))
         # The new state that went in is counted too: those edits are ours.
         plan.edits = _EditCounting.edits if ours else -1
-        self._plans[g] = plan
+        plan.quick = None
+        if g == 0 and len(plan.calls) == 1 and plan.all_active:
+            settings = self._checked.get(id(plan.group))
+            if settings is not None and settings.group is plan.group and settings.options is not None:
+                plan.quick = settings
+        _keep(self._plans, id(plan.group), plan)
+
+
+_MISSED = object()  # Engine._quick: the short way does not apply
+
+#: How many groups an engine keeps plans and checked settings for: the groups of the
+#: step and those of earlier steps (an engine that steps one group at a time shows each
+#: group alone), up to a limit, so that groups a caller dropped are let go.
+_KEPT_GROUPS = 64
+
+
+def _keep(store: Dict[int, Any], key: int, value: Any) -> None:
+    """``store[key] = value``, first dropping the oldest entry of a full store."""
+    if key not in store and len(store) >= _KEPT_GROUPS:
+        del store[next(iter(store))]
+    store[key] = value

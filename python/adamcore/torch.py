@@ -135,9 +135,6 @@ class _TensorFrontend(_engine.Frontend):
 
     def __init__(self, optimizer: "_KernelOptimizer") -> None:
         self._optimizer = weakref.ref(optimizer)  # no cycle: the optimizer owns the engine
-        # g -> (plan, whether its active parameters are all contiguous tensors that
-        # Tensor.numpy() views): then gradients take the short way in grad_arrays.
-        self._plain: Dict[int, Tuple[Any, bool]] = {}
 
     def pointers(self, objects: Sequence[Any]) -> List[int]:
         return list(map(_DATA_PTR, objects))
@@ -182,13 +179,14 @@ class _TensorFrontend(_engine.Frontend):
     def grad_arrays(self, g: int, plan: _engine.Plan, grads: List[Any]) -> List[Any]:
         # torch checks a gradient's shape and dtype when it is assigned; the rest is the
         # extension's, except the layout: a gradient must be laid out like its parameter.
-        plain = self._plain.get(g)
-        if plain is None or plain[0] is not plan:
+        # plan.frontend_data: whether the plan's active parameters are all contiguous
+        # tensors that Tensor.numpy() views; then gradients take the short way.
+        plain = plan.frontend_data
+        if plain is None:
             params = [plan.params[k] for k in plan.members]
-            plain = (plan, all(isinstance(p, torch.Tensor) and p.dtype in _NUMPY_DTYPES
-                               and p.is_contiguous() for p in params))
-            self._plain[g] = plain
-        if plain[1]:
+            plain = plan.frontend_data = all(isinstance(p, torch.Tensor) and p.dtype in _NUMPY_DTYPES
+                                             and p.is_contiguous() for p in params)
+        if plain:
             # Contiguous parameters: a gradient is laid out like its parameter exactly
             # when it is contiguous, which the extension checks.
             try:
