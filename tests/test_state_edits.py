@@ -196,6 +196,51 @@ def test_torch_new_gradient_tensor_and_reused_gradients():
         _assert_torch_same(ours, ref, f"after step {t + 1}")
 
 
+def test_torch_same_gradient_tensors_with_memory_replaced_or_reshaped():
+    """The same gradient tensors at every step (as DeepSpeed hands them over), so their
+    views are kept: an in-place copy, memory replaced under the same tensor
+    (``p.grad.data = x``) and a gradient whose layout changed under the same tensor are
+    all seen (the last refused, as adamcore refuses such layouts, not misread)."""
+    ours, ref = _torch_twins("AdamW")
+    for t, step_grads in enumerate(_gradients(steps=9)):
+        for opt, params in (ours, ref):
+            for k, (p, g) in enumerate(zip(params, step_grads)):
+                if p.grad is None:
+                    p.grad = torch.from_numpy(g.copy())
+                elif (t, k) in ((4, 1), (6, 0)):
+                    p.grad.data = torch.from_numpy(g.copy())
+                elif (t, k) == (7, 0):  # the same values, in a transposed layout
+                    p.grad.data = torch.from_numpy(np.ascontiguousarray(g.T)).t()
+                else:
+                    p.grad.copy_(torch.from_numpy(g))
+            if t == 7:
+                if isinstance(opt, act.AdamW):  # refused, as any such layout is, not misread
+                    before = params[0].detach().clone()
+                    with pytest.raises(ValueError, match="must be C-contiguous"):
+                        opt.step()
+                    assert torch.equal(params[0].detach(), before)
+                params[0].grad = params[0].grad.contiguous()
+            opt.step()
+        _assert_torch_same(ours, ref, f"after step {t + 1}")
+
+
+def test_torch_new_gradients_at_every_step_are_not_kept_alive():
+    """A loop whose gradients are new at every step (zero_grad's set_to_none) must not
+    find last step's gradients still alive once it dropped them."""
+    import gc
+    import weakref
+
+    params = _tensors(_initial())
+    opt = act.AdamW(params, lr=1e-2)
+    for grads in _gradients():
+        _set_grads(params, grads)
+        opt.step()
+        dropped = [weakref.ref(p.grad) for p in params]
+        opt.zero_grad(set_to_none=True)
+        gc.collect()
+        assert all(r() is None for r in dropped), "a dropped gradient is still alive"
+
+
 @pytest.mark.parametrize("case", sorted(TORCH_CASES))
 def test_torch_parameter_storage_replaced(case):
     replacement = [f32(np.linspace(-1, 1, np.prod(s)).reshape(s)) for s in SHAPES]

@@ -230,6 +230,29 @@ def test_param_groups_and_closure():
     _assert_models_equal(ours, theirs, "two groups, closure")
 
 
+@pytest.mark.parametrize("case", ["AdamW", "Adam-L2-amsgrad", "Adagrad"])
+def test_step_in_grad_mode_records_nothing(case):
+    """The step does not switch autograd off (it has nothing to record): called with
+    grad mode on, with gradients that themselves require grad (made with
+    create_graph=True), it gives torch fused's bits, its state requires no grad, and
+    no parameter gains a grad_fn."""
+    ours_cls, torch_cls, kwargs = CASES[case]
+    ours, theirs = _model(ALIGNED), _model(ALIGNED)
+    opt, ref = ours_cls(ours.parameters(), **kwargs), torch_cls(theirs.parameters(), fused=True, **kwargs)
+    for x, y in _data(ALIGNED[0], ALIGNED[-1], 6):
+        for model, o in ((ours, opt), (theirs, ref)):
+            params = list(model.parameters())
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            for p, g in zip(params, torch.autograd.grad(loss, params, create_graph=True)):
+                p.grad = g
+            assert torch.is_grad_enabled()
+            o.step()
+    _assert_models_equal(ours, theirs, f"{case} stepped in grad mode")
+    for p in ours.parameters():
+        assert p.grad_fn is None and p.requires_grad and p.grad.requires_grad
+        assert not any(v.requires_grad for v in opt.state[p].values())
+
+
 @pytest.mark.parametrize("direction", ["torch->adamcore", "adamcore->torch"])
 @pytest.mark.parametrize("case", ["AdamW", "Adam-L2-amsgrad", "Adagrad"])
 def test_state_dict_moves_both_ways(case, direction):

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import weakref
 from collections import defaultdict
-from operator import attrgetter
+from operator import attrgetter, is_
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -52,6 +52,7 @@ __all__ = ["Adam", "AdamW", "Adagrad", "SGD", "Lion", "to_torch_state_dict", "to
 _GRAD = attrgetter("grad")
 _DATA_PTR = torch.Tensor.data_ptr
 _NUMPY = torch.Tensor.numpy
+_IS_CONTIGUOUS = torch.Tensor.is_contiguous
 #: dtypes whose tensors ``Tensor.numpy()`` views directly (bfloat16 goes through ml_dtypes).
 _NUMPY_DTYPES = frozenset((torch.float32, torch.float64, torch.float16))
 #: dtypes the kernels take (the extension names its own list when refusing another).
@@ -126,6 +127,53 @@ def _unusable(name: str, obj: Any, err: Optional[Exception] = None) -> TypeError
     return TypeError(f"{name} (dtype {obj.dtype}) has no NumPy view to hand to the kernels: {err}")
 
 
+def _grad_key(grad: Any) -> Tuple[Any, ...]:
+    """What a NumPy view of a contiguous gradient depends on: where its memory is, its
+    shape and dtype, and that it is still contiguous."""
+    return grad.data_ptr(), grad.shape, grad.dtype, _IS_CONTIGUOUS(grad)
+
+
+class _GradViews:
+    """A plan's gradient views, for engines that hand over the same gradient tensors at
+    every step (DeepSpeed's ZeRO optimizers: one flat gradient per partition, filled in
+    place). Views are kept only once the same tensors came twice in a row (their ids
+    and memory, seen without holding them), so that a training loop whose gradients are
+    new at every step (zero_grad's set_to_none) never has last step's kept alive; and
+    once kept views missed, none are kept again for the plan. While kept, the views hold
+    their tensors, so the same ids are the same tensors, and a view is used only while
+    its tensor's ``_grad_key`` is unchanged (``p.grad.data = x`` moves it)."""
+
+    __slots__ = ("plain", "seen", "grads", "keys", "arrays", "vary")
+
+    def __init__(self, plain: bool) -> None:
+        # Whether the plan's active parameters are all contiguous tensors that
+        # Tensor.numpy() views; then gradients take the short way.
+        self.plain = plain
+        self.seen: Optional[Tuple[List[int], List[Tuple[Any, ...]]]] = None  # last grads' ids, keys
+        self.grads: Optional[List[Any]] = None   # kept: the gradients, their keys, their views
+        self.keys: List[Tuple[Any, ...]] = []
+        self.arrays: List[Any] = []
+        self.vary = False                        # kept views missed once: keep none again
+
+    def kept(self, grads: List[Any]) -> Optional[List[Any]]:
+        """The kept views of ``grads``, if they are the kept tensors, unchanged."""
+        if self.grads is None:
+            return None
+        if all(map(is_, grads, self.grads)) and list(map(_grad_key, grads)) == self.keys:
+            return self.arrays
+        self.grads, self.arrays, self.vary = None, [], True
+        return None
+
+    def note(self, grads: List[Any], arrays: List[Any]) -> None:
+        """After views were made afresh: keep them if these gradients came last step too."""
+        if self.vary:
+            return
+        ids, keys = list(map(id, grads)), list(map(_grad_key, grads))
+        if self.seen is not None and self.seen == (ids, keys):
+            self.grads, self.keys, self.arrays = list(grads), keys, arrays
+        self.seen = (ids, keys)
+
+
 class _TensorFrontend(_engine.Frontend):
     """The engine's view of an adamcore.torch optimizer: tensors are handed over as
     NumPy views of their memory; ``step`` is a float32 tensor updated in place."""
@@ -179,19 +227,22 @@ class _TensorFrontend(_engine.Frontend):
     def grad_arrays(self, g: int, plan: _engine.Plan, grads: List[Any]) -> List[Any]:
         # torch checks a gradient's shape and dtype when it is assigned; the rest is the
         # extension's, except the layout: a gradient must be laid out like its parameter.
-        # plan.frontend_data: whether the plan's active parameters are all contiguous
-        # tensors that Tensor.numpy() views; then gradients take the short way.
-        plain = plan.frontend_data
-        if plain is None:
+        views = plan.frontend_data
+        if views is None:
             params = [plan.params[k] for k in plan.members]
-            plain = plan.frontend_data = all(isinstance(p, torch.Tensor) and p.dtype in _NUMPY_DTYPES
-                                             and p.is_contiguous() for p in params)
-        if plain:
+            views = plan.frontend_data = _GradViews(all(
+                isinstance(p, torch.Tensor) and p.dtype in _NUMPY_DTYPES and p.is_contiguous()
+                for p in params))
+        if views.plain:
             # Contiguous parameters: a gradient is laid out like its parameter exactly
             # when it is contiguous, which the extension checks.
             try:
-                return list(map(_NUMPY, grads))
-            except (TypeError, RuntimeError):  # not a tensor, needs detaching, or no NumPy view
+                arrays = views.kept(grads)
+                if arrays is None:
+                    arrays = list(map(_NUMPY, grads))
+                    views.note(grads, arrays)
+                return arrays
+            except (TypeError, RuntimeError, AttributeError):  # not a tensor, needs detaching, no NumPy view
                 pass
         arrays = []
         for k, grad in zip(plan.members, grads):
@@ -353,7 +404,11 @@ class _KernelOptimizer(torch.optim.Optimizer):
                 group.setdefault(key, value)
         self._attach_engine()
 
-    @torch.no_grad()
+    # No torch.no_grad() here, unlike torch's optimizers: the step records nothing for
+    # autograd whatever the grad mode (buffers are written through NumPy views of
+    # detached tensors; new state comes from factory functions, which never require
+    # grad), and switching the mode costs every step about 4 us, and about 85 us when
+    # the step runs with cold caches, as it does in a training loop (measured on Zen 3).
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         """One optimizer step over every parameter that has a ``.grad``.
 
