@@ -144,24 +144,28 @@ def _grad_key(grad: Any) -> Tuple[Any, ...]:
 class _GradViews:
     """A plan's gradient views, for engines that hand over the same gradient tensors at
     every step (DeepSpeed's ZeRO optimizers: one flat gradient per partition, filled in
-    place). Views are kept only once the same tensors came twice in a row (their ids
-    and memory, seen without holding them), so that a training loop whose gradients are
-    new at every step (zero_grad's set_to_none) never has last step's kept alive; and
-    once kept views missed, none are kept again for the plan. While kept, the views hold
-    their tensors, so the same ids are the same tensors, and a view is used only while
-    its tensor's ``_grad_key`` is unchanged (``p.grad.data = x`` moves it)."""
+    place). Views are kept only once the same tensors came twice in a row, which weak
+    references tell without keeping them alive: a training loop whose gradients are new
+    at every step (zero_grad's set_to_none) never has last step's kept, and after a few
+    steps of new gradients, or once kept views missed, the plan stops looking. While
+    kept, the views hold their tensors, so the same objects are the same tensors, and a
+    view is used only while its tensor's ``_grad_key`` is unchanged (``p.grad.data = x``
+    moves it)."""
 
-    __slots__ = ("plain", "seen", "grads", "keys", "arrays", "vary")
+    __slots__ = ("plain", "seen", "misses", "grads", "keys", "arrays")
+
+    #: Steps with gradients other than the last step's after which a plan stops looking.
+    PATIENCE = 3
 
     def __init__(self, plain: bool) -> None:
         # Whether the plan's active parameters are all contiguous tensors that
         # Tensor.numpy() views; then gradients take the short way.
         self.plain = plain
-        self.seen: Optional[Tuple[List[int], List[Tuple[Any, ...]]]] = None  # last grads' ids, keys
-        self.grads: Optional[List[Any]] = None   # kept: the gradients, their keys, their views
+        self.seen: Optional[List[Any]] = None   # weak references to the last step's gradients
+        self.misses = 0
+        self.grads: Optional[List[Any]] = None  # kept: the gradients, their keys, their views
         self.keys: List[Tuple[Any, ...]] = []
         self.arrays: List[Any] = []
-        self.vary = False                        # kept views missed once: keep none again
 
     def kept(self, grads: List[Any]) -> Optional[List[Any]]:
         """The kept views of ``grads``, if they are the kept tensors, unchanged."""
@@ -169,17 +173,20 @@ class _GradViews:
             return None
         if all(map(is_, grads, self.grads)) and list(map(_grad_key, grads)) == self.keys:
             return self.arrays
-        self.grads, self.arrays, self.vary = None, [], True
+        self.grads, self.arrays, self.misses = None, [], self.PATIENCE
         return None
 
     def note(self, grads: List[Any], arrays: List[Any]) -> None:
         """After views were made afresh: keep them if these gradients came last step too."""
-        if self.vary:
+        if self.misses >= self.PATIENCE:
             return
-        ids, keys = list(map(id, grads)), list(map(_grad_key, grads))
-        if self.seen is not None and self.seen == (ids, keys):
-            self.grads, self.keys, self.arrays = list(grads), keys, arrays
-        self.seen = (ids, keys)
+        seen = self.seen
+        if seen is not None and len(seen) == len(grads) and all(
+                ref() is grad for ref, grad in zip(seen, grads)):
+            self.grads, self.keys, self.arrays, self.seen = list(grads), list(map(_grad_key, grads)), arrays, None
+            return
+        self.misses += seen is not None
+        self.seen = list(map(weakref.ref, grads)) if self.misses < self.PATIENCE else None
 
 
 class _TensorFrontend(_engine.Frontend):
