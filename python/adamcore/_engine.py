@@ -509,7 +509,7 @@ class Plan:
 
     __slots__ = ("group", "index", "names", "params", "active", "all_active", "members", "states",
                  "entries", "watch_states", "watch_keys", "watch_objects", "pointer_objects",
-                 "pointers", "counters", "counter_key", "expected", "shapes", "grad_check", "calls",
+                 "pointers", "counters", "counter_key", "shapes", "grad_check", "calls",
                  "pending", "tracked", "source", "edits", "frontend_data", "quick")
 
     def __init__(self, group: Dict[str, Any], index: int) -> None:
@@ -532,7 +532,6 @@ class Plan:
         self.pointers: List[int] = []
         self.counters: List[Any] = []            # where each step count is written
         self.counter_key: Any = None
-        self.expected: List[int] = []            # each active parameter's step count, as last left
         self.shapes: List[Any] = []              # the active parameters' shapes
         self.grad_check: Optional[Callable[[List[Any]], bool]] = None  # Frontend.grad_check
         self.calls: List[_Call] = []
@@ -559,6 +558,16 @@ class Plan:
             for i in call.positions:
                 counts[i] = call.done
         return counts
+
+    def fits(self, grads: List[Any]) -> bool:
+        """Whether the plan's ``grad_check`` passes ``grads`` (every parameter active),
+        so that they go to the extension as they are."""
+        if not (self.all_active and self.grad_check is not None):
+            return False
+        try:
+            return self.grad_check(grads)
+        except AttributeError:  # None, or not an array: the front-end looks closer
+            return False
 
     def matches(self, frontend: Frontend, g: int, params: List[Any], grads: List[Any],
                 names: Tuple[str, ...], fitted: bool = False) -> bool:
@@ -588,7 +597,7 @@ class Plan:
                 return False
             if frontend.movable and frontend.pointers(self.pointer_objects) != self.pointers:
                 return False
-            return list(map(getitem, self.counters, repeat(self.counter_key))) == self.expected
+            return list(map(getitem, self.counters, repeat(self.counter_key))) == self.counts()
         except (KeyError, TypeError):  # an entry deleted, a state no longer a dict
             return False
 
@@ -610,8 +619,9 @@ class Engine:
     def __init__(self, family: Family, frontend: Frontend) -> None:
         self.family = family
         self.frontend = frontend
-        # Keyed by id(group), each entry holding the group (so the id stays its own):
-        # a group's plan, its settings as last checked, its last lr.
+        # Keyed by id(group), each entry holding the group, so that while an entry is
+        # kept no other object has that id and a hit is the same group: a group's plan,
+        # its settings as last checked, its last lr.
         self._plans: Dict[int, Plan] = {}
         self._checked: Dict[int, _Settings] = {}
         self._last_lr: Dict[int, Tuple[Dict[str, Any], Any]] = {}
@@ -638,7 +648,7 @@ class Engine:
         """Group ``g``'s native call options, name and state buffers, its settings checked
         again when any was replaced since the last step."""
         seen = self._checked.get(id(group))
-        if seen is not None and seen.group is group and seen.same(group, g):
+        if seen is not None and seen.same(group, g):
             if seen.options is not None:
                 return seen.options, seen.where, seen.names
             return self.family.options(seen.where, group), seen.where, seen.names
@@ -737,12 +747,7 @@ class Engine:
         if len(grads) != len(params) or frontend.callable_lr and callable(lr):
             return _MISSED
         seen = _EditCounting.edits
-        fitted = False
-        if plan.grad_check is not None:
-            try:
-                fitted = plan.grad_check(grads)
-            except AttributeError:  # None, or not an array: the front-end looks closer
-                pass
+        fitted = plan.fits(grads)
         if not plan.matches(frontend, 0, params, grads, settings.names, fitted):
             return _MISSED
         arrays = grads if fitted else frontend.grad_arrays(0, plan, grads)
@@ -753,7 +758,6 @@ class Engine:
             _reraise(err, settings.where, call.label, None)
         call.done += 1
         frontend.write_steps(call.counters, plan.counter_key, call.done)
-        plan.expected = [call.done] * len(plan.states)
         # Edits counted during the call (a user's __float__, say): look at everything next time.
         plan.edits = seen if _EditCounting.edits == seen else -1
         _keep(self._last_lr, id(group), (group, lr))
@@ -770,12 +774,7 @@ class Engine:
             raise ValueError(f"{where} has {len(params)} parameters but {len(grads)} gradients were given")
         seen = _EditCounting.edits  # before any user code (a callable lr) runs in this step
         plan = self._plans.get(key)
-        fitted = False
-        if plan is not None and plan.all_active and plan.grad_check is not None:
-            try:
-                fitted = plan.grad_check(grads)
-            except AttributeError:  # None, or not an array: the front-end looks closer
-                pass
+        fitted = plan is not None and plan.fits(grads)
         if plan is None or not plan.matches(self.frontend, g, params, grads, names, fitted):
             self._plans.pop(key, None)
             plan = self._build(g, group, params, list(map(is_not, grads, repeat(None))), names)
@@ -807,7 +806,7 @@ class Engine:
             else:
                 value = lr
                 last = self._last_lr.get(key) if diagnostics else None
-                prev = last[1] if last is not None and last[0] is group else None
+                prev = last[1] if last is not None else None
             kwargs = dict(options, step=step, lr=value)
             if extra and "seed" in extra:
                 kwargs["seed"] = _stream_seed(extra["seed"], g, len(calls))
@@ -885,7 +884,6 @@ class Engine:
         if frontend.movable:  # every object is known to be a usable array by now
             plan.pointer_objects = list(params) + plan.watch_objects
             plan.pointers = frontend.pointers(plan.pointer_objects)
-        plan.expected = plan.counts()
         plan.tracked = not (frontend.movable or frontend.step_is_object) and all(
             type(state) is TrackedState for state in plan.states)
         plan.source = frontend.state_source(g)
@@ -928,14 +926,13 @@ class Engine:
             for call in plan.calls:
                 call.done += 1
                 self.frontend.write_steps(call.counters, plan.counter_key, call.done)
-            plan.expected = plan.counts()
             _keep(self._last_lr, id(plan.group), (plan.group, calls[-1][3]["lr"]))
         # The new state that went in is counted too: those edits are ours.
         plan.edits = _EditCounting.edits if ours else -1
         plan.quick = None
         if g == 0 and len(plan.calls) == 1 and plan.all_active:
             settings = self._checked.get(id(plan.group))
-            if settings is not None and settings.group is plan.group and settings.options is not None:
+            if settings is not None and settings.options is not None:
                 plan.quick = settings
         _keep(self._plans, id(plan.group), plan)
 
